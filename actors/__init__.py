@@ -1,0 +1,1 @@
+"""Ray actors of ray_export: the ZIP writer and the progress actor."""

@@ -1,0 +1,1 @@
+"""Output formats: one small module per file format."""

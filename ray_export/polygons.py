@@ -1,0 +1,228 @@
+"""Reading the stored polygon JSON (``segmentations.polygons``) into numbered objects.
+
+The rules (SPEC 1.2): non-finite points are dropped, closed rings need 3 distinct points and
+polylines 2, elements with a missing or unknown ``type`` are dropped, holes belong to the external
+named by a valid ``parent_id`` or else to the smallest external that contains all their vertices, and
+the valid external closed polygons are numbered 1, 2, ... in array order. Every drop is a
+:class:`~ray_export.problems.Problem`; nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .geometry import points_in_ring, ring_signed_area
+from .problems import Problem
+
+STAGE = "parse"
+
+
+@dataclass
+class PolygonObject:
+    """One external closed polygon with the holes it owns."""
+
+    number: int
+    outer: np.ndarray
+    holes: list[np.ndarray] = field(default_factory=list)
+    confidence: float | None = None
+    complete: bool = True
+    element_id: Any = None
+    part_class: Any = None
+    instance_id: Any = None
+    object_class: Any = None
+
+
+@dataclass
+class Polyline:
+    """One open curve (``geometry: "polyline"``)."""
+
+    number: int
+    points: np.ndarray
+    confidence: float | None = None
+    element_id: Any = None
+    part_class: Any = None
+    instance_id: Any = None
+
+
+@dataclass
+class ImagePolygons:
+    """Everything read from one image's polygon JSON."""
+
+    objects: list[PolygonObject] = field(default_factory=list)
+    polylines: list[Polyline] = field(default_factory=list)
+    orphan_holes: list[np.ndarray] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _finite_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _read_points(raw: Any) -> tuple[np.ndarray, int]:
+    """Points as an ``(n, 2)`` array plus the number of points dropped as non-finite/malformed."""
+    if not isinstance(raw, list):
+        return np.empty((0, 2)), 0 if raw is None else 1
+    kept: list[tuple[float, float]] = []
+    dropped = 0
+    for p in raw:
+        if isinstance(p, dict):
+            x, y = _finite_number(p.get("x")), _finite_number(p.get("y"))
+        elif isinstance(p, (list, tuple)) and len(p) >= 2:
+            x, y = _finite_number(p[0]), _finite_number(p[1])
+        else:
+            x = y = None
+        if x is None or y is None:
+            dropped += 1
+        else:
+            kept.append((x, y))
+    pts = np.asarray(kept, dtype=np.float64).reshape(-1, 2)
+    return pts, dropped
+
+
+def _without_repeats(pts: np.ndarray, closed: bool) -> np.ndarray:
+    """Drop consecutive repeated vertices (and, for rings, a closing copy of the first vertex)."""
+    if len(pts) < 2:
+        return pts
+    keep = np.ones(len(pts), dtype=bool)
+    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
+    pts = pts[keep]
+    if closed and len(pts) > 1 and np.array_equal(pts[0], pts[-1]):
+        pts = pts[:-1]
+    return pts
+
+
+def load_polygon_elements(raw: Any) -> tuple[list[Any], list[Problem]]:
+    """Decode the stored value into the list of polygon elements (SPEC 1.2 accepted forms)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw).decode("utf-8", errors="replace")
+    if raw is None:
+        return [], []
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text in ("", "null"):
+            return [], []
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            msg = f"polygon JSON could not be parsed: {exc}"
+            return [], [Problem("polygons_invalid_json", STAGE, msg[:300])]
+    if raw is None:
+        return [], []
+    if isinstance(raw, dict) and isinstance(raw.get("polygons"), list):
+        return raw["polygons"], []
+    if isinstance(raw, dict) and raw.get("polygons") is None and "polygons" in raw:
+        return [], []
+    if isinstance(raw, list):
+        return raw, []
+    kind = type(raw).__name__
+    return [], [Problem("polygons_unexpected_shape", STAGE, f"polygon JSON is a {kind}, not an array")]
+
+
+def parse_polygons(raw: Any) -> ImagePolygons:
+    """Parse one image's polygon JSON (text, bytes, already-decoded JSON, or None)."""
+    elements, problems = load_polygon_elements(raw)
+    result = ImagePolygons(problems=problems)
+    holes: list[tuple[int, np.ndarray, Any]] = []  # (element position, ring, parent_id)
+    externals_by_id: dict[str, PolygonObject] = {}
+
+    for pos, el in enumerate(elements):
+        where = f"element {pos}"
+        if not isinstance(el, dict):
+            result.problems.append(
+                Problem("element_not_object", STAGE, f"{where} is a {type(el).__name__}, not an object")
+            )
+            continue
+        is_polyline = el.get("geometry") == "polyline"
+        el_type = el.get("type")
+        if not is_polyline and el_type not in ("external", "internal"):
+            result.problems.append(
+                Problem("element_unknown_type", STAGE, f"{where} has type {el_type!r}; dropped")
+            )
+            continue
+        pts, dropped = _read_points(el.get("points"))
+        if dropped:
+            result.problems.append(
+                Problem("points_not_finite", STAGE, f"{where}: {dropped} point(s) without finite x/y dropped")
+            )
+        pts = _without_repeats(pts, closed=not is_polyline)
+        need = 2 if is_polyline else 3
+        if len(pts) < need:
+            kind = "polyline" if is_polyline else f"{el_type} polygon"
+            result.problems.append(
+                Problem(
+                    "polygon_too_few_points",
+                    STAGE,
+                    f"{where} ({kind}) has {len(pts)} distinct valid point(s), needs {need}; dropped",
+                )
+            )
+            continue
+        confidence = _finite_number(el.get("confidence"))
+        if is_polyline:
+            result.polylines.append(
+                Polyline(
+                    number=len(result.polylines) + 1,
+                    points=pts,
+                    confidence=confidence,
+                    element_id=el.get("id"),
+                    part_class=el.get("partClass"),
+                    instance_id=el.get("instanceId"),
+                )
+            )
+        elif el_type == "external":
+            obj = PolygonObject(
+                number=len(result.objects) + 1,
+                outer=pts,
+                confidence=confidence,
+                complete=el.get("complete") is not False,
+                element_id=el.get("id"),
+                part_class=el.get("partClass"),
+                instance_id=el.get("instanceId"),
+                object_class=el.get("class"),
+            )
+            result.objects.append(obj)
+            if el.get("id") is not None:
+                externals_by_id.setdefault(str(el.get("id")), obj)
+        else:
+            holes.append((pos, pts, el.get("parent_id")))
+
+    if holes:
+        outer_areas = [abs(ring_signed_area(o.outer)) for o in result.objects]
+        for pos, ring, parent_id in holes:
+            owner = externals_by_id.get(str(parent_id)) if parent_id is not None else None
+            if parent_id is not None and owner is None:
+                result.problems.append(
+                    Problem(
+                        "hole_parent_invalid",
+                        STAGE,
+                        f"element {pos}: parent_id {parent_id!r} names no valid external polygon",
+                    )
+                )
+            if owner is None:
+                owner = _smallest_container(ring, result.objects, outer_areas)
+            if owner is None:
+                result.orphan_holes.append(ring)
+                result.problems.append(
+                    Problem("hole_orphan", STAGE, f"element {pos}: hole inside no external polygon")
+                )
+            else:
+                owner.holes.append(ring)
+    return result
+
+
+def _smallest_container(
+    ring: np.ndarray, objects: list[PolygonObject], outer_areas: list[float]
+) -> PolygonObject | None:
+    best: PolygonObject | None = None
+    best_area = math.inf
+    for obj, area in zip(objects, outer_areas):
+        if area < best_area and bool(np.all(points_in_ring(ring, obj.outer))):
+            best, best_area = obj, area
+    return best

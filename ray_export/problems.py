@@ -1,0 +1,54 @@
+"""Problem codes recorded in ``export_report.json``.
+
+Every per-image problem carries one of the fixed codes below, the stage that found it and a
+human-readable message. Per-image problems never fail an export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: code -> one-line description (documented in the ZIP's README and export_report.json docs).
+PROBLEM_CODES: dict[str, str] = {
+    # polygon JSON (stage "parse")
+    "polygons_invalid_json": "segmentations.polygons is not valid JSON; the image is exported without objects",
+    "polygons_unexpected_shape": "the polygon JSON is neither an array nor an object with a 'polygons' array",
+    "element_not_object": "an element of the polygon array is not a JSON object; it was dropped",
+    "element_unknown_type": "an element has a missing or unknown 'type' (and is not a polyline); it was dropped",
+    "points_not_finite": "points with missing or non-finite coordinates were dropped from an element",
+    "polygon_too_few_points": "a closed polygon kept fewer than 3 points (a polyline fewer than 2); it was dropped",
+    "hole_parent_invalid": "a hole's parent_id names no valid external polygon; ownership was decided by containment",
+    "hole_orphan": "a hole lies inside no external polygon; it is kept in the JSON export only",
+    "polyline_not_in_yolo": "the image has polylines, which YOLO-seg cannot hold; they were left out of its labels",
+    # image size and files (stages "read", "copy", "annotate")
+    "image_size_unknown": "no width/height in the database and the image could not be decoded; no masks or labels",
+    "image_size_mismatch": "the size stored in the database differs from the decoded image; the database wins",
+    "file_missing": "the original file does not exist under the images root",
+    "file_unreadable": "the original file exists but could not be read",
+    "path_outside_root": "originalPath escapes the images root (directly or through a symlink); not read",
+    "image_decode_failed": "the original file could not be decoded as an image",
+    # naming
+    "member_renamed": "the file name was changed to make a valid ZIP member name",
+    # metrics and rendering
+    "metric_undefined": "a metric is undefined for this object (zero area, perimeter or Feret width); left empty",
+    "annotation_failed": "an object could not be converted to an annotation and was left out of it",
+    "render_failed": "the visualization could not be drawn or encoded",
+    "stage_failed": "a stage raised an unexpected error for this image; its outputs of that stage are missing",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found for one image."""
+
+    code: str
+    stage: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.code not in PROBLEM_CODES:
+            raise ValueError(f"unknown problem code {self.code!r}")
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form used in export_report.json."""
+        return {"code": self.code, "stage": self.stage, "message": self.message}
