@@ -222,7 +222,7 @@ def _smallest_container(
 ) -> PolygonObject | None:
     best: PolygonObject | None = None
     best_area = math.inf
-    for obj, area in zip(objects, outer_areas):
+    for obj, area in zip(objects, outer_areas, strict=True):
         if area < best_area and bool(np.all(points_in_ring(ring, obj.outer))):
             best, best_area = obj, area
     return best
