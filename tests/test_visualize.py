@@ -1,0 +1,450 @@
+"""Overlay rendering: decoding every input kind, drawing rules, encoding and failure handling."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ray_export import visualize
+from ray_export.options import OptionError, VisualizationSettings
+from ray_export.polygons import ImagePolygons, parse_polygons
+from ray_export.visualize import (
+    ImageDecodeError,
+    decode_image_rgb8,
+    encode_image,
+    image_size_from_header,
+    number_disc,
+    object_mask,
+    render_overlay,
+    render_visualization,
+)
+
+WIDTH, HEIGHT = 160, 120
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _points(coords: list[tuple[float, float]]) -> list[dict[str, float]]:
+    return [{"x": float(x), "y": float(y)} for x, y in coords]
+
+
+def _square(x0: float, y0: float, x1: float, y1: float) -> list[dict[str, float]]:
+    return _points([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+
+
+def _object_with_hole() -> ImagePolygons:
+    """One 100x80 rectangle (10..110, 20..100) with a 20x20 hole at (70..90, 40..60)."""
+    return parse_polygons(
+        [
+            {"type": "external", "id": "a", "points": _square(10, 20, 110, 100)},
+            {"type": "internal", "parent_id": "a", "points": _square(70, 40, 90, 60)},
+        ]
+    )
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _gradient(dtype: type, lo: float, hi: float) -> np.ndarray:
+    return np.linspace(lo, hi, WIDTH * HEIGHT).reshape(HEIGHT, WIDTH).astype(dtype)
+
+
+def _cv_bytes(ext: str, array: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(ext, array)
+    assert ok
+    return encoded.tobytes()
+
+
+def _input_kinds() -> dict[str, bytes]:
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(30, 220, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)])
+    return {
+        "gray8_png": _pil_bytes(Image.fromarray(_gradient(np.uint8, 0, 255)), "PNG"),
+        "gray16_png": _pil_bytes(Image.fromarray(_gradient(np.uint16, 1000, 40000)), "PNG"),
+        "gray16_tiff": _pil_bytes(Image.fromarray(_gradient(np.uint16, 5, 4000)), "TIFF"),
+        "rgb_jpeg": _pil_bytes(Image.fromarray(rgb), "JPEG", quality=90),
+        "rgba_png": _pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "gray_alpha_png": _pil_bytes(Image.fromarray(rgba[:, :, 2:], "LA"), "PNG"),
+        "palette_png": _pil_bytes(Image.fromarray(rgb).convert("P"), "PNG"),
+        "rgb_tiff": _pil_bytes(Image.fromarray(rgb), "TIFF", compression="tiff_lzw"),
+        "float32_tiff_pillow": _pil_bytes(Image.fromarray(_gradient(np.float32, -1.5, 3.0)), "TIFF"),
+        "float32_tiff_cv2": _cv_bytes(".tiff", _gradient(np.float32, 0.0, 1.0)),
+        "rgb16_tiff_cv2": _cv_bytes(".tiff", np.dstack([_gradient(np.uint16, 0, 60000)] * 3)),
+        "bilevel_png": _pil_bytes(Image.fromarray(_gradient(np.uint8, 0, 255) > 128), "PNG"),
+        "multipage_tiff": _pil_bytes(
+            Image.fromarray(rgb), "TIFF", save_all=True, append_images=[Image.fromarray(rgb[:50, :70])]
+        ),
+    }
+
+
+INPUT_KINDS = _input_kinds()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
+def test_every_input_kind_decodes_to_rgb8_of_original_size(kind: str) -> None:
+    rgb = decode_image_rgb8(INPUT_KINDS[kind])
+    assert rgb.shape == (HEIGHT, WIDTH, 3)
+    assert rgb.dtype == np.uint8
+    assert rgb.flags.c_contiguous
+    assert image_size_from_header(INPUT_KINDS[kind]) == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
+def test_every_input_kind_gives_a_visualization_of_original_size(kind: str) -> None:
+    encoded, size, problems = render_visualization(INPUT_KINDS[kind], _object_with_hole(), VisualizationSettings())
+    assert problems == []
+    assert size == (WIDTH, HEIGHT)
+    assert encoded is not None and encoded.startswith(PNG_SIGNATURE)
+    back = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (HEIGHT, WIDTH, 3)
+    assert back.dtype == np.uint8
+
+
+def test_8bit_gray_is_kept_and_replicated() -> None:
+    gray = _gradient(np.uint8, 3, 200)
+    rgb = decode_image_rgb8(_pil_bytes(Image.fromarray(gray), "PNG"))
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[:, :, channel], gray)
+
+
+@pytest.mark.parametrize("kind", ["gray16_png", "gray16_tiff", "float32_tiff_pillow", "float32_tiff_cv2"])
+def test_high_depth_is_stretched_from_actual_min_to_max(kind: str) -> None:
+    rgb = decode_image_rgb8(INPUT_KINDS[kind])
+    assert rgb.min() == 0
+    assert rgb.max() == 255
+    # the gradient stays monotonic along the rows
+    assert np.all(np.diff(rgb[:, :, 0].astype(int).ravel()) >= 0)
+
+
+def test_16bit_stretch_is_linear() -> None:
+    values = np.array([[100, 200, 300, 1100]], dtype=np.uint16)
+    rgb = decode_image_rgb8(_pil_bytes(Image.fromarray(values), "PNG"))
+    np.testing.assert_array_equal(rgb[0, :, 0], [0, 26, 51, 255])
+
+
+def test_16bit_rgba_stretch_ignores_alpha_and_keeps_channel_order() -> None:
+    bgra = np.zeros((4, 4, 4), dtype=np.uint16)
+    bgra[:, :, 2] = 5000  # red (OpenCV stores BGRA)
+    bgra[:, :, 0] = 1000  # blue
+    bgra[:, :, 1] = 1000
+    bgra[:, :, 3] = 65535  # alpha is larger than every colour sample
+    rgb = decode_image_rgb8(_cv_bytes(".png", bgra))
+    np.testing.assert_array_equal(rgb[0, 0], [255, 0, 0])
+
+
+def test_float_with_nan_and_inf_is_stretched_over_finite_values() -> None:
+    values = np.array([[0.5, np.nan, 1.5, np.inf, -np.inf, 1.0]], dtype=np.float32)
+    rgb = decode_image_rgb8(_cv_bytes(".tiff", values))
+    np.testing.assert_array_equal(rgb[0, :, 0], [0, 0, 255, 0, 0, 128])
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.full((5, 6), 0, np.uint16), 0),
+        (np.full((5, 6), 65535, np.uint16), 255),
+        (np.full((5, 6), 0.5, np.float32), 128),
+        (np.full((5, 6), 7.0, np.float32), 255),
+    ],
+)
+def test_constant_high_depth_image_maps_to_a_sane_level(array: np.ndarray, expected: int) -> None:
+    rgb = decode_image_rgb8(_cv_bytes(".tiff", array))
+    assert rgb.shape == (5, 6, 3)
+    assert np.all(rgb == expected)
+
+
+def test_alpha_is_dropped_not_composited() -> None:
+    rgba = np.zeros((3, 3, 4), dtype=np.uint8)
+    rgba[:, :] = (10, 200, 30, 0)  # fully transparent
+    rgb = decode_image_rgb8(_pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert np.all(rgb == (10, 200, 30))
+
+
+def test_rgb_channel_order_is_preserved() -> None:
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    rgb[:, :] = (250, 10, 90)
+    for fmt in ("PNG", "TIFF"):
+        decoded = decode_image_rgb8(_pil_bytes(Image.fromarray(rgb), fmt))
+        assert np.all(decoded == (250, 10, 90))
+
+
+def test_pillow_fallback_handles_what_opencv_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(visualize, "_decode_with_cv2", lambda data: None)
+    for kind in ("gray16_png", "palette_png", "gray_alpha_png", "float32_tiff_pillow", "bilevel_png"):
+        rgb = decode_image_rgb8(INPUT_KINDS[kind])
+        assert rgb.shape == (HEIGHT, WIDTH, 3) and rgb.dtype == np.uint8
+    via_pillow = decode_image_rgb8(INPUT_KINDS["gray16_png"])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(via_pillow, decode_image_rgb8(INPUT_KINDS["gray16_png"]))
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", PNG_SIGNATURE + b"\x00" * 40])
+def test_undecodable_bytes_raise_image_decode_error(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError):
+        decode_image_rgb8(data)
+    assert image_size_from_header(data) is None
+
+
+def test_truncated_image_raises_image_decode_error() -> None:
+    data = INPUT_KINDS["rgba_png"]
+    with pytest.raises(ImageDecodeError):
+        decode_image_rgb8(data[: len(data) // 3])
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _flat_image(value: int = 100) -> np.ndarray:
+    return np.full((HEIGHT, WIDTH, 3), value, dtype=np.uint8)
+
+
+def test_fill_changes_object_and_leaves_hole_exactly_clear() -> None:
+    original = _flat_image()
+    parsed = _object_with_hole()
+    settings = VisualizationSettings(show_numbers=False)
+    out = render_overlay(original, parsed, settings)
+    assert out.shape == original.shape
+    assert np.array_equal(original, _flat_image())  # drawn on a copy
+    # well inside the object: 100 * 0.7 + (255, 0, 0) * 0.3
+    np.testing.assert_allclose(out[80, 30], [146.5, 70, 70], atol=0.5)
+    # inside the hole, away from its outline
+    np.testing.assert_array_equal(out[50, 80], original[50, 80])
+    # outside everything
+    np.testing.assert_array_equal(out[5, 150], original[5, 150])
+    # outlines: outer in red, hole in blue
+    np.testing.assert_array_equal(out[60, 10], [255, 0, 0])
+    np.testing.assert_array_equal(out[50, 70], [0, 0, 255])
+
+
+def test_settings_change_colours_opacity_and_stroke() -> None:
+    settings = VisualizationSettings(
+        external_color="#00FF00", internal_color="#FFFF00", stroke_width=5, fill_opacity=1.0, show_numbers=False
+    )
+    out = render_overlay(_flat_image(), _object_with_hole(), settings)
+    np.testing.assert_array_equal(out[80, 30], [0, 255, 0])
+    np.testing.assert_array_equal(out[50, 80], [100, 100, 100])
+    np.testing.assert_array_equal(out[60, 12], [0, 255, 0])  # 5-pixel stroke reaches 2 px inwards
+    np.testing.assert_array_equal(out[50, 72], [255, 255, 0])
+    transparent = render_overlay(
+        _flat_image(), _object_with_hole(), VisualizationSettings(fill_opacity=0.0, show_numbers=False)
+    )
+    np.testing.assert_array_equal(transparent[80, 30], [100, 100, 100])
+
+
+def test_number_disc_is_drawn_inside_the_object() -> None:
+    parsed = _object_with_hole()
+    settings = VisualizationSettings(font_size=16)
+    disc = number_disc(parsed.objects[0], WIDTH, HEIGHT, settings)
+    assert disc is not None
+    centre_x, centre_y, radius = disc
+    mask, x0, y0 = object_mask(parsed.objects[0], WIDTH, HEIGHT)
+    assert mask[centre_y - y0, centre_x - x0] == 1
+    out = render_overlay(_flat_image(), parsed, settings)
+    white = np.all(out == 255, axis=2)
+    window = white[centre_y - radius : centre_y + radius + 1, centre_x - radius : centre_x + radius + 1]
+    assert window.sum() > radius * radius  # the disc is there
+    assert white.sum() == window.sum()  # and nowhere else
+    without_numbers = render_overlay(_flat_image(), parsed, VisualizationSettings(font_size=16, show_numbers=False))
+    assert not np.any(np.all(without_numbers == 255, axis=2))
+
+
+def test_number_disc_sits_inside_a_concave_object() -> None:
+    """A thick C: its centroid lies in the gap, the number must not."""
+    c_shape = _points([(20, 10), (150, 10), (150, 45), (55, 45), (55, 75), (150, 75), (150, 110), (20, 110)])
+    parsed = parse_polygons([{"type": "external", "points": c_shape}])
+    obj = parsed.objects[0]
+    settings = VisualizationSettings(font_size=14)
+    mask, x0, y0 = object_mask(obj, WIDTH, HEIGHT)
+    moments = cv2.moments(mask, binaryImage=True)
+    centroid = (round(moments["m10"] / moments["m00"]) + x0, round(moments["m01"] / moments["m00"]) + y0)
+    assert mask[centroid[1] - y0, centroid[0] - x0] == 0
+    centre_x, centre_y, radius = number_disc(obj, WIDTH, HEIGHT, settings)
+    assert mask[centre_y - y0, centre_x - x0] == 1
+    out = render_overlay(_flat_image(), parsed, settings)
+    white_y, white_x = np.nonzero(np.all(out == 255, axis=2))
+    assert len(white_x) > 0
+    assert np.all(np.hypot(white_x - centre_x, white_y - centre_y) <= radius)
+    full_mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    full_mask[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+    assert np.all(full_mask[white_y, white_x] == 1)
+
+
+def test_incomplete_objects_are_drawn_the_same_way() -> None:
+    complete = parse_polygons([{"type": "external", "points": _square(10, 20, 110, 100)}])
+    cut = parse_polygons([{"type": "external", "complete": False, "points": _square(10, 20, 110, 100)}])
+    assert cut.objects[0].complete is False
+    settings = VisualizationSettings()
+    np.testing.assert_array_equal(
+        render_overlay(_flat_image(), complete, settings), render_overlay(_flat_image(), cut, settings)
+    )
+
+
+def test_polyline_is_drawn_open() -> None:
+    parsed = parse_polygons(
+        [{"type": "external", "geometry": "polyline", "points": _points([(10, 10), (150, 10), (150, 110)])}]
+    )
+    out = render_overlay(_flat_image(), parsed, VisualizationSettings())
+    np.testing.assert_array_equal(out[10, 80], [255, 0, 0])
+    np.testing.assert_array_equal(out[60, 150], [255, 0, 0])
+    np.testing.assert_array_equal(out[60, 80], [100, 100, 100])  # would be on the closing segment
+    np.testing.assert_array_equal(out[80, 40], [100, 100, 100])
+
+
+def test_subpixel_coordinates_shift_the_drawing() -> None:
+    settings = VisualizationSettings(show_numbers=False, fill_opacity=0.0, stroke_width=1)
+    left = render_overlay(
+        _flat_image(), parse_polygons([{"type": "external", "points": _square(20, 20, 60, 60)}]), settings
+    )
+    shifted = render_overlay(
+        _flat_image(), parse_polygons([{"type": "external", "points": _square(20.5, 20, 60.5, 60)}]), settings
+    )
+    assert not np.array_equal(left, shifted)
+
+
+def test_tiny_and_offscreen_objects_do_not_break_rendering() -> None:
+    parsed = parse_polygons(
+        [
+            {"type": "external", "points": _points([(50.1, 50.1), (50.4, 50.1), (50.2, 50.4)])},
+            {"type": "external", "points": _square(-500, -500, -400, -400)},
+            {"type": "external", "points": _square(140, 100, 400, 400)},
+            {"type": "external", "points": _square(-1e9, -1e9, 1e9, 1e9)},
+        ]
+    )
+    settings = VisualizationSettings()
+    assert number_disc(parsed.objects[0], WIDTH, HEIGHT, settings) is None
+    assert number_disc(parsed.objects[1], WIDTH, HEIGHT, settings) is None
+    disc = number_disc(parsed.objects[2], WIDTH, HEIGHT, settings)
+    assert disc is not None
+    centre_x, centre_y, radius = disc
+    assert radius <= centre_x <= WIDTH - 1 - radius and radius <= centre_y <= HEIGHT - 1 - radius
+    out = render_overlay(_flat_image(), parsed, settings)
+    assert out.shape == (HEIGHT, WIDTH, 3)
+
+
+def test_render_overlay_rejects_wrong_arrays() -> None:
+    with pytest.raises(ValueError):
+        render_overlay(np.zeros((10, 10), np.uint8), _object_with_hole(), VisualizationSettings())
+
+
+# --------------------------------------------------------------------------- encoding and the whole step
+
+
+@pytest.mark.parametrize(
+    ("fmt", "check"),
+    [
+        ("png", lambda b: b.startswith(PNG_SIGNATURE)),
+        ("jpeg", lambda b: b.startswith(b"\xff\xd8\xff")),
+        ("webp", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP"),
+    ],
+)
+def test_output_formats_have_signature_and_decode_back(fmt: str, check) -> None:
+    settings = VisualizationSettings(format=fmt)
+    encoded, size, problems = render_visualization(INPUT_KINDS["rgb_jpeg"], _object_with_hole(), settings)
+    assert problems == [] and size == (WIDTH, HEIGHT)
+    assert check(encoded)
+    back = decode_image_rgb8(encoded)
+    assert back.shape == (HEIGHT, WIDTH, 3)
+    # the fill colour survives lossy coding (red channel raised inside the object)
+    original = decode_image_rgb8(INPUT_KINDS["rgb_jpeg"])
+    assert back[60:70, 20:30, 0].astype(int).mean() > original[60:70, 20:30, 0].astype(int).mean() + 30
+
+
+def test_png_encoding_is_lossless_and_rgb_ordered() -> None:
+    rgb = np.zeros((3, 4, 3), dtype=np.uint8)
+    rgb[:, :] = (200, 20, 60)
+    back = np.asarray(Image.open(io.BytesIO(encode_image(rgb, "png"))).convert("RGB"))
+    np.testing.assert_array_equal(back, rgb)
+    with pytest.raises(ValueError):
+        encode_image(rgb, "gif")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_same_input_gives_identical_bytes(fmt: str) -> None:
+    settings = VisualizationSettings(format=fmt)
+    first = render_visualization(INPUT_KINDS["gray16_tiff"], _object_with_hole(), settings)
+    second = render_visualization(INPUT_KINDS["gray16_tiff"], _object_with_hole(), settings)
+    assert first[0] is not None and first[0] == second[0]
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\x01garbage", PNG_SIGNATURE + b"\x00" * 40])
+def test_corrupt_bytes_give_image_decode_failed(data: bytes) -> None:
+    encoded, size, problems = render_visualization(data, _object_with_hole(), VisualizationSettings())
+    assert encoded is None and size is None
+    assert [(p.code, p.stage) for p in problems] == [("image_decode_failed", "visualize")]
+
+
+def test_image_without_objects_gets_no_visualization_but_a_size() -> None:
+    empty = parse_polygons(None)
+    assert render_visualization(INPUT_KINDS["rgb_tiff"], empty, VisualizationSettings()) == (None, (WIDTH, HEIGHT), [])
+    encoded, size, problems = render_visualization(b"junk", empty, VisualizationSettings())
+    assert encoded is None and size is None and problems[0].code == "image_decode_failed"
+
+
+def test_polyline_only_image_gets_a_visualization() -> None:
+    parsed = parse_polygons([{"type": "external", "geometry": "polyline", "points": _points([(10, 10), (150, 100)])}])
+    encoded, size, problems = render_visualization(INPUT_KINDS["rgb_tiff"], parsed, VisualizationSettings())
+    assert encoded is not None and size == (WIDTH, HEIGHT) and problems == []
+
+
+def test_encoder_failure_gives_render_failed() -> None:
+    too_wide = _cv_bytes(".png", np.zeros((2, 17000, 3), dtype=np.uint8))  # WebP allows 16383 px
+    parsed = parse_polygons([{"type": "external", "points": _square(1, 0, 5, 1)}])
+    encoded, size, problems = render_visualization(too_wide, parsed, VisualizationSettings(format="webp"))
+    assert encoded is None and size == (17000, 2)
+    assert [(p.code, p.stage) for p in problems] == [("render_failed", "visualize")]
+
+
+def test_drawing_failure_gives_render_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(visualize, "render_overlay", broken)
+    encoded, size, problems = render_visualization(
+        INPUT_KINDS["rgb_tiff"], _object_with_hole(), VisualizationSettings()
+    )
+    assert encoded is None and size == (WIDTH, HEIGHT)
+    assert problems[0].code == "render_failed" and "boom" in problems[0].message
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"external_color": "red"}, "external_color"),
+        ({"external_color": "#FF00"}, "external_color"),
+        ({"internal_color": "#GG0000"}, "internal_color"),
+        ({"stroke_width": 0}, "stroke_width"),
+        ({"stroke_width": 11}, "stroke_width"),
+        ({"font_size": 9}, "font_size"),
+        ({"font_size": 51}, "font_size"),
+        ({"fill_opacity": -0.1}, "fill_opacity"),
+        ({"fill_opacity": 1.1}, "fill_opacity"),
+        ({"format": "gif"}, "viz_format"),
+    ],
+)
+def test_settings_validation_names_the_option(changes: dict[str, object], option: str) -> None:
+    settings = VisualizationSettings(**changes)
+    with pytest.raises(OptionError) as caught:
+        settings.validate()
+    assert caught.value.option == option
+    assert option in str(caught.value)
+
+
+def test_default_settings_are_valid() -> None:
+    settings = VisualizationSettings()
+    settings.validate()
+    assert settings.extension == ".png"
+    assert VisualizationSettings(format="jpeg").extension == ".jpg"
+    assert VisualizationSettings.rgb("#FF8000") == (255, 128, 0)
