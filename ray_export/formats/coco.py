@@ -1,0 +1,318 @@
+"""COCO instances (``annotations/coco/annotations.json``).
+
+The per-image part (:func:`coco_image_entry`, :func:`coco_annotations_for_image`) is a pure function of
+one image's polygons and size, so it can run in parallel; :class:`CocoWriter` numbers the annotations
+1..M in the order the images are added (index order) and streams the finished file from spools.
+
+Masks follow pycocotools' own rasterisation: a hole-free object is stored as a polygon list, an object
+with holes as compressed RLE of the outer ring minus its holes, and ``area`` is always the pixel count
+that ``COCO.annToMask`` decodes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from typing import IO, Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..geometry import ring_bbox, ring_length
+from ..polygons import ImagePolygons, PolygonObject, Polyline
+from ..problems import Problem
+
+STAGE = "annotate"
+CELL_CATEGORY_ID = 1
+POLYLINE_CATEGORY_ID = 2
+CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"}
+POLYLINE_CATEGORY = {"id": POLYLINE_CATEGORY_ID, "name": "polyline", "supercategory": "polyline"}
+
+#: Rings are clipped to the image grown by this many pixels before rasterising. Pixels of the image
+#: are unaffected; it only keeps pycocotools' work proportional to the image for far-out vertices.
+CLIP_MARGIN_PX = 1.0
+
+
+def dumps_compact(value: Any) -> str:
+    """Deterministic compact JSON text (UTF-8 characters kept, NaN refused)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def coco_image_entry(index: int, file_name: str, width: int, height: int) -> dict:
+    """The COCO ``images[]`` entry of one image (``id`` = export index)."""
+    return {"id": int(index), "file_name": str(file_name), "width": int(width or 0), "height": int(height or 0)}
+
+
+def clip_ring_to_box(ring: np.ndarray, min_x: float, min_y: float, max_x: float, max_y: float) -> np.ndarray:
+    """Sutherland-Hodgman clip of a ring to an axis-aligned box (the region inside the box is kept exactly)."""
+    out = np.asarray(ring, dtype=np.float64)
+    for axis, bound, keep_below in ((0, min_x, False), (0, max_x, True), (1, min_y, False), (1, max_y, True)):
+        if len(out) == 0:
+            break
+        coord = out[:, axis]
+        inside = coord <= bound if keep_below else coord >= bound
+        if inside.all():
+            continue
+        prev = np.roll(out, 1, axis=0)
+        prev_inside = np.roll(inside, 1)
+        crossing = inside != prev_inside
+        delta = out[:, axis] - prev[:, axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(crossing, (bound - prev[:, axis]) / np.where(delta == 0, 1.0, delta), 0.0)
+        cut = prev + t[:, None] * (out - prev)
+        cut[:, axis] = bound
+        # Per edge (prev -> cur): the crossing point when the edge crosses, then cur when cur is inside.
+        candidates = np.stack([cut, out], axis=1).reshape(-1, 2)
+        keep = np.stack([crossing, inside], axis=1).reshape(-1)
+        out = candidates[keep]
+    return out
+
+
+def _rasterisable_ring(ring: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The ring, clipped to the image plus a margin only when some vertex lies beyond that margin."""
+    ring = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+    if len(ring) < 2 or not np.isfinite(ring).all():
+        raise ValueError("ring needs at least 2 points with finite coordinates")
+    lo_x = lo_y = -CLIP_MARGIN_PX
+    hi_x, hi_y = width + CLIP_MARGIN_PX, height + CLIP_MARGIN_PX
+    if ring[:, 0].min() >= lo_x and ring[:, 1].min() >= lo_y and ring[:, 0].max() <= hi_x and ring[:, 1].max() <= hi_y:
+        return ring
+    return clip_ring_to_box(ring, lo_x, lo_y, hi_x, hi_y)
+
+
+def _flat(ring: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(ring, dtype=np.float64).reshape(-1).tolist()]
+
+
+def _empty_rle(width: int, height: int) -> dict:
+    return mask_utils.frPyObjects({"counts": [width * height], "size": [height, width]}, height, width)
+
+
+def _polygon_rle(rings: list[np.ndarray], width: int, height: int) -> dict:
+    """Union of the filled rings as one compressed RLE (pycocotools' polygon rasterisation)."""
+    flats = [_flat(r) for r in rings if len(r) >= 3]
+    if not flats:
+        return _empty_rle(width, height)
+    return mask_utils.merge(mask_utils.frPyObjects(flats, height, width))
+
+
+def _decode_counts(counts: bytes | str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' string encoding)."""
+    data = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    runs: list[int] = []
+    pos = 0
+    while pos < len(data):
+        value = 0
+        shift = 0
+        more = True
+        while more:
+            c = data[pos] - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and (c & 0x10):
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _complement_rle(rle: dict) -> dict:
+    """The pixel complement of a compressed RLE, computed on its run lengths."""
+    runs = _decode_counts(rle["counts"])
+    flipped = runs[1:] if runs and runs[0] == 0 else [0, *runs]
+    height, width = (int(v) for v in rle["size"])
+    return mask_utils.frPyObjects({"counts": flipped, "size": [height, width]}, height, width)
+
+
+def object_rle(obj: PolygonObject, width: int, height: int) -> dict:
+    """Compressed RLE of the object's outer ring filled, minus its holes."""
+    outer = _polygon_rle([_rasterisable_ring(obj.outer, width, height)], width, height)
+    if not obj.holes:
+        return outer
+    holes = _polygon_rle([_rasterisable_ring(h, width, height) for h in obj.holes], width, height)
+    return mask_utils.merge([outer, _complement_rle(holes)], intersect=True)
+
+
+def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) -> dict:
+    if obj.holes:
+        rle = object_rle(obj, width, height)
+        segmentation: Any = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+    else:
+        ring = _rasterisable_ring(obj.outer, width, height)
+        rle = _polygon_rle([ring], width, height)
+        segmentation = [_flat(ring)] if len(ring) >= 3 else []
+        if not segmentation:
+            # Entirely outside the image: an empty RLE decodes to the (empty) mask.
+            segmentation = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+    return {
+        "image_id": int(index),
+        "category_id": CELL_CATEGORY_ID,
+        "segmentation": segmentation,
+        "area": float(mask_utils.area(rle)),
+        "bbox": list(ring_bbox(obj.outer)),
+        "iscrowd": 0,
+        "attributes": {
+            "number": int(obj.number),
+            "confidence": obj.confidence,
+            "holes": len(obj.holes),
+            "complete": bool(obj.complete),
+        },
+    }
+
+
+def _polyline_annotation(index: int, line: Polyline, width: int, height: int) -> dict:
+    there_and_back = np.concatenate([line.points, line.points[::-1]], axis=0)
+    ring = _rasterisable_ring(there_and_back, width, height)
+    return {
+        "image_id": int(index),
+        "category_id": POLYLINE_CATEGORY_ID,
+        "segmentation": [_flat(ring)] if len(ring) >= 3 else [],
+        "area": 0.0,
+        "bbox": list(ring_bbox(line.points)),
+        "iscrowd": 0,
+        "attributes": {
+            "number": int(line.number),
+            "length": ring_length(line.points, closed=False),
+            "confidence": line.confidence,
+            "part_class": line.part_class,
+            "instance_id": line.instance_id,
+        },
+    }
+
+
+def _failure(kind: str, number: int, exc: BaseException) -> Problem:
+    message = f"COCO: {kind} {number} could not be converted: {type(exc).__name__}: {exc}"
+    return Problem("annotation_failed", STAGE, message[:300])
+
+
+def coco_annotations_for_image(
+    index: int, parsed: ImagePolygons, width: int, height: int
+) -> tuple[list[dict], list[Problem]]:
+    """COCO annotations of one image, without ``id``: closed objects by number, then polylines by number.
+
+    With an unknown image size (0 or missing) no annotation can be rasterised: none are returned and one
+    ``annotation_failed`` problem says so. A single object that fails is reported and left out.
+    """
+    width = int(width or 0)
+    height = int(height or 0)
+    if not parsed.objects and not parsed.polylines:
+        return [], []
+    if width <= 0 or height <= 0:
+        count = len(parsed.objects) + len(parsed.polylines)
+        message = f"COCO: image size unknown, {count} object(s)/polyline(s) left out of the annotations"
+        return [], [Problem("annotation_failed", STAGE, message)]
+    annotations: list[dict] = []
+    problems: list[Problem] = []
+    for obj in parsed.objects:
+        try:
+            annotations.append(_object_annotation(index, obj, width, height))
+        except Exception as exc:
+            problems.append(_failure("object", obj.number, exc))
+    for line in parsed.polylines:
+        try:
+            annotations.append(_polyline_annotation(index, line, width, height))
+        except Exception as exc:
+            problems.append(_failure("polyline", line.number, exc))
+    return annotations, problems
+
+
+class JsonLineSpool:
+    """Serialized JSON values kept one per line in an anonymous temporary file."""
+
+    def __init__(self, spool_dir: str | None = None) -> None:
+        self._file: IO[bytes] | None = tempfile.TemporaryFile(mode="w+b", dir=spool_dir)  # noqa: SIM115
+        self.count = 0
+
+    def append(self, value: Any) -> None:
+        """Serialize ``value`` and append it."""
+        if self._file is None:
+            raise ValueError("spool is closed")
+        self._file.write(dumps_compact(value).encode("utf-8") + b"\n")
+        self.count += 1
+
+    def write_array_items(self, out: IO[Any]) -> None:
+        """Write the stored values comma-separated (the inside of a JSON array) to ``out``."""
+        if self._file is None:
+            raise ValueError("spool is closed")
+        self._file.flush()
+        self._file.seek(0)
+        as_text = isinstance(out, io.TextIOBase)
+        first = True
+        for line in self._file:
+            chunk = line.rstrip(b"\n")
+            if not first:
+                chunk = b"," + chunk
+            first = False
+            out.write(chunk.decode("utf-8") if as_text else chunk)
+        self._file.seek(0, io.SEEK_END)
+
+    def close(self) -> None:
+        """Remove the spool."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def write_text(out: IO[Any], text: str) -> None:
+    """Write ``text`` to a text or binary file object (binary as UTF-8)."""
+    out.write(text if isinstance(out, io.TextIOBase) else text.encode("utf-8"))
+
+
+class CocoWriter:
+    """Collects images and their annotations in index order and writes the COCO file in one stream."""
+
+    def __init__(self, info: dict, spool_dir: str | None = None) -> None:
+        self.info = info
+        self._images = JsonLineSpool(spool_dir)
+        self._annotations = JsonLineSpool(spool_dir)
+        self.has_polylines = False
+        self._last_image_id: int | None = None
+
+    @property
+    def image_count(self) -> int:
+        """Images added so far."""
+        return self._images.count
+
+    @property
+    def annotation_count(self) -> int:
+        """Annotations added so far (the last id given)."""
+        return self._annotations.count
+
+    def add_image(self, image_entry: dict, annotations: list[dict]) -> None:
+        """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
+        image_id = int(image_entry["id"])
+        if self._last_image_id is not None and image_id <= self._last_image_id:
+            raise ValueError(f"images must be added in increasing id order: {image_id} after {self._last_image_id}")
+        self._last_image_id = image_id
+        self._images.append(image_entry)
+        for ann in annotations:
+            if ann.get("category_id") == POLYLINE_CATEGORY_ID:
+                self.has_polylines = True
+            self._annotations.append({"id": self._annotations.count + 1, **ann})
+
+    def categories(self) -> list[dict]:
+        """``cell``, plus ``polyline`` when any polyline annotation was added."""
+        return [dict(CELL_CATEGORY), dict(POLYLINE_CATEGORY)] if self.has_polylines else [dict(CELL_CATEGORY)]
+
+    def write(self, fileobj: IO[Any]) -> None:
+        """Write the complete JSON document to a binary (UTF-8) or text file object."""
+        write_text(fileobj, '{"info":' + dumps_compact(self.info) + ',"licenses":[],"images":[')
+        self._images.write_array_items(fileobj)
+        write_text(fileobj, '],"annotations":[')
+        self._annotations.write_array_items(fileobj)
+        write_text(fileobj, '],"categories":' + dumps_compact(self.categories()) + "}")
+
+    def close(self) -> None:
+        """Remove the spools."""
+        self._images.close()
+        self._annotations.close()
+
+    def __enter__(self) -> CocoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,77 @@
+"""YOLO-seg labels (Ultralytics): ``labels/<stem>.txt`` and ``data.yaml``.
+
+Line k of an image's label file is object number k: class 0 followed by the normalised ring. A ring
+cannot carry holes, so each hole is spliced into the outer ring through a zero-width bridge (there and
+back along the same segment); filling the resulting ring with the even-odd rule (OpenCV's ``fillPoly``,
+which Ultralytics uses) or the non-zero rule (holes run against the outer ring) leaves the holes empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import ring_signed_area
+from ..polygons import ImagePolygons, PolygonObject
+
+#: Largest number of vertex pairs compared at once when looking for the nearest bridge ends.
+_PAIR_BLOCK = 1 << 20
+
+
+def _nearest_vertex_pair(ring: np.ndarray, hole: np.ndarray) -> tuple[int, int, float]:
+    """``(ring index, hole index, squared distance)`` of the closest vertex pair (first on ties)."""
+    best = (0, 0, np.inf)
+    rows = max(1, _PAIR_BLOCK // max(1, len(hole)))
+    for start in range(0, len(ring), rows):
+        block = ring[start : start + rows]
+        d2 = np.sum((block[:, None, :] - hole[None, :, :]) ** 2, axis=2)
+        flat = int(np.argmin(d2))
+        i, j = divmod(flat, d2.shape[1])
+        if d2[i, j] < best[2]:
+            best = (start + i, j, float(d2[i, j]))
+    return best
+
+
+def _oriented(ring: np.ndarray, clockwise: bool) -> np.ndarray:
+    """The ring running in the requested on-screen direction (positive shoelace = clockwise, y down)."""
+    return ring if (ring_signed_area(ring) >= 0) == clockwise else ring[::-1]
+
+
+def bridged_ring(outer: np.ndarray, holes: list[np.ndarray]) -> np.ndarray:
+    """One ring covering ``outer`` minus ``holes``: every hole joined by a zero-width bridge.
+
+    Holes are taken nearest-to-the-outer-ring first (ties by position) and each is bridged from the nearest
+    vertex of the ring built so far, so later holes may chain through earlier ones.
+    """
+    if not holes:
+        return outer
+    outer_clockwise = ring_signed_area(outer) >= 0
+    ring = outer
+    order = sorted(range(len(holes)), key=lambda k: (_nearest_vertex_pair(outer, holes[k])[2], k))
+    for k in order:
+        hole = _oriented(holes[k], clockwise=not outer_clockwise)
+        i, j, _ = _nearest_vertex_pair(ring, hole)
+        around_hole = np.concatenate([hole[j:], hole[:j], hole[j : j + 1]], axis=0)
+        ring = np.concatenate([ring[: i + 1], around_hole, ring[i:]], axis=0)
+    return ring
+
+
+def _label_line(obj: PolygonObject, width: int, height: int) -> str:
+    ring = bridged_ring(obj.outer, obj.holes)
+    normalised = np.clip(ring / np.array([width, height], dtype=np.float64), 0.0, 1.0)
+    # "%.6f" on -0.0 would print "-0.000000"; adding 0.0 turns negative zero into zero.
+    coords = " ".join("%.6f" % v for v in (normalised.reshape(-1) + 0.0).tolist())  # noqa: UP031
+    return "0 " + coords
+
+
+def yolo_label_text(parsed: ImagePolygons, width: int, height: int) -> str:
+    """The label file of one image: one line per object in number order; empty for an unknown size."""
+    width = int(width or 0)
+    height = int(height or 0)
+    if width <= 0 or height <= 0 or not parsed.objects:
+        return ""
+    return "".join(_label_line(obj, width, height) + "\n" for obj in parsed.objects)
+
+
+def data_yaml_text() -> str:
+    """The dataset file: train and val both point at ``images``; one class ``cell``."""
+    return "train: images\nval: images\nnc: 1\nnames:\n  0: cell\n"
