@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class OptionError(ValueError):
@@ -60,3 +66,765 @@ class VisualizationSettings:
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise OptionError(name, f"{value!r} is not an integer in {lo}..{hi}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-stage resource hints
+# ---------------------------------------------------------------------------------------------------------
+
+#: Pipeline stages that take resource hints, in pipeline order.
+STAGE_NAMES: tuple[str, ...] = ("read", "copy", "visualize", "annotate", "metrics")
+MAX_STAGE_CPUS = 64.0
+MAX_BATCH_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Ray resource hints and batch size of one stage.
+
+    ``resources`` holds custom Ray resources as sorted ``(name, amount)`` pairs (a mapping given to the
+    constructor is converted), so the object stays hashable; :meth:`resource_dict` gives the mapping back.
+    """
+
+    num_cpus: float = 1.0
+    memory: int | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        resources = self.resources
+        if isinstance(resources, Mapping):
+            resources = resources.items()
+        try:
+            pairs = tuple(sorted((str(name), amount) for name, amount in resources))
+        except (TypeError, ValueError):
+            pairs = self.resources  # left for validate() to reject
+        object.__setattr__(self, "resources", pairs)
+
+    def resource_dict(self) -> dict[str, float]:
+        """Custom resources as a dict (``{}`` when none)."""
+        return {name: float(amount) for name, amount in self.resources}
+
+    def ray_remote_args(self) -> dict[str, Any]:
+        """Keyword arguments for Ray (``num_cpus``, and ``memory``/``resources`` when set)."""
+        args: dict[str, Any] = {"num_cpus": float(self.num_cpus)}
+        if self.memory is not None:
+            args["memory"] = int(self.memory)
+        if self.resources:
+            args["resources"] = self.resource_dict()
+        return args
+
+    def validate(self, stage: str) -> None:
+        """Raise :class:`OptionError` naming ``stages.<stage>.<field>`` for the first invalid field."""
+        prefix = f"stages.{stage}"
+        cpus = self.num_cpus
+        if not _is_number(cpus) or not 0.0 < float(cpus) <= MAX_STAGE_CPUS:
+            raise OptionError(f"{prefix}.num_cpus", f"{cpus!r} is not a number in (0, {MAX_STAGE_CPUS:g}]")
+        if self.memory is not None and (
+            isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory <= 0
+        ):
+            raise OptionError(f"{prefix}.memory", f"{self.memory!r} is not a positive number of bytes")
+        _check_int(f"{prefix}.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if not isinstance(self.resources, tuple):
+            raise OptionError(f"{prefix}.resources", f"{self.resources!r} is not a mapping of name -> amount")
+        for pair in self.resources:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise OptionError(f"{prefix}.resources", f"{pair!r} is not a (name, amount) pair")
+            name, amount = pair
+            if not name:
+                raise OptionError(f"{prefix}.resources", "a resource name is empty")
+            if not _is_number(amount) or not float(amount) >= 0.0:
+                raise OptionError(f"{prefix}.resources.{name}", f"{amount!r} is not a number >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form, as in an options file."""
+        return {
+            "num_cpus": self.num_cpus,
+            "memory": self.memory,
+            "resources": self.resource_dict(),
+            "batch_size": self.batch_size,
+        }
+
+
+#: Provisional defaults per stage (tuned from measurements; see the project README).
+DEFAULT_STAGE_RESOURCES: dict[str, StageResources] = {
+    "read": StageResources(num_cpus=0.5, batch_size=32),
+    "copy": StageResources(num_cpus=0.25, batch_size=16),
+    "visualize": StageResources(num_cpus=1.0, batch_size=8),
+    "annotate": StageResources(num_cpus=0.5, batch_size=32),
+    "metrics": StageResources(num_cpus=0.5, batch_size=32),
+}
+
+
+def default_stages() -> dict[str, StageResources]:
+    """A fresh copy of :data:`DEFAULT_STAGE_RESOURCES`."""
+    return dict(DEFAULT_STAGE_RESOURCES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The export options object
+# ---------------------------------------------------------------------------------------------------------
+
+ANNOTATION_FORMATS: tuple[str, ...] = ("coco", "yolo", "json")
+METRIC_FORMATS: tuple[str, ...] = ("csv", "xlsx", "json", "parquet")
+MIN_SCALE_UM_PER_PX = 0.001
+MAX_SCALE_UM_PER_PX = 1000.0
+DEFAULT_MAX_BUFFERED_IMAGES = 256
+MAX_BUFFERED_IMAGES_LIMIT = 100_000
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite://"
+
+
+def is_postgres_dsn(db: str) -> bool:
+    """Whether ``db`` is a PostgreSQL DSN (``postgresql://`` or ``postgres://``)."""
+    return isinstance(db, str) and db.strip().lower().startswith(POSTGRES_SCHEMES)
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` is a URI such as ``s3://bucket/key`` (not a local path)."""
+    return isinstance(path, str) and "://" in path
+
+
+def _split_names(value: Any) -> Any:
+    """``"a, b"`` -> ``("a", "b")``; lists/tuples -> tuples of stripped strings; other values unchanged."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(item.strip() if isinstance(item, str) else item for item in value)
+    return value
+
+
+def _normalize_formats(value: Any, canonical: tuple[str, ...]) -> Any:
+    """Lower-case, dedupe and put known format names in canonical order; ``none`` alone -> ``()``.
+
+    Anything that is not clearly valid is returned as a tuple untouched for ``validate()`` to report.
+    """
+    items = _split_names(value)
+    if not isinstance(items, tuple):
+        return items
+    if not all(isinstance(item, str) for item in items):
+        return items
+    lowered = tuple(item.lower() for item in items)
+    if lowered == ("none",):
+        return ()
+    if not set(lowered) <= set(canonical):
+        return lowered
+    return tuple(name for name in canonical if name in lowered)
+
+
+def _dedupe(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything an export needs to know (SPEC 2). Build it with :func:`build_options` or directly.
+
+    Lists given as sequences or comma strings are normalised on construction (tuples, canonical order
+    for formats, ``"none"`` -> ``()``); :meth:`validate` checks the rest. ``stages`` is a plain dict
+    (stage name -> :class:`StageResources`), so the object is not hashable.
+    """
+
+    db: str
+    project: str
+    image_ids: tuple[str, ...] | None = None
+    output: str | None = None
+    force: bool = False
+    images_root: str | None = None
+    address: str | None = None
+    include_originals: bool = True
+    include_visualizations: bool = True
+    annotations: tuple[str, ...] = ANNOTATION_FORMATS
+    metrics: tuple[str, ...] = METRIC_FORMATS
+    include_docs: bool = True
+    visualization: VisualizationSettings = field(default_factory=VisualizationSettings)
+    scale_um_per_px: float | None = None
+    stages: dict[str, StageResources] = field(default_factory=default_stages)
+    max_buffered_images: int = DEFAULT_MAX_BUFFERED_IMAGES
+
+    def __post_init__(self) -> None:
+        ids = self.image_ids
+        if ids is not None:
+            ids = _split_names(ids)
+            if isinstance(ids, tuple):
+                ids = _dedupe(ids)
+        object.__setattr__(self, "image_ids", ids)
+        object.__setattr__(self, "annotations", _normalize_formats(self.annotations, ANNOTATION_FORMATS))
+        object.__setattr__(self, "metrics", _normalize_formats(self.metrics, METRIC_FORMATS))
+        if isinstance(self.stages, Mapping):
+            stages = default_stages()
+            stages.update(self.stages)
+            object.__setattr__(self, "stages", stages)
+
+    def validate(self, under_job: bool = False) -> None:
+        """Raise :class:`OptionError` naming the first invalid option.
+
+        ``under_job``: the export runs as a ``ray job submit`` entrypoint, where the output must be
+        given and be absolute or a URI (the job's working folder is temporary).
+        """
+        _check_text("db", self.db)
+        if is_uri(self.db) and not (is_postgres_dsn(self.db) or self.db.strip().lower().startswith(SQLITE_SCHEME)):
+            raise OptionError("db", "expected a postgresql:// DSN, sqlite:///path or a plain SQLite file path")
+        _check_text("project", self.project)
+        self._validate_image_ids()
+        if self.output is not None:
+            _check_text("output", self.output)
+        if under_job and (self.output is None or not (os.path.isabs(self.output) or is_uri(self.output))):
+            raise OptionError("output", "under `ray job submit` the output must be given as an absolute path or URI")
+        for name in ("force", "include_originals", "include_visualizations", "include_docs"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(_FIELD_OPTION_NAMES.get(name, name), f"{getattr(self, name)!r} is not true/false")
+        if self.images_root is not None:
+            _check_text("images_root", self.images_root)
+        elif is_postgres_dsn(self.db):
+            raise OptionError("images_root", "required with a PostgreSQL database (--images-root)")
+        if self.address is not None:
+            _check_text("address", self.address)
+        _check_formats("annotations", self.annotations, ANNOTATION_FORMATS)
+        _check_formats("metrics", self.metrics, METRIC_FORMATS)
+        if not isinstance(self.visualization, VisualizationSettings):
+            raise OptionError("visualization", f"{self.visualization!r} is not a VisualizationSettings")
+        self.visualization.validate()
+        scale = self.scale_um_per_px
+        if scale is not None and (
+            not _is_number(scale) or not MIN_SCALE_UM_PER_PX <= float(scale) <= MAX_SCALE_UM_PER_PX
+        ):
+            raise OptionError(
+                "scale", f"{scale!r} is not a number in {MIN_SCALE_UM_PER_PX:g}..{MAX_SCALE_UM_PER_PX:g} µm/px"
+            )
+        if not isinstance(self.stages, dict):
+            raise OptionError("stages", "expected a mapping of stage name -> StageResources")
+        for stage, hints in self.stages.items():
+            if stage not in STAGE_NAMES:
+                raise OptionError(f"stages.{stage}", f"unknown stage; expected one of {', '.join(STAGE_NAMES)}")
+            if not isinstance(hints, StageResources):
+                raise OptionError(f"stages.{stage}", f"{hints!r} is not a StageResources")
+            hints.validate(stage)
+        _check_int("max_buffered_images", self.max_buffered_images, 1, MAX_BUFFERED_IMAGES_LIMIT)
+
+    def _validate_image_ids(self) -> None:
+        ids = self.image_ids
+        if ids is None:
+            return
+        if not isinstance(ids, tuple) or not all(isinstance(item, str) for item in ids):
+            raise OptionError("image_ids", f"{ids!r} is not a list of ids")
+        if not ids:
+            raise OptionError("image_ids", "no image ids given")
+        if any(not item for item in ids):
+            raise OptionError("image_ids", "an image id is empty")
+
+    def content_options(self) -> dict[str, Any]:
+        """The options that shape the ZIP's content, keyed as in an options file (for metadata.json).
+
+        Leaves out the database, paths, addresses, output, credentials and the resource hints (which
+        never change the bytes). Selected image ids are listed sorted.
+        """
+        viz = self.visualization
+        return {
+            "image_ids": None if self.image_ids is None else sorted(self.image_ids),
+            "originals": self.include_originals,
+            "visualizations": self.include_visualizations,
+            "annotations": list(self.annotations),
+            "metrics": list(self.metrics),
+            "docs": self.include_docs,
+            "scale": None if self.scale_um_per_px is None else float(self.scale_um_per_px),
+            "visualization": {
+                "external_color": viz.external_color,
+                "internal_color": viz.internal_color,
+                "stroke_width": viz.stroke_width,
+                "font_size": viz.font_size,
+                "fill_opacity": float(viz.fill_opacity),
+                "show_numbers": viz.show_numbers,
+                "format": viz.format,
+            },
+        }
+
+
+_FIELD_OPTION_NAMES = {
+    "include_originals": "originals",
+    "include_visualizations": "visualizations",
+    "include_docs": "docs",
+    "scale_um_per_px": "scale",
+}
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        reason = "required (a non-empty text)" if value is None else f"{value!r} is not a non-empty text"
+        raise OptionError(name, reason)
+
+
+def _check_formats(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    expected = f"expected a comma list of {', '.join(allowed)}, or none"
+    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+        raise OptionError(name, f"{value!r}: {expected}")
+    for item in value:
+        if item not in allowed:
+            reason = "'none' cannot be combined with formats" if item == "none" else f"unknown format {item!r}"
+            raise OptionError(name, f"{reason}; {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options files and merging (defaults < file < flags)
+# ---------------------------------------------------------------------------------------------------------
+
+#: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).
+OPTION_KEYS: tuple[str, ...] = (
+    "db",
+    "project",
+    "image_ids",
+    "output",
+    "force",
+    "images_root",
+    "address",
+    "originals",
+    "visualizations",
+    "docs",
+    "annotations",
+    "metrics",
+    "scale",
+    "visualization",
+    "stages",
+    "max_buffered_images",
+)
+VISUALIZATION_KEYS: tuple[str, ...] = (
+    "external_color",
+    "internal_color",
+    "stroke_width",
+    "font_size",
+    "fill_opacity",
+    "show_numbers",
+    "format",
+)
+STAGE_KEYS: tuple[str, ...] = ("num_cpus", "memory", "resources", "batch_size")
+_NESTED_KEYS: dict[str, tuple[str, ...]] = {"visualization": VISUALIZATION_KEYS, "stages": STAGE_NAMES}
+_VIZ_OPTION_NAMES = {"format": "viz_format"}
+
+
+def check_option_keys(values: Mapping[str, Any], source: str = "options") -> None:
+    """Raise :class:`OptionError` naming the first unknown key (nested keys as ``visualization.x``)."""
+    if not isinstance(values, Mapping):
+        raise OptionError(
+            "options", f"{source}: expected a mapping of option names to values, not {type(values).__name__}"
+        )
+    for key, value in values.items():
+        if key not in OPTION_KEYS:
+            raise OptionError(str(key), f"unknown option in {source}; known: {', '.join(OPTION_KEYS)}")
+        if key in _NESTED_KEYS and value is not None:
+            if not isinstance(value, Mapping):
+                raise OptionError(key, f"expected a mapping, got {type(value).__name__}")
+            for sub_key, sub_value in value.items():
+                if sub_key not in _NESTED_KEYS[key]:
+                    raise OptionError(f"{key}.{sub_key}", f"unknown option; known: {', '.join(_NESTED_KEYS[key])}")
+                if key == "stages" and sub_value is not None:
+                    if not isinstance(sub_value, Mapping):
+                        raise OptionError(f"stages.{sub_key}", f"expected a mapping, got {type(sub_value).__name__}")
+                    for stage_key in sub_value:
+                        if stage_key not in STAGE_KEYS:
+                            raise OptionError(
+                                f"stages.{sub_key}.{stage_key}", f"unknown option; known: {', '.join(STAGE_KEYS)}"
+                            )
+
+
+def load_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) options file into a checked mapping."""
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in (".json", ".yaml", ".yml"):
+        raise OptionError("options", f"{path}: expected a .json, .yaml or .yml file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise OptionError("options", f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise OptionError("options", f"{path} is not UTF-8 text") from exc
+    try:
+        if extension == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise OptionError("options", f"{path} is not valid JSON: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        raise OptionError("options", f"{path} is not valid YAML: {exc}") from exc
+    if values is None:
+        values = {}
+    check_option_keys(values, source=path)
+    return dict(values)
+
+
+def merge_option_values(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge option mappings, later layers winning; ``visualization`` and ``stages`` merge key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if not layer:
+            continue
+        for key, value in layer.items():
+            if key == "visualization" and isinstance(value, Mapping):
+                merged[key] = {**(merged.get(key) or {}), **value}
+            elif key == "stages" and isinstance(value, Mapping):
+                stages = {name: dict(hints) for name, hints in (merged.get(key) or {}).items()}
+                for name, hints in value.items():
+                    stages[name] = {**stages.get(name, {}), **(hints or {})}
+                merged[key] = stages
+            else:
+                merged[key] = value
+    return merged
+
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise OptionError(name, f"{value!r} is not true/false")
+
+
+def _to_float(name: str, value: Any) -> float:
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise OptionError(name, f"{value!r} is not a number")
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise OptionError(name, f"{value!r} is not an integer")
+
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_BYTES_TEXT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A byte count: an integer, or text such as ``2GiB``, ``512MB``, ``1.5e9`` (SI and binary units)."""
+    if isinstance(value, str):
+        match = _BYTES_TEXT.match(value)
+        if not match or match.group(2).lower() not in _BYTE_UNITS:
+            raise OptionError(name, f"{value!r} is not a byte count (e.g. 2000000000, 2GB, 2GiB)")
+        number = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+        if not math.isfinite(number) or not number.is_integer():
+            raise OptionError(name, f"{value!r} is not a whole number of bytes")
+        return int(number)
+    return _to_int(name, value)
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise OptionError(name, f"{value!r} is not a text")
+    return value
+
+
+def _image_ids(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = _split_names(value)
+    if not isinstance(items, tuple) or not all(
+        isinstance(item, (str, int)) and not isinstance(item, bool) for item in items
+    ):
+        raise OptionError("image_ids", f"{value!r} is not a list of ids or a comma-separated text")
+    return tuple(str(item) for item in items)
+
+
+def _formats(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _split_names(value)
+    if not isinstance(items, tuple) or not all(isinstance(item, str) for item in items):
+        raise OptionError(name, f"{value!r} is not a list of format names, a comma-separated text or none")
+    return items
+
+
+def _visualization(values: Mapping[str, Any]) -> VisualizationSettings:
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        option = _VIZ_OPTION_NAMES.get(key, key)
+        if value is None:
+            continue
+        if key in ("stroke_width", "font_size"):
+            kwargs[key] = _to_int(option, value)
+        elif key == "fill_opacity":
+            kwargs[key] = _to_float(option, value)
+        elif key == "show_numbers":
+            kwargs[key] = _to_bool(option, value)
+        elif key == "format":
+            kwargs[key] = value.strip().lower() if isinstance(value, str) else value
+        else:
+            kwargs[key] = value
+    return VisualizationSettings(**kwargs)
+
+
+def _stage(stage: str, values: Mapping[str, Any]) -> StageResources:
+    base = DEFAULT_STAGE_RESOURCES[stage]
+    prefix = f"stages.{stage}"
+    num_cpus = _to_float(f"{prefix}.num_cpus", values["num_cpus"]) if "num_cpus" in values else base.num_cpus
+    batch_size = _to_int(f"{prefix}.batch_size", values["batch_size"]) if "batch_size" in values else base.batch_size
+    memory = base.memory
+    if "memory" in values:
+        memory = None if values["memory"] is None else parse_bytes(f"{prefix}.memory", values["memory"])
+    resources: Any = base.resources
+    if "resources" in values:
+        raw = values["resources"] or {}
+        if not isinstance(raw, Mapping):
+            raise OptionError(f"{prefix}.resources", f"{raw!r} is not a mapping of name -> amount")
+        resources = {str(k): _to_float(f"{prefix}.resources.{k}", v) for k, v in raw.items()}
+    return StageResources(num_cpus=num_cpus, memory=memory, resources=resources, batch_size=batch_size)
+
+
+def build_options(
+    file_values: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None, under_job: bool = False
+) -> ExportOptions:
+    """Defaults < ``file_values`` < ``overrides`` (both keyed as an options file), converted and validated.
+
+    ``visualization`` and ``stages`` merge key by key, so an override of ``stages.copy.num_cpus`` keeps
+    the file's ``stages.copy.batch_size``. Raises :class:`OptionError` naming the first invalid option.
+    """
+    for layer, source in ((file_values, "options file"), (overrides, "overrides")):
+        if layer is not None:
+            check_option_keys(layer, source)
+    values = merge_option_values(file_values, overrides)
+    db = _optional_text("db", values.get("db"))
+    project = _optional_text("project", values.get("project"))
+    _check_text("db", db)
+    _check_text("project", project)
+    kwargs: dict[str, Any] = {"db": db, "project": project}
+    if values.get("image_ids") is not None:
+        kwargs["image_ids"] = _image_ids(values["image_ids"])
+    for key in ("output", "images_root", "address"):
+        if values.get(key) is not None:
+            kwargs[key] = _optional_text(key, values[key])
+    for key, field_name in (
+        ("force", "force"),
+        ("originals", "include_originals"),
+        ("visualizations", "include_visualizations"),
+        ("docs", "include_docs"),
+    ):
+        if values.get(key) is not None:
+            kwargs[field_name] = _to_bool(key, values[key])
+    for key in ("annotations", "metrics"):
+        if key in values:
+            kwargs[key] = _formats(key, values[key])
+    if values.get("scale") is not None:
+        kwargs["scale_um_per_px"] = _to_float("scale", values["scale"])
+    if values.get("visualization"):
+        kwargs["visualization"] = _visualization(values["visualization"])
+    stages = default_stages()
+    for stage, stage_values in (values.get("stages") or {}).items():
+        stages[stage] = _stage(stage, stage_values or {})
+    kwargs["stages"] = stages
+    if values.get("max_buffered_images") is not None:
+        kwargs["max_buffered_images"] = _to_int("max_buffered_images", values["max_buffered_images"])
+    options = ExportOptions(**kwargs)
+    options.validate(under_job=under_job)
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command-line flags
+# ---------------------------------------------------------------------------------------------------------
+
+
+def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a ``ray job submit`` entrypoint (Ray passes the job's metadata in its env)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(metadata.get("job_submission_id"))
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export`` command's flags. Every flag defaults to ``None``: only given flags override."""
+    source = parser.add_argument_group("source and output")
+    source.add_argument("--db", metavar="DSN_OR_PATH", help="postgresql:// DSN, sqlite:///path or a SQLite file path")
+    source.add_argument("--project", metavar="ID_OR_TITLE", help="project id or exact title")
+    source.add_argument(
+        "--images-root", metavar="DIR_OR_URI", help="folder or pyarrow.fs URI the originalPath values are under"
+    )
+    source.add_argument("--out", dest="output", metavar="FILE.zip", help="output ZIP (default: <title>-<time>.zip)")
+    source.add_argument("--force", action="store_const", const=True, default=None, help="overwrite an existing output")
+    source.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to use (default: RAY_ADDRESS or local)")
+    source.add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
+    source.add_argument(
+        "--image-ids", action="append", metavar="ID,...", help="export only these images (comma list, repeatable)"
+    )
+
+    content = parser.add_argument_group("content")
+    content.add_argument("--annotations", metavar="coco,yolo,json|none", help="annotation formats (default: all)")
+    content.add_argument("--metrics", metavar="csv,xlsx,json,parquet|none", help="metrics formats (default: all)")
+    content.add_argument(
+        "--no-originals",
+        dest="originals",
+        action="store_const",
+        const=False,
+        default=None,
+        help="leave the original images out",
+    )
+    content.add_argument(
+        "--no-visualizations",
+        dest="visualizations",
+        action="store_const",
+        const=False,
+        default=None,
+        help="leave the visualizations out",
+    )
+    content.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_const",
+        const=False,
+        default=None,
+        help="leave README.md, metrics_guide.md and metadata.json out (the report stays)",
+    )
+    content.add_argument("--scale", metavar="UM_PER_PX", help="scale in µm per pixel (0.001-1000)")
+
+    viz = parser.add_argument_group("visualization")
+    viz.add_argument("--viz-format", metavar="png|jpeg|webp", help="visualization image format (default png)")
+    viz.add_argument("--external-color", metavar="#RRGGBB", help="outline and fill colour of objects (#FF0000)")
+    viz.add_argument("--internal-color", metavar="#RRGGBB", help="outline colour of holes (#0000FF)")
+    viz.add_argument("--stroke-width", metavar="1-10", help="outline width in pixels (2)")
+    viz.add_argument("--font-size", metavar="10-50", help="object number font size (32)")
+    viz.add_argument("--fill-opacity", metavar="0-1", help="fill opacity of objects (0.3)")
+    viz.add_argument(
+        "--no-numbers",
+        dest="show_numbers",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not draw object numbers",
+    )
+
+    run = parser.add_argument_group("resources")
+    stages = ",".join(STAGE_NAMES)
+    run.add_argument("--batch-size", action="append", metavar="STAGE=N", help=f"batch size of a stage ({stages})")
+    run.add_argument("--num-cpus", action="append", metavar="STAGE=X", help="CPUs per task/actor of a stage")
+    run.add_argument("--memory", action="append", metavar="STAGE=BYTES", help="memory hint of a stage (e.g. 2GiB)")
+    run.add_argument("--resource", action="append", metavar="STAGE=NAME:AMOUNT", help="custom Ray resource of a stage")
+    run.add_argument("--max-buffered-images", metavar="N", help="bound of the writer's reorder buffer (256)")
+
+
+_VIZ_FLAGS = (
+    ("viz_format", "format"),
+    ("external_color", "external_color"),
+    ("internal_color", "internal_color"),
+    ("stroke_width", "stroke_width"),
+    ("font_size", "font_size"),
+    ("fill_opacity", "fill_opacity"),
+    ("show_numbers", "show_numbers"),
+)
+_STAGE_FLAGS = (("batch_size", "batch_size", "N"), ("num_cpus", "num_cpus", "X"), ("memory", "memory", "BYTES"))
+
+
+def _stage_assignment(flag: str, field_name: str, text: str) -> tuple[str, str]:
+    stage, sep, value = str(text).partition("=")
+    stage = stage.strip().lower()
+    if not sep or not value.strip():
+        raise OptionError(f"--{flag.replace('_', '-')}", f"{text!r}: expected STAGE=VALUE")
+    if stage not in STAGE_NAMES:
+        raise OptionError(f"stages.{stage}", f"unknown stage in {text!r}; expected one of {', '.join(STAGE_NAMES)}")
+    return stage, value.strip()
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line, keyed as in an options file."""
+    overrides: dict[str, Any] = {}
+    for key in (
+        "db",
+        "project",
+        "output",
+        "images_root",
+        "address",
+        "force",
+        "originals",
+        "visualizations",
+        "docs",
+        "annotations",
+        "metrics",
+        "scale",
+        "max_buffered_images",
+    ):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    image_ids = getattr(args, "image_ids", None)
+    if image_ids:
+        overrides["image_ids"] = ",".join(image_ids)
+    viz = {key: getattr(args, flag) for flag, key in _VIZ_FLAGS if getattr(args, flag, None) is not None}
+    if viz:
+        overrides["visualization"] = viz
+    stages: dict[str, dict[str, Any]] = {}
+    for flag, field_name, _ in _STAGE_FLAGS:
+        for text in getattr(args, flag, None) or ():
+            stage, value = _stage_assignment(flag, field_name, text)
+            stages.setdefault(stage, {})[field_name] = value
+    for text in getattr(args, "resource", None) or ():
+        stage, value = _stage_assignment("resource", "resources", text)
+        name, sep, amount = value.partition(":")
+        if not sep or not name.strip():
+            raise OptionError("--resource", f"{text!r}: expected STAGE=NAME:AMOUNT")
+        stage_values = stages.setdefault(stage, {})
+        stage_values.setdefault("resources", {})[name.strip()] = amount.strip()
+    if stages:
+        overrides["stages"] = stages
+    return overrides
+
+
+def options_from_args(args: argparse.Namespace, under_job: bool | None = None) -> ExportOptions:
+    """Options file (``--options``) overridden by the given flags, validated.
+
+    ``under_job`` defaults to :func:`running_under_job_submit`.
+    """
+    options_path = getattr(args, "options", None)
+    file_values = load_options_file(options_path) if options_path else None
+    if under_job is None:
+        under_job = running_under_job_submit()
+    return build_options(file_values, overrides_from_args(args), under_job=under_job)

@@ -1,0 +1,713 @@
+"""The documents the ZIP carries: ``documentation/README.md``, ``metadata.json`` and ``export_report.json``.
+
+Everything here is a pure function of an :class:`ExportSummary` (or of the problems added to an
+:class:`ExportReportWriter`): no clock, host, path or version look-up happens inside, so the same export
+gives the same bytes. :func:`software_versions` and :func:`format_export_time` are separate helpers for
+the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from . import __version__
+from .options import METRIC_FORMATS, VISUALIZATION_KEYS, ExportOptions
+from .problems import PROBLEM_CODES, Problem
+
+# ---------------------------------------------------------------------------------------------------------
+# Member names of the aggregated documents and the ZIP's table of contents
+# ---------------------------------------------------------------------------------------------------------
+
+DATA_YAML_MEMBER = "data.yaml"
+COCO_MEMBER = "annotations/coco/annotations.json"
+JSON_EXPORT_MEMBER = "annotations/json/segmentation_data.json"
+METRICS_MEMBERS: dict[str, str] = {fmt: f"metrics/metrics.{fmt}" for fmt in METRIC_FORMATS}
+README_MEMBER = "documentation/README.md"
+METRICS_GUIDE_MEMBER = "documentation/metrics_guide.md"
+METADATA_MEMBER = "documentation/metadata.json"
+REPORT_MEMBER = "documentation/export_report.json"
+
+IMAGES_FOLDER = "images/"
+VISUALIZATIONS_FOLDER = "visualizations/"
+LABELS_FOLDER = "labels/"
+
+#: Where the scale of lengths and areas came from.
+SCALE_SOURCES = ("option", "database", "pixels")
+
+#: Export-level note codes of ``export_report.json`` (``notes``); other codes are allowed as well.
+NOTE_CODES: dict[str, str] = {
+    "scale_from_option": "lengths and areas are in µm, using the scale given in the options",
+    "scale_from_database": "lengths and areas are in µm, using the pixelSizeUm shared by every selected image",
+    "scale_pixels": "no usable common pixelSizeUm (missing, differing or out of range): metrics are in pixels",
+    "unknown_image_ids": "some requested image ids do not exist or belong to another project (see `unknown_image_ids`)",
+    "note": "any other export-level remark (free text)",
+}
+
+
+def aggregated_member_names(annotations: Sequence[str], metrics: Sequence[str], include_docs: bool) -> list[str]:
+    """The aggregated members an export writes, in ZIP order (after all per-image members)."""
+    names: list[str] = []
+    if "coco" in annotations:
+        names.append(COCO_MEMBER)
+    if "json" in annotations:
+        names.append(JSON_EXPORT_MEMBER)
+    if "yolo" in annotations:
+        names.append(DATA_YAML_MEMBER)
+    names.extend(METRICS_MEMBERS[fmt] for fmt in METRIC_FORMATS if fmt in metrics)
+    if include_docs:
+        names.extend([README_MEMBER, METRICS_GUIDE_MEMBER, METADATA_MEMBER])
+    names.append(REPORT_MEMBER)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The summary the documents are made from
+# ---------------------------------------------------------------------------------------------------------
+
+COUNT_DESCRIPTIONS: dict[str, str] = {
+    "images": "selected images (rows in COCO `images` and in the JSON export)",
+    "images_with_files": "original files read and stored under `images/`",
+    "visualizations": "visualizations drawn",
+    "objects": "closed objects (external polygons), incomplete ones included",
+    "incomplete_objects": "objects marked `complete: false` (no metrics row)",
+    "polylines": "open polylines",
+    "polylines_not_in_yolo": "polylines left out of the YOLO labels",
+    "orphan_holes": "holes inside no object (JSON export only)",
+    "metric_rows": "rows in the metrics tables",
+    "problems": "per-image problems in `export_report.json`",
+    "unknown_image_ids": "requested image ids that were not exported",
+}
+
+
+@dataclass(frozen=True)
+class ExportCounts:
+    """Totals of one export (see :data:`COUNT_DESCRIPTIONS`)."""
+
+    images: int = 0
+    images_with_files: int = 0
+    visualizations: int = 0
+    objects: int = 0
+    incomplete_objects: int = 0
+    polylines: int = 0
+    polylines_not_in_yolo: int = 0
+    orphan_holes: int = 0
+    metric_rows: int = 0
+    problems: int = 0
+    unknown_image_ids: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """Counts in field order as plain ints."""
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What README.md and metadata.json say about one export.
+
+    ``content_options`` is :meth:`ExportOptions.content_options` (any other key in it is ignored, so a
+    path or DSN passed by mistake never reaches a document). ``counts`` maps count names (see
+    :data:`COUNT_DESCRIPTIONS`) to ints; an :class:`ExportCounts` is accepted too. ``members`` says what
+    the ZIP holds: either the member paths and per-image folders (``images/``, ...; see
+    :func:`zip_contents`), or a mapping of kinds (``originals``, ``visualizations``, ``visualization_format``,
+    ``annotations``, ``metrics``, ``docs``), or empty to derive it from ``content_options``.
+    ``software_versions`` maps package names to versions (see :func:`software_versions`).
+    """
+
+    project_id: str
+    project_title: str
+    project_type: str
+    export_time: str
+    content_options: Mapping[str, Any]
+    counts: Mapping[str, int]
+    scale_um_per_px: float | None
+    scale_source: str
+    members: Sequence[str] | Mapping[str, Any] = ()
+    software_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.counts, ExportCounts):
+            object.__setattr__(self, "counts", self.counts.to_dict())
+
+    @property
+    def length_unit(self) -> str:
+        """Unit of metric lengths: ``um`` with a scale, else ``px``."""
+        return "um" if self.scale_um_per_px is not None else "px"
+
+    @property
+    def area_unit(self) -> str:
+        """Unit of metric areas."""
+        return f"{self.length_unit}^2"
+
+    def count(self, name: str) -> int:
+        """One count (0 when not recorded)."""
+        return int(self.counts.get(name, 0) or 0)
+
+    def member_list(self) -> tuple[str, ...]:
+        """Member paths and per-image folders present in the ZIP, in ZIP order."""
+        if isinstance(self.members, Mapping):
+            return _members_from_kinds(self.members, self.counts)
+        if self.members:
+            return tuple(self.members)
+        return _members_from_kinds(self.content_options, self.counts)
+
+
+def _members_from_kinds(kinds: Mapping[str, Any], counts: Mapping[str, int]) -> tuple[str, ...]:
+    """Member list from include flags and formats; a folder whose count is known to be 0 is left out."""
+    annotations = tuple(kinds.get("annotations") or ())
+    metrics = tuple(kinds.get("metrics") or ())
+    folders: list[str] = []
+    if kinds.get("originals", True) and int(counts.get("images_with_files", 1) or 0) > 0:
+        folders.append(IMAGES_FOLDER)
+    if kinds.get("visualizations", True) and int(counts.get("visualizations", 1) or 0) > 0:
+        folders.append(VISUALIZATIONS_FOLDER)
+    if "yolo" in annotations and int(counts.get("images", 1) or 0) > 0:
+        folders.append(LABELS_FOLDER)
+    return tuple(folders + aggregated_member_names(annotations, metrics, bool(kinds.get("docs", True))))
+
+
+def zip_contents(options: ExportOptions, counts: ExportCounts | Mapping[str, int]) -> tuple[str, ...]:
+    """Per-image folders that got files, then the aggregated members (usable as ``ExportSummary.members``)."""
+    if isinstance(counts, ExportCounts):
+        counts = counts.to_dict()
+    return _members_from_kinds(options.content_options(), counts)
+
+
+def format_export_time(moment: datetime) -> str:
+    """ISO 8601 UTC with microseconds and ``Z`` (``2026-01-02T03:04:05.123000Z``); naive values are UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that shapes the ZIP's bytes (looked up now; missing packages are left out)."""
+    from importlib import metadata
+
+    versions = {"ray_export": __version__, "python": platform.python_version()}
+    for key, distribution in (
+        ("numpy", "numpy"),
+        ("pyarrow", "pyarrow"),
+        ("opencv", "opencv-python-headless"),
+        ("pycocotools", "pycocotools"),
+        ("xlsxwriter", "XlsxWriter"),
+        ("pillow", "Pillow"),
+    ):
+        try:
+            versions[key] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            if key == "opencv" and "cv2" in sys.modules:
+                versions[key] = str(sys.modules["cv2"].__version__)
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars -> Python, tuples -> lists, NaN/inf -> ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        return int(value)
+    return str(value)
+
+
+def _dump_bytes(value: Any, sort_keys: bool) -> bytes:
+    text = json.dumps(json_safe(value), ensure_ascii=False, indent=2, sort_keys=sort_keys, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+_CONTENT_OPTION_KEYS = ("image_ids", "originals", "visualizations", "annotations", "metrics", "docs", "scale")
+
+
+def _content_options_only(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only the options that shape content; paths, DSNs, addresses or anything unknown are dropped."""
+    kept = {key: options[key] for key in _CONTENT_OPTION_KEYS if key in options}
+    viz = options.get("visualization")
+    if isinstance(viz, Mapping):
+        kept["visualization"] = {key: viz[key] for key in VISUALIZATION_KEYS if key in viz}
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metadata.json
+# ---------------------------------------------------------------------------------------------------------
+
+METADATA_FORMAT_VERSION = 1
+
+
+def metadata_document(summary: ExportSummary) -> dict[str, Any]:
+    """The metadata.json content as a mapping (no paths, addresses, export ids or credentials)."""
+    return {
+        "metadata_version": METADATA_FORMAT_VERSION,
+        "project": {"id": summary.project_id, "title": summary.project_title, "type": summary.project_type},
+        "export_time": summary.export_time,
+        "options": _content_options_only(summary.content_options),
+        "counts": {str(k): int(v) for k, v in summary.counts.items()},
+        "scale": {
+            "um_per_px": None if summary.scale_um_per_px is None else float(summary.scale_um_per_px),
+            "source": summary.scale_source,
+            "length_unit": summary.length_unit,
+            "area_unit": summary.area_unit,
+        },
+        "software": {str(k): str(v) for k, v in summary.software_versions.items()},
+    }
+
+
+def metadata_json(summary: ExportSummary) -> bytes:
+    """``documentation/metadata.json``: sorted keys, indent 2, UTF-8, trailing newline."""
+    return _dump_bytes(metadata_document(summary), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export_report.json
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ExportReportWriter:
+    """Collects per-image problems and export-level notes; writes ``export_report.json``.
+
+    Only images with at least one problem are listed. Images come out in index order whatever the
+    order they were added in; the problems of an image keep the order they were added in (adding the
+    same index twice appends).
+    """
+
+    def __init__(self) -> None:
+        self._images: dict[int, dict[str, Any]] = {}
+        self._unknown_ids: dict[str, None] = {}
+        self._notes: list[dict[str, str]] = []
+
+    @property
+    def problem_count(self) -> int:
+        """Per-image problems added so far."""
+        return sum(len(entry["problems"]) for entry in self._images.values())
+
+    @property
+    def image_count(self) -> int:
+        """Images with at least one problem."""
+        return len(self._images)
+
+    def add_image(self, index: int, image_id: str, image_name: str, problems: Iterable[Problem]) -> None:
+        """Record the problems of the image with export ``index`` (nothing is recorded without problems)."""
+        problem_dicts = [problem.to_dict() for problem in problems]
+        if not problem_dicts:
+            return
+        entry = self._images.get(int(index))
+        if entry is None:
+            entry = {"index": int(index), "image_id": str(image_id), "image_name": str(image_name), "problems": []}
+            self._images[int(index)] = entry
+        entry["problems"].extend(problem_dicts)
+
+    def add_unknown_image_ids(self, ids: Iterable[str]) -> None:
+        """Record requested image ids that are unknown or belong to another project (listed sorted)."""
+        for image_id in ids:
+            self._unknown_ids[str(image_id)] = None
+
+    def add_note(self, code_or_text: str, message: str | None = None) -> None:
+        """Record an export-level note, kept in added order.
+
+        ``add_note("scale_pixels", "...")`` records a code (see :data:`NOTE_CODES`) and a message;
+        ``add_note("scale_pixels")`` uses the code's standard description; a single free text that is
+        no known code is recorded with code ``note``.
+        """
+        text = str(code_or_text)
+        if message is not None:
+            self._notes.append({"code": text, "message": str(message)})
+        elif text in NOTE_CODES:
+            self._notes.append({"code": text, "message": NOTE_CODES[text]})
+        else:
+            self._notes.append({"code": "note", "message": text})
+
+    def report(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        """The report as a mapping; ``counts`` gives images, objects and polylines_not_in_yolo.
+
+        ``counts.problems`` is always the number of problems listed in the report.
+        """
+        return {
+            "images": [self._images[index] for index in sorted(self._images)],
+            "unknown_image_ids": sorted(self._unknown_ids),
+            "notes": list(self._notes),
+            "counts": {
+                "images": int(counts.get("images", 0)),
+                "objects": int(counts.get("objects", 0)),
+                "polylines_not_in_yolo": int(counts.get("polylines_not_in_yolo", 0)),
+                "problems": self.problem_count,
+            },
+            "problem_codes": dict(PROBLEM_CODES),
+        }
+
+    def to_bytes(self, counts: Mapping[str, Any]) -> bytes:
+        """The report as UTF-8 JSON bytes (indent 2, trailing newline, fixed key order)."""
+        return _dump_bytes(self.report(counts), sort_keys=False)
+
+    def write(self, fileobj: IO[bytes], counts: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the report to a binary file object and return it as a mapping."""
+        report = self.report(counts)
+        fileobj.write(_dump_bytes(report, sort_keys=False))
+        return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# README.md
+# ---------------------------------------------------------------------------------------------------------
+
+_MARKDOWN_SPECIAL = "\\`*_[]<>|#"
+
+
+def _md(text: Any) -> str:
+    """Escape text for Markdown prose and table cells."""
+    out = str(text).replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in out)
+
+
+def _format_number(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else str(float(value))
+
+
+def _member_descriptions(summary: ExportSummary) -> dict[str, str]:
+    viz = summary.content_options.get("visualization")
+    kinds = summary.members if isinstance(summary.members, Mapping) else {}
+    viz_format = str(kinds.get("visualization_format") or (viz or {}).get("format") or "png")
+    viz_ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(viz_format, viz_format)
+
+    def files(count_name: str) -> str:
+        return f" ({summary.count(count_name)} files)" if count_name in summary.counts else ""
+
+    return {
+        IMAGES_FOLDER: "the original image files, byte for byte" + files("images_with_files"),
+        VISUALIZATIONS_FOLDER: (
+            f"`<stem>_viz.{viz_ext}`: each image with its objects drawn and numbered"
+            + files("visualizations")
+            + "; images without objects or polylines, or that did not decode, have none"
+        ),
+        LABELS_FOLDER: "`<stem>.txt`: YOLO-seg labels, one file per image (empty when it has no objects)",
+        DATA_YAML_MEMBER: "YOLO dataset file (`train: images`, `val: images`, one class `cell`)",
+        COCO_MEMBER: "COCO instances: images, categories, one annotation per object and polyline",
+        JSON_EXPORT_MEMBER: "every image with its exact polygon geometry (schema below)",
+        METRICS_MEMBERS["csv"]: "metrics table, one row per complete object, units in the header",
+        METRICS_MEMBERS["xlsx"]: "metrics workbook: sheets `Polygon Metrics` and `Summary`",
+        METRICS_MEMBERS["json"]: "metrics rows with a `units` object",
+        METRICS_MEMBERS["parquet"]: "metrics table, units in the schema metadata",
+        README_MEMBER: "this file",
+        METRICS_GUIDE_MEMBER: "the formula and unit of every metric",
+        METADATA_MEMBER: "project, export time, content options, counts and software versions (machine-readable)",
+        REPORT_MEMBER: "every problem found, per image, and export-level notes (always present)",
+    }
+
+
+def _contents_section(summary: ExportSummary) -> list[str]:
+    descriptions = _member_descriptions(summary)
+    lines = ["## Contents", "", "| member | what it holds |", "|---|---|"]
+    for member in summary.member_list():
+        lines.append(f"| `{member}` | {descriptions.get(member, '')} |")
+    lines += [
+        "",
+        "Per-image members (`images/`, `visualizations/`, `labels/`) share one *stem* per image, so "
+        "`images/cell_01.tif`, `visualizations/cell_01_viz.png` and `labels/cell_01.txt` belong together. "
+        "File names are made safe for every operating system: folder parts are dropped, control characters "
+        'and `<>:"|?*` become `_`, leading and trailing dots and spaces are removed, Windows device names '
+        "(`CON`, `NUL`, `COM1`, ...) get `_` appended and stems are cut to 100 characters. Stems that would "
+        "collide (compared case-insensitively, Unicode-normalised) get `_2`, `_3`, ... in export order. A "
+        "changed name is listed in `export_report.json` (code `member_renamed`); the COCO `file_name` and "
+        "the JSON export's `file_name` always give the name used here.",
+        "",
+    ]
+    return lines
+
+
+def _counts_section(summary: ExportSummary) -> list[str]:
+    lines = ["## Counts", "", "| count | value | meaning |", "|---|---:|---|"]
+    names = [name for name in COUNT_DESCRIPTIONS if name in summary.counts]
+    names += sorted(name for name in summary.counts if name not in COUNT_DESCRIPTIONS)
+    for name in names:
+        value = summary.count(name)
+        lines.append(f"| {name} | {value} | {COUNT_DESCRIPTIONS.get(name, '')} |")
+    return [*lines, ""]
+
+
+def _units_section(summary: ExportSummary) -> list[str]:
+    lines = ["## Units and scale", ""]
+    if summary.scale_um_per_px is not None:
+        source = {
+            "option": "given in the export options",
+            "database": "the `pixelSizeUm` shared by every selected image",
+        }.get(summary.scale_source, summary.scale_source)
+        lines.append(
+            f"Scale: **{_format_number(summary.scale_um_per_px)} µm per pixel** ({source}). In the metrics "
+            "files lengths are in µm (`um`) and areas in µm² (`um^2`)."
+        )
+    else:
+        lines.append(
+            "Scale: **none** — the selected images do not share one valid `pixelSizeUm` and no scale was "
+            "given, so metric lengths are in pixels (`px`) and areas in pixels² (`px^2`)."
+        )
+    lines += [
+        "",
+        "Always in image pixels, whatever the scale: polygon coordinates, COCO `bbox`/`area`/`segmentation`, "
+        "everything in the JSON export, and the metric columns `centroid_x`/`centroid_y`. Coordinates use the "
+        "original image's pixel grid with x to the right and y downwards; YOLO coordinates are normalised "
+        "to 0..1 by the image width and height. Angles (`feret_angle`) are in degrees.",
+        "",
+    ]
+    return lines
+
+
+def _options_section(summary: ExportSummary) -> list[str]:
+    options = _content_options_only(summary.content_options)
+    viz = options.get("visualization", {})
+
+    def formats(key: str) -> str:
+        values = options.get(key)
+        if values is None:
+            return "(not recorded)"
+        return ", ".join(values) if values else "none"
+
+    def on_off(key: str) -> str:
+        value = options.get(key)
+        return "(not recorded)" if value is None else ("yes" if value else "no")
+
+    image_ids = options.get("image_ids")
+    selection = "all images of the project" if image_ids is None else f"{len(image_ids)} selected image ids"
+    scale = options.get("scale")
+    lines = [
+        "## Options used",
+        "",
+        f"- images: {selection}",
+        f"- originals: {on_off('originals')}",
+        f"- visualizations: {on_off('visualizations')}",
+        f"- annotation formats: {formats('annotations')}",
+        f"- metrics formats: {formats('metrics')}",
+        f"- documentation: {on_off('docs')}",
+        f"- scale option: {'not given' if scale is None else _format_number(scale) + ' µm/px'}",
+    ]
+    if viz:
+        lines.append(
+            "- visualization: "
+            + ", ".join(f"`{key}` = `{json.dumps(json_safe(viz[key]))}`" for key in VISUALIZATION_KEYS if key in viz)
+        )
+    lines += ["", "The same options are in `metadata.json` under `options`.", ""]
+    return lines
+
+
+def _loading_section(summary: ExportSummary) -> list[str]:
+    members = set(summary.member_list())
+    lines = ["## Loading the data", "", "Unzip the archive and run these from its top folder.", ""]
+    if COCO_MEMBER in members:
+        lines += [
+            "### COCO (pycocotools)",
+            "",
+            "```python",
+            "from pycocotools.coco import COCO",
+            "",
+            f'coco = COCO("{COCO_MEMBER}")',
+            "for image in coco.loadImgs(coco.getImgIds()):",
+            '    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]], catIds=[1])):',
+            "        mask = coco.annToMask(ann)  # uint8 array (height, width); holes are 0",
+            '        number = ann["attributes"]["number"]  # the number drawn on the visualization',
+            "```",
+            "",
+            "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
+            "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
+            "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
+            "outer ring, `attributes` holds `number`, `confidence`, `holes` and `complete`. Category 2 "
+            "`polyline` (present only when there are polylines) holds open curves as zero-area rings with "
+            "`area` 0 and `attributes.length` in pixels; they decode to empty masks.",
+            "",
+        ]
+    if DATA_YAML_MEMBER in members:
+        lines += [
+            "### YOLO-seg (Ultralytics)",
+            "",
+            "```python",
+            "from ultralytics import YOLO",
+            "",
+            'model = YOLO("yolov8n-seg.pt")',
+            f'model.train(data="{DATA_YAML_MEMBER}", epochs=100, imgsz=640)',
+            "```",
+            "",
+            "Line k of `labels/<stem>.txt` is object number k: `0 x1 y1 ... xn yn`, coordinates divided by "
+            "the image width and height, clamped to 0..1, six decimals. Holes are joined to the outer ring "
+            "by zero-width bridges, so filling the ring leaves them empty. Polylines cannot be expressed "
+            "and are left out (counted in the report). Ultralytics pairs `images/<stem>.<ext>` with "
+            "`labels/<stem>.txt`, so training needs the originals in the archive; `train` and `val` both "
+            "point at `images` — split the data yourself for a real validation.",
+            "",
+        ]
+    metric_members = [METRICS_MEMBERS[fmt] for fmt in METRIC_FORMATS if METRICS_MEMBERS[fmt] in members]
+    if metric_members:
+        lines += ["### Metrics", "", "```python", "import pandas as pd", ""]
+        if METRICS_MEMBERS["csv"] in members:
+            lines.append(f'csv_table = pd.read_csv("{METRICS_MEMBERS["csv"]}")  # empty cells are undefined values')
+        if METRICS_MEMBERS["xlsx"] in members:
+            lines += [
+                "# pd.read_excel needs openpyxl",
+                f'xlsx_table = pd.read_excel("{METRICS_MEMBERS["xlsx"]}", sheet_name="Polygon Metrics")',
+                f'xlsx_summary = pd.read_excel("{METRICS_MEMBERS["xlsx"]}", sheet_name="Summary")',
+            ]
+        if METRICS_MEMBERS["parquet"] in members:
+            lines += [
+                f'parquet_table = pd.read_parquet("{METRICS_MEMBERS["parquet"]}")',
+                "import pyarrow.parquet as pq",
+                f'schema_metadata = pq.read_schema("{METRICS_MEMBERS["parquet"]}").metadata  # units',
+            ]
+        if METRICS_MEMBERS["json"] in members:
+            lines += [
+                "import json",
+                f'json_metrics = json.load(open("{METRICS_MEMBERS["json"]}", encoding="utf-8"))',
+            ]
+        lines += [
+            "```",
+            "",
+            "One row per closed object whose `complete` is not `false`, in (image index, object number) "
+            "order, keyed by `image_id`, `image_name` (= the COCO `file_name`) and `number`. Values are "
+            "unrounded float64 computed from the exact polygons. CSV and XLSX headers carry the unit, e.g. "
+            f"`area ({summary.area_unit})`; JSON and Parquet use the bare column names and give the units "
+            "beside them. A value that is undefined (zero area, perimeter or Feret width) is empty in CSV "
+            "and XLSX and null in JSON and Parquet. `metrics_guide.md` gives every formula.",
+            "",
+        ]
+    if JSON_EXPORT_MEMBER in members:
+        lines += [
+            "### JSON export",
+            "",
+            "```python",
+            "import json",
+            "",
+            f'data = json.load(open("{JSON_EXPORT_MEMBER}", encoding="utf-8"))',
+            'for image in data["images"]:',
+            '    for obj in image["objects"]:',
+            '        print(image["file_name"], obj["number"], obj["area"])',
+            "```",
+            "",
+        ]
+    return lines
+
+
+def _json_schema_section(summary: ExportSummary) -> list[str]:
+    if JSON_EXPORT_MEMBER not in summary.member_list():
+        return []
+    return [
+        "## JSON export schema",
+        "",
+        f'`{JSON_EXPORT_MEMBER}` is one object `{{"export_time": ..., "images": [...]}}`; all values are '
+        "in original-image pixels.",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+        "| `images[].index` | export index, 1-based (= COCO image id) |",
+        "| `images[].image_id` | the image's id in the database |",
+        "| `images[].file_name` | member name under `images/` |",
+        "| `images[].width`, `height` | image size in pixels (0 when unknown) |",
+        "| `objects[].number` | object number (see below) |",
+        "| `objects[].outer` | outer ring `[[x, y], ...]`, not closed (last point != first) |",
+        "| `objects[].holes` | list of hole rings, same form |",
+        "| `objects[].area` | outer ring area minus hole areas (shoelace), px² |",
+        "| `objects[].perimeter` | length of the outer ring, px |",
+        "| `objects[].bbox` | `[min x, min y, width, height]` of the outer ring |",
+        "| `objects[].centroid` | `[x, y]` area centroid, or null when the area is not positive |",
+        "| `objects[].confidence` | model confidence, or null |",
+        "| `objects[].complete` | false when the object is cut by the image border |",
+        "| `polylines[].number` | 1-based number among the image's polylines |",
+        "| `polylines[].points` | open curve `[[x, y], ...]` |",
+        "| `polylines[].length` | curve length, px |",
+        "| `polylines[].part_class`, `instance_id` | labels from the segmentation, or null |",
+        "| `orphan_holes` | hole rings that lie inside no object (not in masks or metrics) |",
+        "",
+    ]
+
+
+def _numbering_section() -> list[str]:
+    return [
+        "## Object numbers",
+        "",
+        "The valid closed external polygons of an image are numbered 1, 2, ... in the order the segmentation "
+        "stores them. The same number is drawn on the visualization, stored in COCO `attributes.number`, "
+        "used in the JSON export and the metrics `number` column, and is the line number in the YOLO label "
+        "file. Objects cut by the image border (`complete: false`) are numbered, drawn and annotated but have "
+        "no metrics row, so metrics numbers can have gaps. Dropped elements (too few points, unknown type) "
+        "get no number and are listed in the report. Holes belong to the object named by their `parent_id`, "
+        "else to the smallest object containing them.",
+        "",
+    ]
+
+
+def _report_section() -> list[str]:
+    lines = [
+        "## Export report",
+        "",
+        "`documentation/export_report.json` is always written:",
+        "",
+        "```json",
+        '{"images": [{"index": 3, "image_id": "...", "image_name": "...",',
+        '             "problems": [{"code": "...", "stage": "...", "message": "..."}]}],',
+        ' "unknown_image_ids": [], "notes": [{"code": "...", "message": "..."}],',
+        ' "counts": {"images": 0, "objects": 0, "polylines_not_in_yolo": 0, "problems": 0},',
+        ' "problem_codes": {"code": "description"}}',
+        "```",
+        "",
+        "Only images with at least one problem are listed, in index order. A problem never stops the "
+        "export: the image keeps its index and stays in COCO and the JSON export with whatever could be "
+        "read. Paths in messages are relative to the images root. Problem codes:",
+        "",
+        "| code | meaning |",
+        "|---|---|",
+    ]
+    lines += [f"| `{code}` | {_md(description)} |" for code, description in PROBLEM_CODES.items()]
+    lines += ["", "Export-level note codes:", "", "| code | meaning |", "|---|---|"]
+    lines += [f"| `{code}` | {_md(description)} |" for code, description in NOTE_CODES.items()]
+    return [*lines, ""]
+
+
+def _determinism_section(summary: ExportSummary) -> list[str]:
+    return [
+        "## Export time and reproducibility",
+        "",
+        f"Export time: **{_md(summary.export_time)}** (UTC). It is not the moment the export ran but the "
+        "newest `updatedAt` of the exported project, image and segmentation rows; it is used in "
+        "`metadata.json`, the COCO `info` block, the workbook properties and the ZIP entry timestamps. "
+        "Every member depends only on the database rows, the image files, the content options and the "
+        "software versions in `metadata.json`, so exporting unchanged data with the same options gives a "
+        "byte-identical archive, whatever the parallelism or the day. Only the default output *file name* "
+        "uses the wall clock.",
+        "",
+    ]
+
+
+def readme_markdown(summary: ExportSummary) -> str:
+    """``documentation/README.md`` for one export (only members present are described)."""
+    title = _md(summary.project_title) or "(untitled)"
+    lines = [
+        f"# Segmentation export: {title}",
+        "",
+        f"Project `{_md(summary.project_id)}` (type {_md(summary.project_type)}), "
+        f"{summary.count('images')} images, {summary.count('objects')} objects, exported with ray_export "
+        f"{_md(summary.software_versions.get('ray_export', __version__))}.",
+        "",
+    ]
+    lines += _contents_section(summary)
+    lines += _counts_section(summary)
+    lines += _units_section(summary)
+    lines += _options_section(summary)
+    lines += _loading_section(summary)
+    lines += _json_schema_section(summary)
+    lines += _numbering_section()
+    lines += _report_section()
+    lines += _determinism_section(summary)
+    return "\n".join(lines).rstrip("\n") + "\n"
