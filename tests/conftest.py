@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Memory pressure from other processes on a shared test machine must not kill the tests' actors.
+os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

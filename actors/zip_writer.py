@@ -1,0 +1,248 @@
+"""The ZIP-writer actor: assembles the export ZIP from per-image stage results.
+
+:class:`ExportAssembler` is plain Python (unit-tested without Ray); :class:`ZipWriterActor` is the thin
+Ray actor around it, pinned to the driver's node by the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from actors.zipstream import ReorderBuffer, ZipStreamWriter
+from ray_export.documents import ExportReportWriter, ExportSummary, metadata_json, readme_markdown
+from ray_export.formats.coco import CocoWriter, coco_image_entry
+from ray_export.formats.json_export import JsonExportWriter
+from ray_export.formats.metrics_files import (
+    MetricsCsvWriter,
+    MetricsJsonWriter,
+    MetricsParquetWriter,
+    MetricsXlsxWriter,
+)
+from ray_export.formats.yolo import data_yaml_text
+from ray_export.metrics import metrics_guide_markdown
+from ray_export.naming import image_member, label_member, visualization_member
+from ray_export.problems import Problem
+
+
+@dataclass
+class AssemblyPlan:
+    """What the assembler writes: fixed by the driver before the first entry."""
+
+    output: str
+    export_time: datetime
+    total_images: int
+    include_originals: bool
+    include_visualizations: bool
+    annotations: tuple[str, ...]
+    metrics: tuple[str, ...]
+    include_docs: bool
+    viz_extension: str
+    scale_um_per_px: float | None
+    summary: ExportSummary
+    coco_info: dict
+    #: per-image problems found on the driver (renamed members), by index
+    driver_problems: dict[int, list[dict]] = field(default_factory=dict)
+    unknown_image_ids: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+_METRIC_MEMBERS = {
+    "csv": "metrics/metrics.csv",
+    "xlsx": "metrics/metrics.xlsx",
+    "json": "metrics/metrics.json",
+    "parquet": "metrics/metrics.parquet",
+}
+
+
+class ExportAssembler:
+    """Streams per-image members into ``<output>.partial`` in index order; aggregated members at the end."""
+
+    def __init__(self, plan: AssemblyPlan) -> None:
+        self.plan = plan
+        self.zip = ZipStreamWriter(plan.output, plan.export_time)
+        out = Path(plan.output)
+        self.spool = Path(tempfile.mkdtemp(prefix=f".{out.name}.spool-", dir=out.parent))
+        self.buffer = ReorderBuffer()
+        self.released = 0
+        self.counts = {"images": 0, "objects": 0, "polylines": 0, "polylines_not_in_yolo": 0, "metric_rows": 0}
+        self.images_with_files = 0
+        self.problem_count = 0
+        self.report = ExportReportWriter()
+        self.report.add_unknown_image_ids(list(plan.unknown_image_ids))
+        for note in plan.notes:
+            self.report.add_note(note)
+        self.coco = CocoWriter(plan.coco_info, spool_dir=self.spool) if "coco" in plan.annotations else None
+        export_time_text = plan.summary.export_time
+        self.json_export = (
+            JsonExportWriter(export_time_text, spool_dir=self.spool) if "json" in plan.annotations else None
+        )
+        scaled = plan.scale_um_per_px is not None
+        self._metric_files: dict[str, Any] = {}
+        self.metric_writers: list[Any] = []
+        for fmt in plan.metrics:
+            fh = open(self.spool / f"metrics.{fmt}", "wb")  # noqa: SIM115 - closed in finish/abort
+            self._metric_files[fmt] = fh
+            if fmt == "csv":
+                writer = MetricsCsvWriter(fh, scaled)
+            elif fmt == "xlsx":
+                writer = MetricsXlsxWriter(fh, scaled, plan.export_time, tmpdir=str(self.spool))
+            elif fmt == "json":
+                writer = MetricsJsonWriter(fh, scaled, plan.scale_um_per_px)
+            else:
+                writer = MetricsParquetWriter(fh, scaled, plan.scale_um_per_px)
+            self.metric_writers.append(writer)
+
+    # ------------------------------------------------------------------ per image
+    def add_batch(self, table: pa.Table) -> int:
+        """Accept one batch of stage results; writes every image that is next in index order."""
+        written = 0
+        for row in table.to_pylist():
+            for index, item in self.buffer.put(int(row["index"]), row):
+                self._write_image(index, item)
+                written += 1
+        return written
+
+    @property
+    def pending(self) -> int:
+        """Images held back waiting for an earlier index."""
+        return self.buffer.pending
+
+    def _write_image(self, index: int, row: dict) -> None:
+        plan = self.plan
+        stem = row["stem"]
+        if row.get("original") is not None:
+            self.images_with_files += 1
+            if plan.include_originals:
+                self.zip.add_bytes(image_member(row["file_name"]), row["original"])
+        if plan.include_visualizations and row.get("visualization") is not None:
+            self.zip.add_bytes(visualization_member(stem, plan.viz_extension), row["visualization"])
+        if "yolo" in plan.annotations:
+            self.zip.add_bytes(label_member(stem), (row.get("yolo_label") or "").encode("utf-8"))
+        if self.coco is not None:
+            annotations = json.loads(row["coco_annotations"]) if row.get("coco_annotations") else []
+            entry = coco_image_entry(index, row["file_name"], int(row["width"]), int(row["height"]))
+            self.coco.add_image(entry, annotations)
+        if self.json_export is not None and row.get("json_entry"):
+            self.json_export.add_image(json.loads(row["json_entry"]))
+        if self.metric_writers and row.get("metric_rows"):
+            metric_rows = json.loads(row["metric_rows"])
+            if metric_rows:
+                for writer in self.metric_writers:
+                    writer.write_rows(metric_rows)
+                self.counts["metric_rows"] += len(metric_rows)
+        problems = list(plan.driver_problems.get(index, []))
+        if row.get("problems"):
+            problems += json.loads(row["problems"])
+        if problems:
+            found = [Problem(p["code"], p["stage"], p["message"]) for p in problems]
+            self.report.add_image(index, row["image_id"], row["file_name"], found)
+        self.problem_count += len(problems)
+        self.counts["images"] += 1
+        self.counts["objects"] += int(row.get("n_objects") or 0)
+        n_polylines = int(row.get("n_polylines") or 0)
+        self.counts["polylines"] += n_polylines
+        if "yolo" in plan.annotations:
+            self.counts["polylines_not_in_yolo"] += n_polylines
+        self.released += 1
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict:
+        """Write the aggregated members, commit the ZIP and return the final counts."""
+        plan = self.plan
+        if self.released != plan.total_images:
+            raise RuntimeError(
+                f"only {self.released} of {plan.total_images} images reached the writer "
+                f"({self.buffer.pending} waiting for an earlier index)"
+            )
+        if self.coco is not None:
+            self._add_spooled("annotations/coco/annotations.json", self.coco.write)
+        if self.json_export is not None:
+            self._add_spooled("annotations/json/segmentation_data.json", self.json_export.write)
+        if "yolo" in plan.annotations:
+            self.zip.add_bytes("data.yaml", data_yaml_text().encode("utf-8"))
+        for fmt, writer in zip(plan.metrics, self.metric_writers, strict=True):
+            writer.close()
+            self._metric_files[fmt].close()
+            self.zip.add_file(_METRIC_MEMBERS[fmt], self.spool / f"metrics.{fmt}")
+        counts = {
+            "images": self.counts["images"],
+            "objects": self.counts["objects"],
+            "polylines_not_in_yolo": self.counts["polylines_not_in_yolo"],
+            "problems": self.problem_count,
+        }
+        summary = replace(
+            plan.summary,
+            counts={
+                **counts,
+                "images_with_files": self.images_with_files,
+                "polylines": self.counts["polylines"],
+                "metric_rows": self.counts["metric_rows"],
+            },
+        )
+        if plan.include_docs:
+            self.zip.add_bytes("documentation/README.md", readme_markdown(summary).encode("utf-8"))
+            guide = metrics_guide_markdown(plan.scale_um_per_px)
+            self.zip.add_bytes("documentation/metrics_guide.md", guide.encode("utf-8"))
+            self.zip.add_bytes("documentation/metadata.json", metadata_json(summary))
+        self._add_spooled("documentation/export_report.json", lambda fh: self.report.write(fh, counts))
+        size = self.zip.commit()
+        self._cleanup()
+        return {**summary.counts, "bytes": size}
+
+    def _add_spooled(self, member: str, write) -> None:
+        path = self.spool / (member.replace("/", "_") + ".spool")
+        with open(path, "wb") as fh:
+            write(fh)
+        self.zip.add_file(member, path)
+        path.unlink()
+
+    def abort(self) -> None:
+        """Remove the partial output and every spool file; never raises."""
+        try:
+            self.zip.abort()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for fh in self._metric_files.values():
+            with contextlib.suppress(Exception):
+                fh.close()
+        for closer in (self.coco, self.json_export):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    @property
+    def bytes_written(self) -> int:
+        """Current size of the partial file."""
+        return self.zip.bytes_written
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ZipWriterActor:
+    """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs)."""
+
+    def __init__(self, plan: AssemblyPlan) -> None:
+        self.assembler = ExportAssembler(plan)
+
+    def add_batch(self, table: pa.Table) -> tuple[int, int, int]:
+        """(images written now, images pending in the reorder buffer, bytes written so far)."""
+        written = self.assembler.add_batch(table)
+        return written, self.assembler.pending, self.assembler.bytes_written
+
+    def finish(self) -> dict:
+        return self.assembler.finish()
+
+    def abort(self) -> None:
+        self.assembler.abort()

@@ -1,0 +1,392 @@
+"""Deterministic, streaming ZIP writing and in-order release of per-image results.
+
+Pure Python (no Ray): the writer actor drives these classes.
+
+- ``member_compression`` decides stored vs deflated per member (SPEC section 3).
+- ``ZipStreamWriter`` writes ``<output>.partial``, then flushes, fsyncs and renames it on ``commit()``;
+  ``abort()`` removes it. The same sequence of calls gives byte-identical files.
+- ``ReorderBuffer`` releases results keyed by a 1-based index strictly in index order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zipfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Generic, TypeVar
+
+__all__ = [
+    "ZIP_DEFLATED",
+    "ZIP_STORED",
+    "ReorderBuffer",
+    "ZipOutputError",
+    "ZipStreamWriter",
+    "member_compression",
+    "tiff_compression",
+    "zip_date_time",
+]
+
+ZIP_STORED = zipfile.ZIP_STORED
+ZIP_DEFLATED = zipfile.ZIP_DEFLATED
+
+STORED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+PARTIAL_SUFFIX = ".partial"
+COPY_CHUNK_BYTES = 1 << 20
+MEMBER_PERMISSIONS = 0o644
+UNIX_CREATE_SYSTEM = 3
+
+_TIFF_COMPRESSION_TAG = 259
+_TIFF_UNCOMPRESSED = 1
+_TIFF_MAX_ENTRIES = 4096
+# ZIP64 is forced for members whose size makes the 32-bit fields unsafe (zipfile's own margin is 5 %).
+_ZIP64_MEMBER_THRESHOLD = int(zipfile.ZIP64_LIMIT / 1.05)
+_ZIP_MIN_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+_ZIP_MAX_DATE_TIME = (2107, 12, 31, 23, 59, 58)
+_COMPRESS_LEVEL_ATTR = "compress_level" if "compress_level" in zipfile.ZipInfo.__slots__ else "_compresslevel"
+
+
+class ZipOutputError(OSError):
+    """The ZIP output cannot be created: folder missing or not writable, or the partial file failed."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Compression choice
+
+
+def _tiff_compression_from(read_at: Callable[[int, int], bytes]) -> int | None:
+    """Compression value of the first IFD of a TIFF or BigTIFF, read through ``read_at(offset, length)``.
+
+    Returns 1 when the tag is absent (the TIFF default), None when the data is not a parseable TIFF.
+    """
+    header = read_at(0, 16)
+    if len(header) < 8:
+        return None
+    if header[:2] == b"II":
+        endian = "<"
+    elif header[:2] == b"MM":
+        endian = ">"
+    else:
+        return None
+    (version,) = struct.unpack(endian + "H", header[2:4])
+    if version == 42:
+        (ifd_offset,) = struct.unpack(endian + "I", header[4:8])
+        count_format, count_size, entry_size, value_size = "H", 2, 12, 4
+    elif version == 43:
+        if len(header) < 16:
+            return None
+        offset_size, _reserved = struct.unpack(endian + "HH", header[4:8])
+        if offset_size != 8:
+            return None
+        (ifd_offset,) = struct.unpack(endian + "Q", header[8:16])
+        count_format, count_size, entry_size, value_size = "Q", 8, 20, 8
+    else:
+        return None
+    if ifd_offset < 8:
+        return None
+    count_bytes = read_at(ifd_offset, count_size)
+    if len(count_bytes) < count_size:
+        return None
+    (entry_count,) = struct.unpack(endian + count_format, count_bytes)
+    if entry_count == 0 or entry_count > _TIFF_MAX_ENTRIES:
+        return None
+    entries = read_at(ifd_offset + count_size, entry_count * entry_size)
+    if len(entries) < entry_count * entry_size:
+        return None
+    value_formats = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+    for start in range(0, entry_count * entry_size, entry_size):
+        tag, field_type = struct.unpack(endian + "HH", entries[start : start + 4])
+        if tag != _TIFF_COMPRESSION_TAG:
+            continue
+        value_format = value_formats.get(field_type)
+        if value_format is None:
+            return None
+        value_start = start + 4 + (4 if value_size == 4 else 8)  # after the count field
+        width = struct.calcsize(value_format)
+        if width > value_size:
+            return None
+        (value,) = struct.unpack(endian + value_format, entries[value_start : value_start + width])
+        return int(value)
+    return _TIFF_UNCOMPRESSED
+
+
+def tiff_compression(data: bytes) -> int | None:
+    """Compression tag (259) of the first IFD in TIFF bytes; 1 when absent, None when not parseable."""
+    view = memoryview(data)
+    return _tiff_compression_from(lambda offset, length: bytes(view[offset : offset + length]))
+
+
+def _is_tiff_name(name: str) -> bool:
+    return Path(name).suffix.lower() in TIFF_EXTENSIONS
+
+
+def _compression_for(name: str, tiff_value: Callable[[], int | None]) -> int:
+    suffix = Path(name).suffix.lower()
+    if suffix in STORED_EXTENSIONS:
+        return ZIP_STORED
+    if suffix in TIFF_EXTENSIONS:
+        value = tiff_value()
+        if value is not None and value != _TIFF_UNCOMPRESSED:
+            return ZIP_STORED
+    return ZIP_DEFLATED
+
+
+def member_compression(name: str, data_head: bytes = b"") -> int:
+    """ZIP_STORED for PNG/JPEG/WebP and compressed TIFF members, ZIP_DEFLATED for everything else.
+
+    A TIFF is judged from ``data_head`` (it must reach the first IFD); unparseable TIFF data is deflated.
+    """
+    return _compression_for(name, lambda: tiff_compression(data_head))
+
+
+def _file_compression(name: str, path: Path) -> int:
+    def read_tiff_value() -> int | None:
+        with open(path, "rb") as source:
+
+            def read_at(offset: int, length: int) -> bytes:
+                source.seek(offset)
+                return source.read(length)
+
+            return _tiff_compression_from(read_at)
+
+    return _compression_for(name, read_tiff_value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writer
+
+
+def zip_date_time(timestamp: datetime) -> tuple[int, int, int, int, int, int]:
+    """ZIP member time from ``timestamp``: UTC fields (naive values are taken as UTC), clamped to 1980..2107."""
+    if timestamp.tzinfo is not None:
+        timestamp = timestamp.astimezone(timezone.utc)
+    fields = (timestamp.year, timestamp.month, timestamp.day, timestamp.hour, timestamp.minute, timestamp.second)
+    if fields < _ZIP_MIN_DATE_TIME:
+        return _ZIP_MIN_DATE_TIME
+    if fields > _ZIP_MAX_DATE_TIME:
+        return _ZIP_MAX_DATE_TIME
+    return fields
+
+
+def _open_partial(partial_path: Path) -> BinaryIO:
+    folder = partial_path.parent
+    if not folder.is_dir():
+        raise ZipOutputError(f"output folder does not exist: {folder}")
+    try:
+        return open(partial_path, "wb")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ZipOutputError(f"output folder is not writable: {folder} ({reason})") from error
+
+
+class ZipStreamWriter:
+    """Streams members into ``<output>.partial``; ``commit()`` renames it to ``output_path``.
+
+    Every member gets the same date-time (from ``timestamp``), Unix permissions 0644, no extra fields and
+    the fixed deflate level, so the same sequence of calls gives byte-identical files. As a context manager
+    it commits on a clean exit (unless already committed or aborted) and aborts on an exception.
+    """
+
+    def __init__(self, output_path: str | Path, timestamp: datetime, compresslevel: int = 6) -> None:
+        if not 0 <= compresslevel <= 9:
+            raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
+        self.output_path = Path(output_path)
+        self.partial_path = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
+        self.date_time = zip_date_time(timestamp)
+        self.compresslevel = compresslevel
+        self._names: set[str] = set()
+        self._final_size: int | None = None
+        self._closed = False
+        self._file = _open_partial(self.partial_path)
+        try:
+            self._zip = zipfile.ZipFile(self._file, mode="w", allowZip64=True)
+        except BaseException:
+            self._file.close()
+            self.partial_path.unlink(missing_ok=True)
+            raise
+
+    # ---------------------------------------------------------------------------------------------------------------
+    @property
+    def member_count(self) -> int:
+        """Number of members written so far."""
+        return len(self._names)
+
+    @property
+    def bytes_written(self) -> int:
+        """Current size of the partial file (the final size after ``commit()``, 0 after ``abort()``)."""
+        if self._final_size is not None:
+            return self._final_size
+        if self._closed:
+            return 0
+        return self._file.tell()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``commit()`` or ``abort()``."""
+        return self._closed
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def _member_info(self, name: str, compress_type: int) -> zipfile.ZipInfo:
+        if self._closed:
+            raise ValueError("ZIP writer is already committed or aborted")
+        if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
+            raise ValueError(f"invalid ZIP member name: {name!r}")
+        if name in self._names:
+            raise ValueError(f"duplicate ZIP member name: {name!r}")
+        if compress_type not in (ZIP_STORED, ZIP_DEFLATED):
+            raise ValueError(f"unsupported compress_type {compress_type!r} for {name!r}")
+        info = zipfile.ZipInfo(name, date_time=self.date_time)
+        info.compress_type = compress_type
+        setattr(info, _COMPRESS_LEVEL_ATTR, self.compresslevel if compress_type == ZIP_DEFLATED else None)
+        info.create_system = UNIX_CREATE_SYSTEM
+        info.external_attr = MEMBER_PERMISSIONS << 16
+        info.extra = b""
+        info.comment = b""
+        return info
+
+    def add_bytes(
+        self, name: str, data: bytes | bytearray | memoryview | str, compress_type: int | None = None
+    ) -> None:
+        """Add one member from memory; ``compress_type`` None picks it with ``member_compression``."""
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        if compress_type is None:
+            compress_type = member_compression(name, bytes(payload) if _is_tiff_name(name) else b"")
+        info = self._member_info(name, compress_type)
+        size = memoryview(payload).nbytes
+        info.file_size = size
+        with self._zip.open(info, mode="w", force_zip64=size > _ZIP64_MEMBER_THRESHOLD) as member:
+            member.write(payload)
+        self._names.add(name)
+
+    def add_file(self, name: str, path: str | Path, compress_type: int | None = None) -> None:
+        """Add one member by streaming a (spooled) file in chunks; ``compress_type`` None picks it."""
+        source_path = Path(path)
+        if compress_type is None:
+            compress_type = _file_compression(name, source_path)
+        info = self._member_info(name, compress_type)
+        with open(source_path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            info.file_size = size
+            with self._zip.open(info, mode="w", force_zip64=size > _ZIP64_MEMBER_THRESHOLD) as member:
+                while chunk := source.read(COPY_CHUNK_BYTES):
+                    member.write(chunk)
+        self._names.add(name)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def commit(self) -> int:
+        """Write the central directory, flush, fsync, rename the partial to the output; return the final size."""
+        if self._closed:
+            if self._final_size is not None:
+                return self._final_size
+            raise ValueError("ZIP writer was aborted")
+        try:
+            self._zip.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.partial_path, self.output_path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        _fsync_folder(self.output_path.parent)
+        self._final_size = self.output_path.stat().st_size
+        return self._final_size
+
+    def abort(self) -> None:
+        """Close and remove the partial file. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        # The partial is being discarded: a failed close or unlink changes nothing for the caller.
+        with contextlib.suppress(Exception):
+            self._zip.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(Exception):
+            self.partial_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ZipStreamWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.commit()
+
+    def __del__(self) -> None:
+        # A writer dropped without commit leaves no partial behind.
+        if not getattr(self, "_closed", True):
+            self.abort()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename; best effort (not every platform or file system supports it)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reorder buffer
+
+T = TypeVar("T")
+
+
+class ReorderBuffer(Generic[T]):
+    """Holds results keyed by index and releases them strictly in index order, starting at ``first_index``."""
+
+    def __init__(self, first_index: int = 1) -> None:
+        self._next_index = first_index
+        self._held: dict[int, T] = {}
+        self._max_pending = 0
+
+    @property
+    def next_index(self) -> int:
+        """The index the buffer waits for."""
+        return self._next_index
+
+    @property
+    def pending(self) -> int:
+        """Number of results held, waiting for an earlier index."""
+        return len(self._held)
+
+    @property
+    def max_pending(self) -> int:
+        """Largest number of results held at once so far."""
+        return self._max_pending
+
+    def put(self, index: int, item: T) -> list[tuple[int, T]]:
+        """Add one result; return the contiguous run now releasable, in index order (possibly empty)."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if index < self._next_index:
+            raise ValueError(f"index {index} was already released (next expected {self._next_index})")
+        if index in self._held:
+            raise ValueError(f"duplicate index {index}")
+        self._held[index] = item
+        released: list[tuple[int, T]] = []
+        while self._next_index in self._held:
+            released.append((self._next_index, self._held.pop(self._next_index)))
+            self._next_index += 1
+        self._max_pending = max(self._max_pending, len(self._held))
+        return released
+
+    def pending_indices(self) -> list[int]:
+        """Indices held, ascending (for diagnostics)."""
+        return sorted(self._held)
