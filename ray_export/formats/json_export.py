@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..geometry import ring_bbox, ring_length, ring_signed_area
+from ..geometry import region_area, region_moments, ring_bbox, ring_length
 from ..polygons import ImagePolygons, PolygonObject, Polyline
 from .coco import JsonLineSpool, dumps_compact, write_text
 
@@ -19,42 +19,21 @@ def _points(ring: np.ndarray) -> list[list[float]]:
     return np.asarray(ring, dtype=np.float64).reshape(-1, 2).tolist()
 
 
-def ring_area_moment(ring: np.ndarray) -> tuple[float, float, float]:
-    """``(|area|, |area|·cx, |area|·cy)`` of a ring (shoelace with the origin moved to the first vertex)."""
-    origin = ring[0]
-    x = ring[:, 0] - origin[0]
-    y = ring[:, 1] - origin[1]
-    x_next = np.roll(x, -1)
-    y_next = np.roll(y, -1)
-    cross = x * y_next - x_next * y
-    signed_area = 0.5 * float(np.sum(cross))
-    if signed_area == 0.0:
-        return 0.0, 0.0, 0.0
-    cx = float(np.sum((x + x_next) * cross)) / (6.0 * signed_area) + float(origin[0])
-    cy = float(np.sum((y + y_next) * cross)) / (6.0 * signed_area) + float(origin[1])
-    area = abs(signed_area)
-    return area, area * cx, area * cy
-
-
 def region_area_centroid(outer: np.ndarray, holes: list[np.ndarray]) -> tuple[float, list[float] | None]:
-    """Area of ``outer`` minus ``holes`` and the area centroid of that region (``None`` unless area > 0)."""
-    area, mx, my = ring_area_moment(outer)
-    for hole in holes:
-        hole_area, hole_mx, hole_my = ring_area_moment(hole)
-        area -= hole_area
-        mx -= hole_mx
-        my -= hole_my
+    """Area of ``outer`` minus ``holes`` and its area centroid (``None`` unless area > 0).
+
+    The same functions as the metrics, so the JSON export and the metrics files agree bit for bit.
+    """
+    area = region_area(outer, holes)
     if not area > 0.0:
         return area, None
-    centroid = [mx / area, my / area]
-    if not all(np.isfinite(centroid)):
-        return area, None
-    return area, centroid
+    moments = region_moments(outer, holes)
+    centroid = [float(moments.centroid_x), float(moments.centroid_y)]
+    return area, centroid if all(np.isfinite(centroid)) else None
 
 
 def _object_entry(obj: PolygonObject) -> dict:
-    area = abs(ring_signed_area(obj.outer)) - sum(abs(ring_signed_area(h)) for h in obj.holes)
-    _, centroid = region_area_centroid(obj.outer, obj.holes)
+    area, centroid = region_area_centroid(obj.outer, obj.holes)
     return {
         "number": int(obj.number),
         "outer": _points(obj.outer),

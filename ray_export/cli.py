@@ -1,0 +1,244 @@
+"""Command line: ``ray-export export | demo | status | cancel`` (also ``python -m ray_export``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .options import OptionError, add_export_arguments, build_options, options_from_args
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ray-export", description="Export a segmentation project into one ZIP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="export a project")
+    add_export_arguments(exp)
+    exp.add_argument("--quiet", action="store_true", help="no progress output")
+    demo = sub.add_parser("demo", help="build (or reuse) the demo project and export it")
+    demo.add_argument("--images", type=int, default=12, help="number of demo images (default 12)")
+    demo.add_argument("--workdir", default="ray-export-demo", help="where the demo project lives")
+    demo.add_argument("--out", default=None, help="output ZIP (default: <title>-<time>.zip here)")
+    demo.add_argument("--force", action="store_true", default=None, help="overwrite the output")
+    demo.add_argument("--address", default=None, help="Ray address (default: local Ray)")
+    demo.add_argument("--quiet", action="store_true")
+    status = sub.add_parser("status", help="show the progress of exports on the cluster")
+    status.add_argument("export_id", nargs="?")
+    status.add_argument("--address", default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    cancel = sub.add_parser("cancel", help="cancel a running export")
+    cancel.add_argument("export_id")
+    cancel.add_argument("--address", default=None)
+    return parser
+
+
+class _ProgressPrinter(threading.Thread):
+    """Draws a live bar on a terminal, or a log line every few seconds otherwise."""
+
+    def __init__(self, export_id: str, tty: bool, period: float) -> None:
+        super().__init__(daemon=True, name="ray-export-progress")
+        self.export_id = export_id
+        self.tty = tty
+        self.period = period
+        self.stopped = threading.Event()
+        self.bar: Any = None
+
+    def run(self) -> None:
+        import ray
+
+        from actors.progress import get_progress_actor
+
+        actor = None
+        last_line = ""
+        while not self.stopped.wait(self.period):
+            try:
+                if not ray.is_initialized():
+                    continue
+                actor = actor or get_progress_actor(self.export_id)
+                if actor is None:
+                    continue
+                snap = ray.get(actor.snapshot.remote(), timeout=5)
+            except Exception:
+                continue
+            total = (snap.get("totals") or {}).get("write") or 0
+            done = (snap.get("done") or {}).get("write", 0)
+            if self.tty and total:
+                if self.bar is None:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=total, unit="img", desc="export", file=sys.stderr, leave=False)
+                self.bar.n = done
+                self.bar.set_postfix_str(snap.get("state", ""))
+                self.bar.refresh()
+            elif not self.tty:
+                line = _status_line(snap)
+                if line != last_line:
+                    _err(line)
+                    last_line = line
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=2)
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _status_line(snap: dict) -> str:
+    totals = snap.get("totals") or {}
+    done = snap.get("done") or {}
+    stages = " ".join(f"{k}={done.get(k, 0)}/{v}" for k, v in totals.items())
+    eta = snap.get("eta_s")
+    eta_text = f" eta={eta:.0f}s" if isinstance(eta, (int, float)) else ""
+    return f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+
+
+def _run_export(options, quiet: bool) -> int:
+    from .pipeline import ExportCancelled, ExportError, install_signal_handlers, new_export_id, run_export
+
+    export_id = new_export_id()
+    _err(f"export id: {export_id}")
+    cancel = threading.Event()
+    install_signal_handlers(cancel)  # until Ray starts; run_export installs them again after ray.init
+    printer = None
+    if not quiet:
+        printer = _ProgressPrinter(export_id, sys.stderr.isatty(), 0.5 if sys.stderr.isatty() else 5.0)
+        printer.start()
+    try:
+        result = run_export(options, export_id=export_id, cancel=cancel, handle_signals=True)
+    except ExportCancelled:
+        _err("cancelled: no output was written")
+        return EXIT_CANCELLED
+    except ExportError as exc:
+        _err(f"error: {exc}")
+        return exc.exit_code
+    finally:
+        if printer is not None:
+            printer.stop()
+    print(result.output, flush=True)
+    _err(f"done: {result.summary_line()}")
+    return EXIT_OK
+
+
+def _attach(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from actors.progress import PROGRESS_NAMESPACE
+
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
+             log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _status(args) -> int:
+    import ray
+
+    from actors.progress import get_progress_actor, list_progress_actors
+
+    try:
+        _attach(args.address)
+    except Exception as exc:
+        _err(f"error: no Ray cluster to read status from ({type(exc).__name__})")
+        return EXIT_FAILED
+    ids = [args.export_id] if args.export_id else list_progress_actors()
+    snapshots = []
+    for export_id in ids:
+        actor = get_progress_actor(export_id)
+        if actor is None:
+            if args.export_id:
+                _err(f"error: no export {export_id!r} on this cluster (finished exports are kept for 10 minutes)")
+                return EXIT_USAGE
+            continue
+        try:
+            snapshots.append(ray.get(actor.snapshot.remote(), timeout=10))
+        except Exception:
+            continue
+    if args.json:
+        print(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
+    elif not snapshots:
+        print("no exports on this cluster")
+    else:
+        for snap in snapshots:
+            print(_status_line(snap))
+            if snap.get("output"):
+                print(f"  output: {snap['output']}")
+            if snap.get("message"):
+                print(f"  {snap['message']}")
+    return EXIT_OK
+
+
+def _cancel(args) -> int:
+    import ray
+
+    from actors.progress import get_progress_actor
+
+    try:
+        _attach(args.address)
+    except Exception as exc:
+        _err(f"error: no Ray cluster to cancel on ({type(exc).__name__})")
+        return EXIT_FAILED
+    actor = get_progress_actor(args.export_id)
+    if actor is None:
+        _err(f"error: no export {args.export_id!r} on this cluster")
+        return EXIT_USAGE
+    ray.get(actor.request_cancel.remote(), timeout=10)
+    print(f"cancel requested for {args.export_id}")
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from .demo import build_demo_project
+
+    if args.images < 1 or args.images > 100000:
+        _err("error: invalid option images: must be in 1..100000")
+        return EXIT_USAGE
+    workdir = Path(args.workdir).expanduser().absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    demo = build_demo_project(workdir, n_images=args.images)
+    _err(f"demo project: {demo.db_path} ({args.images} images)")
+    overrides: dict[str, Any] = {"db": str(demo.db_path), "project": demo.project_id,
+                                 "images_root": str(demo.images_root)}
+    if args.out:
+        overrides["output"] = args.out
+    if args.force:
+        overrides["force"] = True
+    if args.address:
+        overrides["address"] = args.address
+    try:
+        options = build_options(None, overrides)
+    except OptionError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    return _run_export(options, args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ray-export`` command."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "export":
+        try:
+            options = options_from_args(args)
+        except OptionError as exc:
+            _err(f"error: {exc}")
+            return EXIT_USAGE
+        return _run_export(options, args.quiet)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "status":
+        return _status(args)
+    return _cancel(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""The Ray export job: projected read -> copy / visualize / annotate / metrics -> ZIP-writer actor.
+
+This is the only module of :mod:`ray_export` that talks to Ray; the stage functions are in
+:mod:`ray_export.stages` and the actors in :mod:`actors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .documents import ExportSummary, format_export_time, software_versions
+from .naming import assign_member_names, default_output_name
+from .options import MAX_SCALE_UM_PER_PX, MIN_SCALE_UM_PER_PX, ExportOptions, OptionError, running_under_job_submit
+from .problems import Problem
+from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
+
+log = logging.getLogger("ray_export")
+
+STAGES = ("read", "copy", "visualize", "annotate", "metrics")
+
+
+class ExportError(Exception):
+    """A fatal export problem: one clear line and an exit code (SPEC 7)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ExportCancelled(ExportError):
+    """The export was cancelled (cancel, Ctrl-C, SIGTERM or ``handle.cancel()``)."""
+
+    def __init__(self, message: str = "export cancelled") -> None:
+        super().__init__(message, exit_code=130)
+
+
+@dataclass
+class ExportResult:
+    """What a finished export reports."""
+
+    export_id: str
+    output: str
+    counts: dict[str, int]
+    seconds: float
+
+    def summary_line(self) -> str:
+        c = self.counts
+        return (
+            f"{c.get('images', 0)} images, {c.get('objects', 0)} objects, {c.get('problems', 0)} warnings, "
+            f"{self.seconds:.1f} s"
+        )
+
+
+@dataclass
+class ExportPlan:
+    """Everything the driver settles before the first ZIP entry (the light query)."""
+
+    target: DbTarget
+    project: Any
+    rows: list[dict]
+    output: Path
+    images_root: str
+    export_time: datetime
+    scale_um_per_px: float | None
+    scale_source: str
+    driver_problems: dict[int, list[dict]] = field(default_factory=dict)
+    unknown_image_ids: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def new_export_id() -> str:
+    """A short random id naming the export's progress actor."""
+    return uuid.uuid4().hex[:12]
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_output(options: ExportOptions, title: str) -> Path:
+    if options.output and _is_uri(options.output):
+        raise ExportError(f"output {options.output!r}: object-store outputs are not supported yet", 2)
+    out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
+    out = out.expanduser().absolute()
+    if out.exists() and not options.force:
+        raise ExportError(f"output {out} exists; use --force to overwrite it", 2)
+    if out.is_dir():
+        raise ExportError(f"output {out} is a folder", 2)
+    if not out.parent.is_dir():
+        raise ExportError(f"output folder {out.parent} does not exist", 2)
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"output folder {out.parent} is not writable", 2)
+    return out
+
+
+def _images_root(options: ExportOptions, target: DbTarget) -> str:
+    root = options.images_root
+    if root is None:
+        if target.kind != "sqlite":
+            raise ExportError("invalid option images_root: required with a PostgreSQL database", 2)
+        root = str(Path(target.sqlite_path).parent)
+    if _is_uri(root):
+        return root
+    local = Path(root[len("file://") :] if root.startswith("file://") else root).expanduser().absolute()
+    if not local.is_dir():
+        raise ExportError(f"images root {local} does not exist or is not a folder", 2)
+    return str(local)
+
+
+def _decide_scale(options: ExportOptions, entries: list[Any]) -> tuple[float | None, str, tuple[str, ...]]:
+    if options.scale_um_per_px is not None:
+        return float(options.scale_um_per_px), "option", ()
+    values = {e.pixel_size_um for e in entries}
+    if len(values) == 1:
+        (value,) = values
+        if value is not None and MIN_SCALE_UM_PER_PX <= float(value) <= MAX_SCALE_UM_PER_PX:
+            return float(value), "database", ()
+    note = (
+        "scale: images have no common pixelSizeUm in 0.001..1000 um/px; "
+        "lengths and areas are in pixels (use --scale to set one)"
+    )
+    return None, "pixels", (note,)
+
+
+def plan_export(options: ExportOptions) -> ExportPlan:
+    """Run the light driver-side query and settle names, scale, export time and the output path."""
+    target = parse_db_target(options.db)
+    images_root = _images_root(options, target)
+    project = resolve_project(target, options.project)
+    listing = list_images(target, project.id, list(options.image_ids) if options.image_ids else None)
+    entries = listing.entries
+    output = _check_output(options, project.title)
+    names = assign_member_names([e.name or "" for e in entries])
+    rows: list[dict] = []
+    driver_problems: dict[int, list[dict]] = {}
+    for entry, member in zip(entries, names, strict=True):
+        rows.append(
+            {"index": entry.index, "image_id": entry.image_id, "file_name": member.file_name, "stem": member.stem}
+        )
+        if member.renamed:
+            problem = Problem("member_renamed", "naming", f"{entry.name!r} is stored as {member.file_name!r}")
+            driver_problems[entry.index] = [problem.to_dict()]
+    scale, scale_source, notes = _decide_scale(options, entries)
+    export_time = listing.newest_updated_at or datetime(1980, 1, 1, tzinfo=timezone.utc)
+    return ExportPlan(
+        target=target,
+        project=project,
+        rows=rows,
+        output=output,
+        images_root=images_root,
+        export_time=export_time,
+        scale_um_per_px=scale,
+        scale_source=scale_source,
+        driver_problems=driver_problems,
+        unknown_image_ids=tuple(listing.unknown_image_ids),
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------- Ray
+
+
+def ensure_ray(address: str | None) -> None:
+    """Attach to ``address`` / ``RAY_ADDRESS`` or start a local Ray on demand."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs: dict[str, Any] = {"namespace": "ray_export", "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    elif not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False
+    ray.init(**kwargs)
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True
+    ctx.op_resource_reservation_enabled = False
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _remote_args(options: ExportOptions, stage: str, pin_node: str | None) -> dict[str, Any]:
+    args = options.stages[stage].ray_remote_args()
+    if pin_node:
+        args["label_selector"] = {"ray.io/node-id": pin_node}
+    return args
+
+
+def _tracked(fn: Callable, stage: str, progress: Any) -> Callable:
+    """Wrap a stage so that each batch reports its image count to the progress actor."""
+
+    def run(table, **kwargs):
+        out = fn(table, **kwargs)
+        if progress is not None:
+            progress.add_done.remote(stage, out.num_rows)
+        return out
+
+    run.__name__ = f"{stage}_stage"
+    return run
+
+
+def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
+    """The Ray Dataset of per-image results, in index order."""
+    from . import stages
+    from .datasource import read_project_images
+
+    local_root = not _is_uri(plan.images_root)
+    need_polygons = True
+    read_files = options.include_originals or options.include_visualizations
+    read_pin = driver_node if plan.target.kind == "sqlite" else None
+    read_hints = options.stages["read"]
+    read_args = _remote_args(options, "read", read_pin)
+    ds = read_project_images(
+        plan.target,
+        plan.rows,
+        need_polygons=need_polygons,
+        need_path=True,
+        rows_per_task=read_hints.batch_size,
+        ray_remote_args=read_args,
+    )
+
+    def stage(ds, name: str, fn: Callable, pin: str | None = None, **kwargs):
+        return ds.map_batches(
+            _tracked(fn, name, progress),
+            batch_format="pyarrow",
+            batch_size=options.stages[name].batch_size,
+            fn_kwargs=kwargs,
+            zero_copy_batch=True,
+            **_remote_args(options, name, pin),
+        )
+
+    ds = stage(
+        ds, "copy", stages.copy_stage, driver_node if local_root else None,
+        images_root=plan.images_root, read_files=read_files,
+    )
+    if options.include_visualizations:
+        ds = stage(
+            ds, "visualize", stages.visualize_stage,
+            settings=options.visualization, keep_originals=options.include_originals,
+        )
+    ds = stage(ds, "annotate", stages.annotate_stage, formats=tuple(options.annotations))
+    if options.metrics:
+        ds = stage(ds, "metrics", stages.metrics_stage, scale_um_per_px=plan.scale_um_per_px)
+    return ds.map_batches(stages.finish_stage, batch_format="pyarrow", batch_size=None, num_cpus=0.01)
+
+
+class _Heartbeat(threading.Thread):
+    """Sends the driver heartbeat and watches the progress actor for a cancel request."""
+
+    def __init__(self, progress: Any, cancel: threading.Event, period: float = 1.0) -> None:
+        super().__init__(name="ray-export-heartbeat", daemon=True)
+        self.progress = progress
+        self.cancel = cancel
+        self.period = period
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import ray
+
+        while not self.stopped.wait(self.period):
+            try:
+                ray.get(self.progress.heartbeat.remote(), timeout=10)
+                if ray.get(self.progress.cancel_requested.remote(), timeout=10):
+                    self.cancel.set()
+            except Exception:  # a missed beat is not fatal; the actor judges staleness
+                log.debug("heartbeat failed", exc_info=True)
+
+
+def run_export(
+    options: ExportOptions,
+    export_id: str | None = None,
+    cancel: threading.Event | None = None,
+    on_start: Callable[[str], None] | None = None,
+    handle_signals: bool = False,
+) -> ExportResult:
+    """Run one export to completion on the current (or an on-demand) Ray cluster.
+
+    Raises :class:`ExportError` (with ``exit_code``) on fatal problems and :class:`ExportCancelled`
+    when ``cancel`` is set or the progress actor receives a cancel request. With ``handle_signals``
+    (main thread only), SIGTERM and SIGINT set ``cancel``; they are installed after Ray starts, which
+    installs handlers of its own.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.progress import create_progress_actor
+    from actors.zip_writer import AssemblyPlan, ZipWriterActor
+
+    started = time.time()
+    export_id = export_id or new_export_id()
+    cancel = cancel or threading.Event()
+    if on_start:
+        on_start(export_id)
+    try:
+        options.validate(under_job=running_under_job_submit())
+    except OptionError as exc:
+        raise ExportError(str(exc), 2) from exc
+    try:
+        ensure_ray(options.address)
+    except Exception as exc:
+        raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        install_signal_handlers(cancel)
+    progress = create_progress_actor(export_id)
+    ray.get(progress.set_state.remote("querying"))
+    heartbeat = _Heartbeat(progress, cancel)
+    heartbeat.start()
+    writer = None
+    try:
+        try:
+            plan = plan_export(options)
+        except SourceError as exc:
+            raise ExportError(str(exc), exc.exit_code) from exc
+        if cancel.is_set():
+            raise ExportCancelled()
+        n = len(plan.rows)
+        stage_totals = {s: n for s in STAGES if s != "read"}
+        if not options.include_visualizations:
+            stage_totals.pop("visualize")
+        if not options.metrics:
+            stage_totals.pop("metrics")
+        ray.get(progress.set_totals.remote({**stage_totals, "write": n}))
+        ray.get(progress.set_output.remote(str(plan.output)))
+        _quiet_ray_data()
+        driver_node = ray.get_runtime_context().get_node_id()
+        summary = ExportSummary(
+            project_id=plan.project.id,
+            project_title=plan.project.title,
+            project_type=plan.project.type,
+            export_time=format_export_time(plan.export_time),
+            content_options=options.content_options(),
+            counts={},
+            scale_um_per_px=plan.scale_um_per_px,
+            scale_source=plan.scale_source,
+            members=_member_kinds(options),
+            software_versions=software_versions(),
+        )
+        assembly = AssemblyPlan(
+            output=str(plan.output),
+            export_time=plan.export_time,
+            total_images=n,
+            include_originals=options.include_originals,
+            include_visualizations=options.include_visualizations,
+            annotations=tuple(options.annotations),
+            metrics=tuple(options.metrics),
+            include_docs=options.include_docs,
+            viz_extension=options.visualization.extension,
+            scale_um_per_px=plan.scale_um_per_px,
+            summary=summary,
+            coco_info=_coco_info(plan, summary),
+            driver_problems=plan.driver_problems,
+            unknown_image_ids=plan.unknown_image_ids,
+            notes=plan.notes,
+        )
+        writer = ZipWriterActor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
+        ).remote(assembly)
+        ray.get(progress.set_state.remote("running"))
+        dataset = build_dataset(options, plan, driver_node, progress)
+        _feed_writer(dataset, writer, progress, cancel)
+        ray.get(progress.set_state.remote("finalizing"))
+        counts = ray.get(writer.finish.remote())
+        writer = None
+        ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
+        ray.get(progress.add_problems.remote(counts.get("problems", 0)))
+        ray.get(progress.set_state.remote("succeeded"))
+        return ExportResult(export_id, str(plan.output), counts, time.time() - started)
+    except ExportCancelled:
+        _abort(writer)
+        _final_state(progress, "cancelled", "export cancelled")
+        raise
+    except ExportError as exc:
+        _abort(writer)
+        _final_state(progress, "failed", str(exc))
+        raise
+    except KeyboardInterrupt as exc:
+        _abort(writer)
+        _final_state(progress, "cancelled", "export cancelled")
+        raise ExportCancelled() from exc
+    except OSError as exc:
+        _abort(writer)
+        _final_state(progress, "failed", f"I/O error: {exc}")
+        raise ExportError(f"I/O error: {exc}", 1) from exc
+    except Exception as exc:
+        _abort(writer)
+        message = f"{type(exc).__name__}: {_first_line(exc)}"
+        _final_state(progress, "failed", message)
+        raise ExportError(f"export failed: {message}", 1) from exc
+    finally:
+        heartbeat.stopped.set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:500] if text else ""
+
+
+def _abort(writer: Any) -> None:
+    if writer is None:
+        return
+    import ray
+
+    try:
+        ray.get(writer.abort.remote(), timeout=30)
+    except Exception:
+        log.warning("the ZIP writer could not clean up its partial file", exc_info=True)
+    with contextlib.suppress(Exception):
+        ray.kill(writer)
+
+
+def _final_state(progress: Any, state: str, message: str) -> None:
+    import ray
+
+    try:
+        ray.get(progress.set_state.remote(state, message), timeout=10)
+    except Exception:
+        log.debug("could not record the final state", exc_info=True)
+
+
+def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4) -> None:
+    """Stream result blocks (by reference) into the writer actor, at most ``max_inflight`` at a time."""
+    import ray
+
+    inflight: list[Any] = []
+
+    def settle(refs: list[Any]) -> None:
+        for written, _pending, nbytes in ray.get(refs):
+            if written:
+                progress.add_done.remote("write", written)
+            progress.set_bytes.remote(nbytes)
+
+    iterator = dataset.iter_internal_ref_bundles()
+    try:
+        for bundle in iterator:
+            if cancel.is_set():
+                raise ExportCancelled()
+            for block_ref in bundle.block_refs:
+                inflight.append(writer.add_batch.remote(block_ref))
+            while len(inflight) > max_inflight:
+                done, inflight = ray.wait(inflight, num_returns=1)
+                settle(done)
+            if cancel.is_set():
+                raise ExportCancelled()
+        if inflight:
+            settle(inflight)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close:
+            close()
+
+
+def _member_kinds(options: ExportOptions) -> dict[str, Any]:
+    return {
+        "originals": options.include_originals,
+        "visualizations": options.include_visualizations,
+        "visualization_format": options.visualization.format,
+        "annotations": list(options.annotations),
+        "metrics": list(options.metrics),
+        "docs": options.include_docs,
+    }
+
+
+def _coco_info(plan: ExportPlan, summary: ExportSummary) -> dict:
+    return {
+        "description": f"{plan.project.title} (ray_export)",
+        "version": __version__,
+        "year": plan.export_time.astimezone(timezone.utc).year,
+        "date_created": summary.export_time,
+        "project_id": plan.project.id,
+    }
+
+
+# ------------------------------------------------------------------------------- signals / handle
+
+
+def install_signal_handlers(cancel: threading.Event) -> None:
+    """SIGTERM (``ray job stop``) and SIGINT (Ctrl-C) request cancellation instead of killing the driver."""
+
+    def handler(signum, _frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

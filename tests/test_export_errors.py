@@ -1,0 +1,141 @@
+"""Per-image failures are reported while the rest is exported; fatal problems give clean errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ray_export.api import export
+from ray_export.demo import insert_rows, write_schema
+from ray_export.pipeline import ExportError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SQUARE = json.dumps(
+    [{"type": "external", "points": [{"x": 5, "y": 5}, {"x": 30, "y": 5}, {"x": 30, "y": 30}, {"x": 5, "y": 30}]}]
+)
+
+
+def _png(path: Path, value: int = 90) -> bytes:
+    image = np.full((40, 50), value, dtype=np.uint8)
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.tobytes())
+    return data.tobytes()
+
+
+@pytest.fixture(scope="module")
+def broken_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    (root / "uploads").mkdir()
+    good = _png(root / "uploads" / "good.png")
+    _png(root / "uploads" / "broken_json.png")
+    (root / "uploads" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    _png(root / "outside.png")  # exists, but outside the images root
+    db = root / "uploads" / "project.db"
+    con = sqlite3.connect(db)
+    write_schema(con, "sqlite")
+    insert_rows(con, "sqlite", "projects", [{"id": "p1", "title": "Broken", "createdAt": 1, "updatedAt": 1000}])
+    images = [
+        ("i1", "good.png", "good.png", 50, 40),
+        ("i2", "missing.png", "missing.png", 50, 40),
+        ("i3", "corrupt.png", "corrupt.png", 50, 40),
+        ("i4", "broken_json.png", "broken_json.png", 50, 40),
+        ("i5", "escape.png", "../outside.png", 50, 40),
+        ("i6", "nosize.png", "nowhere.png", None, None),
+    ]
+    insert_rows(
+        con,
+        "sqlite",
+        "images",
+        [
+            {"id": i, "name": n, "originalPath": p, "projectId": "p1", "width": w, "height": h,
+             "displayOrder": k, "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000 + k}
+            for k, (i, n, p, w, h) in enumerate(images)
+        ],
+    )
+    polygons = {"i4": "{this is not json"}
+    insert_rows(
+        con,
+        "sqlite",
+        "segmentations",
+        [{"id": f"s{i}", "imageId": i, "polygons": polygons.get(i, SQUARE), "createdAt": 1, "updatedAt": 3000}
+         for i, *_ in images],
+    )
+    con.commit()
+    con.close()
+    return db, root / "uploads", good
+
+
+def test_broken_images_are_reported_and_the_rest_exported(broken_project, tmp_path):
+    db, _root, good = broken_project
+    out = tmp_path / "broken.zip"
+    result = export(db=str(db), project="Broken", output=str(out))
+    assert result.counts["images"] == 6
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("images/good.png") == good
+        assert "images/missing.png" not in zf.namelist()
+        assert "visualizations/good_viz.png" in zf.namelist()
+        report = json.loads(zf.read("documentation/export_report.json"))
+        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+    codes = {img["image_name"]: {p["code"] for p in img["problems"]} for img in report["images"]}
+    assert "file_missing" in codes["missing.png"]
+    assert "image_decode_failed" in codes["corrupt.png"]
+    assert "polygons_invalid_json" in codes["broken_json.png"]
+    assert "path_outside_root" in codes["escape.png"]
+    assert {"file_missing", "image_size_unknown"} <= codes["nosize.png"]
+    assert "good.png" not in codes
+    # every row is listed in COCO, with its objects even when the file is missing
+    assert [i["file_name"] for i in coco["images"]] == [
+        "good.png", "missing.png", "corrupt.png", "broken_json.png", "escape.png", "nosize.png"
+    ]
+    per_image = {}
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+    assert per_image == {1: 1, 2: 1, 3: 1, 5: 1}
+    # paths in messages are relative to the images root
+    text = json.dumps(report)
+    assert str(_root) not in text
+
+
+def test_unknown_project_is_a_usage_error(broken_project, tmp_path):
+    db, _root, _ = broken_project
+    with pytest.raises(ExportError) as info:
+        export(db=str(db), project="No such project", output=str(tmp_path / "x.zip"))
+    assert info.value.exit_code == 2
+    assert "No such project" in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_needs_force(broken_project, tmp_path):
+    db, _root, _ = broken_project
+    out = tmp_path / "exists.zip"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ExportError) as info:
+        export(db=str(db), project="Broken", output=str(out))
+    assert info.value.exit_code == 2 and "--force" in str(info.value)
+    assert out.read_bytes() == b"keep me"
+    export(db=str(db), project="Broken", output=str(out), force=True)
+    assert zipfile.is_zipfile(out)
+
+
+def test_missing_output_folder_is_a_usage_error(broken_project, tmp_path):
+    db, _root, _ = broken_project
+    with pytest.raises(ExportError) as info:
+        export(db=str(db), project="Broken", output=str(tmp_path / "nope" / "x.zip"))
+    assert info.value.exit_code == 2
+
+
+def test_unreachable_postgres_fails_with_masked_password(tmp_path):
+    dsn = "postgresql://alice:s3cret-pw@127.0.0.1:1/nodb"
+    with pytest.raises(ExportError) as info:
+        export(db=dsn, project="x", images_root=str(tmp_path), output=str(tmp_path / "x.zip"))
+    assert info.value.exit_code == 1
+    assert "s3cret-pw" not in str(info.value)
