@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -198,18 +199,44 @@ def _quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _remote_args(options: ExportOptions, stage: str, pin_node: str | None) -> dict[str, Any]:
+MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
+
+
+def stage_placement(files_on_driver_only: bool, single_node: bool, driver_node: str) -> dict[str, dict | None]:
+    """Label selector of each map stage (``None``: no constraint given).
+
+    - Images only on the driver's node, one-node cluster: every stage is pinned to the driver's node,
+      so stages with equal hints still fuse into one task (and stay there if nodes join later).
+    - Images only on the driver's node, several nodes: ``copy`` is pinned; the later stages carry an
+      explicit empty selector so Ray does not carry the pin over to them (it would when fusing).
+    - Images reachable from every node (URI or shared folder): nothing is pinned.
+    """
+    pin = {"ray.io/node-id": driver_node}
+    if not files_on_driver_only:
+        return dict.fromkeys(MAP_STAGES)
+    if single_node:
+        return dict.fromkeys(MAP_STAGES, pin)
+    return {stage: (pin if stage == "copy" else {}) for stage in MAP_STAGES}
+
+
+def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None) -> dict[str, Any]:
     args = options.stages[stage].ray_remote_args()
-    if pin_node:
-        args["label_selector"] = {"ray.io/node-id": pin_node}
+    if label_selector is not None:
+        args["label_selector"] = label_selector
     return args
 
 
-def _tracked(fn: Callable, stage: str, progress: Any) -> Callable:
-    """Wrap a stage so that each batch reports its image count to the progress actor."""
+def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> Callable:
+    """Wrap a stage so that each batch reports its image count to the progress actor.
+
+    ``finish``: the last stage also drops the columns no consumer needs (polygon text).
+    """
+    from .stages import finish_stage
 
     def run(table, **kwargs):
         out = fn(table, **kwargs)
+        if finish:
+            out = finish_stage(out)
         if progress is not None:
             progress.add_done.remote(stage, out.num_rows)
         return out
@@ -218,49 +245,92 @@ def _tracked(fn: Callable, stage: str, progress: Any) -> Callable:
     return run
 
 
+def _node_cpus(node_id: str) -> float:
+    import ray
+
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return float(node.get("Resources", {}).get("CPU", 0.0))
+    return 0.0
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def rows_per_read_task(n_images: int, cluster_cpus: float, max_rows: int, min_rows: int = 4) -> int:
+    """Images per read task (= per block): at most ``max_rows`` (the read batch size), and small enough
+    that there are about four blocks per CPU, so a small project still keeps every CPU busy; never
+    below ``min_rows`` (each block has a fixed scheduling cost)."""
+    per_block = math.ceil(n_images / max(1.0, 4.0 * cluster_cpus))
+    return max(1, min(max_rows, max(min_rows, per_block)))
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_pinned_stages_fit(options: ExportOptions, placement: dict[str, dict | None], driver_cpus: float) -> None:
+    """A stage pinned to the driver's node that asks for more CPUs than that node has would wait forever."""
+    for stage, selector in placement.items():
+        if selector and options.stages[stage].num_cpus > driver_cpus:
+            raise ExportError(
+                f"invalid option stages.{stage}.num_cpus: {options.stages[stage].num_cpus:g} CPUs, but the "
+                f"stage must run on the driver's node (local images root), which has {driver_cpus:g}; lower it "
+                "(--num-cpus), or use a URI images root or --shared-images-root",
+                2,
+            )
+
+
 def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
     """The Ray Dataset of per-image results, in index order."""
     from . import stages
     from .datasource import read_project_images
 
-    local_root = not _is_uri(plan.images_root)
-    need_polygons = True
+    files_on_driver_only = not _is_uri(plan.images_root) and not options.shared_images_root
+    placement = stage_placement(files_on_driver_only, _alive_nodes() == 1, driver_node)
+    check_pinned_stages_fit(options, placement, _node_cpus(driver_node))
     read_files = options.include_originals or options.include_visualizations
-    read_pin = driver_node if plan.target.kind == "sqlite" else None
     read_hints = options.stages["read"]
-    read_args = _remote_args(options, "read", read_pin)
+    rows_per_task = rows_per_read_task(len(plan.rows), _cluster_cpus(), read_hints.batch_size)
+    # SQLite: the datasource itself pins its reads to the driver's node (it has the only copy of the file).
     ds = read_project_images(
         plan.target,
         plan.rows,
-        need_polygons=need_polygons,
+        need_polygons=True,
         need_path=True,
-        rows_per_task=read_hints.batch_size,
-        ray_remote_args=read_args,
+        rows_per_task=rows_per_task,
+        ray_remote_args=read_hints.ray_remote_args(),
     )
-
-    def stage(ds, name: str, fn: Callable, pin: str | None = None, **kwargs):
-        return ds.map_batches(
-            _tracked(fn, name, progress),
+    chain: list[tuple[str, Callable, dict[str, Any]]] = [
+        ("copy", stages.copy_stage, {"images_root": plan.images_root, "read_files": read_files})
+    ]
+    if options.include_visualizations:
+        chain.append(
+            (
+                "visualize",
+                stages.visualize_stage,
+                {"settings": options.visualization, "keep_originals": options.include_originals},
+            )
+        )
+    chain.append(("annotate", stages.annotate_stage, {"formats": tuple(options.annotations)}))
+    if options.metrics:
+        chain.append(("metrics", stages.metrics_stage, {"scale_um_per_px": plan.scale_um_per_px}))
+    for position, (name, fn, kwargs) in enumerate(chain):
+        ds = ds.map_batches(
+            _tracked(fn, name, progress, finish=position == len(chain) - 1),
             batch_format="pyarrow",
-            batch_size=options.stages[name].batch_size,
+            # never coalesce read blocks: a batch larger than a block would merge blocks and cut parallelism
+            batch_size=min(options.stages[name].batch_size, rows_per_task),
             fn_kwargs=kwargs,
             zero_copy_batch=True,
-            **_remote_args(options, name, pin),
+            **_remote_args(options, name, placement[name]),
         )
-
-    ds = stage(
-        ds, "copy", stages.copy_stage, driver_node if local_root else None,
-        images_root=plan.images_root, read_files=read_files,
-    )
-    if options.include_visualizations:
-        ds = stage(
-            ds, "visualize", stages.visualize_stage,
-            settings=options.visualization, keep_originals=options.include_originals,
-        )
-    ds = stage(ds, "annotate", stages.annotate_stage, formats=tuple(options.annotations))
-    if options.metrics:
-        ds = stage(ds, "metrics", stages.metrics_stage, scale_um_per_px=plan.scale_um_per_px)
-    return ds.map_batches(stages.finish_stage, batch_format="pyarrow", batch_size=None, num_cpus=0.01)
+    return ds
 
 
 class _Heartbeat(threading.Thread):

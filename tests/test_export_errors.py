@@ -139,3 +139,21 @@ def test_unreachable_postgres_fails_with_masked_password(tmp_path):
         export(db=dsn, project="x", images_root=str(tmp_path), output=str(tmp_path / "x.zip"))
     assert info.value.exit_code == 1
     assert "s3cret-pw" not in str(info.value)
+
+
+def test_stages_claiming_every_cpu_still_finish(broken_project, tmp_path):
+    """Stages are tasks, not actor pools: hints equal to the node's CPUs take turns instead of starving."""
+    db, _root, _ = broken_project
+    out = tmp_path / "greedy.zip"
+    stages = {s: {"num_cpus": 2} for s in ("read", "copy", "visualize", "annotate", "metrics")}
+    stages["visualize"]["num_cpus"] = 1.5  # distinct hints: separate operators competing for the 2 CPUs
+    result = export(db=str(db), project="Broken", output=str(out), stages=stages)
+    assert result.counts["images"] == 6 and zipfile.is_zipfile(out)
+
+
+def test_pinned_stage_larger_than_the_driver_node_fails_fast(broken_project, tmp_path):
+    db, _root, _ = broken_project
+    with pytest.raises(ExportError) as info:
+        export(db=str(db), project="Broken", output=str(tmp_path / "x.zip"), stages={"copy": {"num_cpus": 8}})
+    assert info.value.exit_code == 2 and "stages.copy.num_cpus" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,247 @@
+"""Stage functions and the ZIP assembler, without Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from actors.zip_writer import AssemblyPlan, ExportAssembler
+from ray_export import stages
+from ray_export.documents import ExportSummary
+from ray_export.options import VisualizationSettings, build_options
+from ray_export.pipeline import _decide_scale
+
+SQUARE = json.dumps(
+    [
+        {"type": "external", "points": [{"x": 4, "y": 4}, {"x": 36, "y": 4}, {"x": 36, "y": 28}, {"x": 4, "y": 28}]},
+        {
+            "type": "internal",
+            "points": [{"x": 14, "y": 10}, {"x": 26, "y": 10}, {"x": 26, "y": 20}, {"x": 14, "y": 20}],
+        },
+        {"geometry": "polyline", "points": [{"x": 1, "y": 1}, {"x": 10, "y": 2}]},
+    ]
+)
+
+
+def _png(width: int = 40, height: int = 32) -> bytes:
+    ok, data = cv2.imencode(".png", np.full((height, width), 120, dtype=np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def _source(rows: list[dict]) -> pa.Table:
+    base = {"index": 0, "image_id": "", "file_name": "", "stem": "", "original_path": None, "db_width": None,
+            "db_height": None, "seg_width": None, "seg_height": None, "polygons": None}
+    full = [{**base, **r} for r in rows]
+    schema = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("file_name", pa.string()),
+                        ("stem", pa.string()), ("original_path", pa.string()), ("db_width", pa.int64()),
+                        ("db_height", pa.int64()), ("seg_width", pa.int64()), ("seg_height", pa.int64()),
+                        ("polygons", pa.string())])
+    return pa.Table.from_pylist(full, schema=schema)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    r = tmp_path / "root"
+    (r / "sub").mkdir(parents=True)
+    (r / "sub" / "a.png").write_bytes(_png())
+    (tmp_path / "secret.png").write_bytes(_png())
+    os.symlink(tmp_path / "secret.png", r / "link.png")
+    os.symlink(r / "sub" / "a.png", r / "inner_link.png")
+    return r
+
+
+def _problems(table: pa.Table) -> list[set[str]]:
+    return [{p["code"] for p in json.loads(t)} for t in table.column("problems").to_pylist()]
+
+
+def test_copy_stage_reads_bytes_refuses_escapes_and_settles_sizes(root):
+    table = _source([
+        {"index": 1, "original_path": "sub/a.png", "seg_width": 40, "seg_height": 32, "db_width": 1, "db_height": 1},
+        {"index": 2, "original_path": "sub/a.png", "db_width": 40, "db_height": 32},
+        {"index": 3, "original_path": "sub/a.png"},
+        {"index": 4, "original_path": "../secret.png", "db_width": 40, "db_height": 32},
+        {"index": 5, "original_path": "link.png", "db_width": 40, "db_height": 32},
+        {"index": 6, "original_path": "/etc/passwd", "db_width": 40, "db_height": 32},
+        {"index": 7, "original_path": "sub/missing.png"},
+        {"index": 8, "original_path": "inner_link.png", "db_width": 50, "db_height": 32},
+        {"index": 9, "original_path": "sub\\a.png", "db_width": 40, "db_height": 32},
+    ])
+    out = stages.copy_stage(table, str(root), read_files=True)
+    data = out.column("original").to_pylist()
+    sizes = list(zip(out.column("width").to_pylist(), out.column("height").to_pylist(), strict=True))
+    problems = _problems(out)
+    expected = (root / "sub" / "a.png").read_bytes()
+    assert data[0] == data[1] == data[2] == data[7] == data[8] == expected
+    assert sizes[:3] == [(40, 32)] * 3  # segmentation size first, then images, then the header
+    assert problems[0] == set() and problems[1] == set() and problems[2] == set()
+    assert data[3] is None and "path_outside_root" in problems[3]
+    assert data[4] is None and "path_outside_root" in problems[4]
+    assert data[5] is None and "path_outside_root" in problems[5]
+    assert data[6] is None and problems[6] == {"file_missing", "image_size_unknown"} and sizes[6] == (0, 0)
+    assert sizes[7] == (50, 32) and "image_size_mismatch" in problems[7]
+    assert "original_path" not in out.column_names and "db_width" not in out.column_names
+
+
+def test_copy_stage_without_file_reads_only_reads_when_size_is_unknown(root):
+    table = _source([
+        {"index": 1, "original_path": "sub/a.png", "db_width": 40, "db_height": 32},
+        {"index": 2, "original_path": "sub/a.png"},
+    ])
+    out = stages.copy_stage(table, str(root), read_files=False)
+    assert out.column("original").to_pylist() == [None, None]
+    assert out.column("width").to_pylist() == [40, 40]
+
+
+def test_stages_chain_produces_every_part(root):
+    table = _source([{"index": 3, "image_id": "img-3", "file_name": "a.png", "stem": "a",
+                      "original_path": "sub/a.png", "polygons": SQUARE}])
+    t = stages.copy_stage(table, str(root), read_files=True)
+    t = stages.visualize_stage(t, VisualizationSettings(), keep_originals=False)
+    assert "original" not in t.column_names
+    viz = t.column("visualization")[0].as_py()
+    assert viz.startswith(b"\x89PNG")
+    t = stages.annotate_stage(t, ("coco", "yolo", "json"))
+    coco = json.loads(t.column("coco_annotations")[0].as_py())
+    assert [a["category_id"] for a in coco] == [1, 2]
+    assert coco[0]["image_id"] == 3 and coco[0]["iscrowd"] == 0 and "counts" in coco[0]["segmentation"]
+    assert coco[0]["area"] == pytest.approx(32 * 24 - 12 * 10, rel=0.05)
+    assert len(t.column("yolo_label")[0].as_py().splitlines()) == 1
+    entry = json.loads(t.column("json_entry")[0].as_py())
+    assert entry["index"] == 3 and entry["objects"][0]["area"] == 32 * 24 - 12 * 10
+    assert t.column("n_objects").to_pylist() == [1] and t.column("n_polylines").to_pylist() == [1]
+    assert "polyline_not_in_yolo" in _problems(t)[0]
+    t = stages.metrics_stage(t, 0.5)
+    (row,) = json.loads(t.column("metric_rows")[0].as_py())
+    assert row["number"] == 1 and row["image_name"] == "a.png"
+    assert row["area"] == pytest.approx((32 * 24 - 12 * 10) * 0.25)
+    assert row["perimeter"] == pytest.approx(2 * (32 + 24) * 0.5)
+    t = stages.finish_stage(t)
+    assert "polygons" not in t.column_names
+
+
+def test_annotate_without_formats_still_reports_parse_problems():
+    table = _source([{"index": 1, "polygons": "{broken", "db_width": 10, "db_height": 10}])
+    t = stages.copy_stage(table, "/nonexistent-root", read_files=False)
+    t = stages.annotate_stage(t, ())
+    assert "polygons_invalid_json" in _problems(t)[0]
+    assert t.column("coco_annotations").to_pylist() == [None]
+
+
+def test_broken_stage_input_becomes_a_problem(monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(stages, "render_visualization", boom)
+    table = pa.table({"index": [1], "original": [b"x"], "polygons": [SQUARE], "problems": ["[]"]})
+    out = stages.visualize_stage(table, VisualizationSettings(), keep_originals=True)
+    assert out.column("visualization").to_pylist() == [None]
+    assert _problems(out) == [{"render_failed"}]
+
+
+@pytest.mark.parametrize(
+    ("values", "option", "expected"),
+    [
+        ([0.5, 0.5], None, (0.5, "database")),
+        ([0.5, 0.25], None, (None, "pixels")),
+        ([0.5, None], None, (None, "pixels")),
+        ([5000.0, 5000.0], None, (None, "pixels")),
+        ([0.5, 0.25], 2.0, (2.0, "option")),
+    ],
+)
+def test_default_scale_rule(values, option, expected):
+    entries = [SimpleNamespace(pixel_size_um=v) for v in values]
+    options = build_options(None, {"db": "x.db", "project": "p", **({"scale": option} if option else {})})
+    scale, source, notes = _decide_scale(options, entries)
+    assert (scale, source) == expected
+    assert bool(notes) == (source == "pixels")
+
+
+def _plan(tmp_path: Path, total: int) -> AssemblyPlan:
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    summary = ExportSummary(project_id="p", project_title="T", project_type="spheroid",
+                            export_time="2024-05-06T07:08:09.000000Z", content_options={}, counts={},
+                            scale_um_per_px=None, scale_source="pixels")
+    return AssemblyPlan(output=str(tmp_path / "out.zip"), export_time=when, total_images=total,
+                        include_originals=True, include_visualizations=True, annotations=("coco", "yolo", "json"),
+                        metrics=("csv",), include_docs=False, viz_extension=".png", scale_um_per_px=None,
+                        summary=summary, coco_info={"description": "T"})
+
+
+def _result_rows(indices: list[int]) -> pa.Table:
+    return pa.Table.from_pylist([
+        {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "stem": f"f{i}", "original": b"IMG%d" % i,
+         "visualization": None, "yolo_label": "", "coco_annotations": "[]", "json_entry": json.dumps(
+             {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "width": 1, "height": 1, "objects": [],
+              "polylines": [], "orphan_holes": []}),
+         "metric_rows": "[]", "problems": "[]", "width": 1, "height": 1, "n_objects": 0, "n_polylines": 0}
+        for i in indices
+    ])
+
+
+def test_assembler_reorders_and_writes_in_index_order(tmp_path):
+    assembler = ExportAssembler(_plan(tmp_path, 5))
+    assert assembler.add_batch(_result_rows([3, 4])) == 0
+    assert assembler.pending == 2
+    assert assembler.add_batch(_result_rows([1])) == 1
+    assert assembler.add_batch(_result_rows([2, 5])) == 4
+    counts = assembler.finish()
+    assert counts["images"] == 5
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        names = zf.namelist()
+        assert names[:4] == ["images/f1.png", "labels/f1.txt", "images/f2.png", "labels/f2.txt"]
+        assert names[-1] == "documentation/export_report.json"
+        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        assert [i["id"] for i in coco["images"]] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip"]  # spools removed
+
+
+def test_assembler_refuses_to_commit_with_missing_images_and_abort_cleans_up(tmp_path):
+    assembler = ExportAssembler(_plan(tmp_path, 3))
+    assembler.add_batch(_result_rows([1, 3]))
+    with pytest.raises(RuntimeError, match="only 1 of 3"):
+        assembler.finish()
+    assembler.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_placement_pins_only_what_must_stay_on_the_driver():
+    from ray_export.pipeline import MAP_STAGES, stage_placement
+
+    pin = {"ray.io/node-id": "n1"}
+    assert stage_placement(False, True, "n1") == dict.fromkeys(MAP_STAGES)
+    assert stage_placement(False, False, "n1") == dict.fromkeys(MAP_STAGES)
+    assert stage_placement(True, True, "n1") == dict.fromkeys(MAP_STAGES, pin)
+    multi = stage_placement(True, False, "n1")
+    assert multi["copy"] == pin
+    # an explicit empty selector keeps Ray from carrying the pin over to the fused later stages
+    assert multi["visualize"] == multi["annotate"] == multi["metrics"] == {}
+
+
+@pytest.mark.parametrize(
+    ("n", "cpus", "max_rows", "expected"),
+    [(12, 2, 32, 4), (150, 2, 32, 19), (10_000, 16, 32, 32), (3, 2, 32, 4), (1000, 2, 8, 8), (2, 64, 1, 1)],
+)
+def test_rows_per_read_task(n, cpus, max_rows, expected):
+    from ray_export.pipeline import rows_per_read_task
+
+    assert rows_per_read_task(n, cpus, max_rows) == expected
+
+
+def test_pinned_stage_asking_for_more_cpus_than_the_driver_node_is_refused():
+    from ray_export.pipeline import ExportError, check_pinned_stages_fit, stage_placement
+
+    options = build_options(None, {"db": "x.db", "project": "p", "stages": {"copy": {"num_cpus": 4}}})
+    with pytest.raises(ExportError) as info:
+        check_pinned_stages_fit(options, stage_placement(True, False, "n1"), driver_cpus=2)
+    assert info.value.exit_code == 2 and "stages.copy.num_cpus" in str(info.value)
+    check_pinned_stages_fit(options, stage_placement(False, False, "n1"), driver_cpus=2)  # may run elsewhere
