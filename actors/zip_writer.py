@@ -69,9 +69,15 @@ class ExportAssembler:
 
     def __init__(self, plan: AssemblyPlan) -> None:
         self.plan = plan
-        self.zip = ZipStreamWriter(plan.output, plan.export_time)
-        out = Path(plan.output)
-        self.spool = Path(tempfile.mkdtemp(prefix=f".{out.name}.spool-", dir=out.parent))
+        self.remote_output = plan.output if is_output_uri(plan.output) else None
+        if self.remote_output:
+            # An object-store output is assembled in a local folder and uploaded once complete.
+            self.spool = Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
+            local_zip = self.spool / "export.zip"
+        else:
+            local_zip = Path(plan.output)
+            self.spool = Path(tempfile.mkdtemp(prefix=f".{local_zip.name}.spool-", dir=local_zip.parent))
+        self.zip = ZipStreamWriter(local_zip, plan.export_time)
         self.buffer = ReorderBuffer()
         self.released = 0
         self.counts = {"images": 0, "objects": 0, "polylines": 0, "polylines_not_in_yolo": 0, "metric_rows": 0}
@@ -196,6 +202,8 @@ class ExportAssembler:
             self.zip.add_bytes("documentation/metadata.json", metadata_json(summary))
         self._add_spooled("documentation/export_report.json", lambda fh: self.report.write(fh, counts))
         size = self.zip.commit()
+        if self.remote_output:
+            upload_file(self.spool / "export.zip", self.remote_output)
         self._cleanup()
         return {**summary.counts, "bytes": size}
 
@@ -227,6 +235,31 @@ class ExportAssembler:
     def bytes_written(self) -> int:
         """Current size of the partial file."""
         return self.zip.bytes_written
+
+
+def is_output_uri(output: str) -> bool:
+    """An output given as a ``pyarrow.fs`` URI (``s3://…``, ``gs://…``, ``file://…``) instead of a path."""
+    return "://" in output
+
+
+def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
+    """Copy a finished local file to ``uri``; a failed upload deletes whatever reached the destination.
+
+    With S3 and GCS one output stream is one multipart upload, completed when the stream closes.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    stream = fs.open_output_stream(path)
+    try:
+        with open(local, "rb") as src:
+            while block := src.read(chunk):
+                stream.write(block)
+        stream.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_file(path)
+        raise
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

@@ -71,7 +71,7 @@ class ExportPlan:
     target: DbTarget
     project: Any
     rows: list[dict]
-    output: Path
+    output: Path | str
     images_root: str
     export_time: datetime
     scale_um_per_px: float | None
@@ -90,9 +90,28 @@ def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _check_output(options: ExportOptions, title: str) -> Path:
-    if options.output and _is_uri(options.output):
-        raise ExportError(f"output {options.output!r}: object-store outputs are not supported yet", 2)
+def _check_uri_output(uri: str, force: bool) -> str:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+    except Exception as exc:
+        raise ExportError(f"output {uri}: {type(exc).__name__}: {_first_line(exc)}", 2) from exc
+    if info.type == pafs.FileType.Directory:
+        raise ExportError(f"output {uri} is a folder", 2)
+    if info.type != pafs.FileType.NotFound and not force:
+        raise ExportError(f"output {uri} exists; use --force to overwrite it", 2)
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent = fs.get_file_info(path.rsplit("/", 1)[0] or "/")
+        if parent.type != pafs.FileType.Directory:
+            raise ExportError(f"output folder of {uri} does not exist", 2)
+    return uri
+
+
+def _check_output(options: ExportOptions, title: str) -> Path | str:
+    if options.output and "://" in options.output:
+        return _check_uri_output(options.output, options.force)
     out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
     out = out.expanduser().absolute()
     if out.exists() and not options.force:

@@ -148,3 +148,49 @@ def test_postgres_export_matches_sqlite_bytes(demo_zip, demo_project, postgres_d
         for name in a.namelist():
             assert a.read(name) == b.read(name), name
     assert pg_out.read_bytes() == out.read_bytes()
+
+
+def test_uri_output_is_uploaded_only_when_complete(demo_zip, demo_project, tmp_path):
+    out, _ = demo_zip
+    target = tmp_path / "uploaded.zip"
+    uri = target.as_uri()
+    result = export(db=str(demo_project.db_path), project=demo_project.project_id, output=uri)
+    assert result.output == uri
+    assert target.read_bytes() == out.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uploaded.zip"]
+    from ray_export.pipeline import ExportError
+
+    with pytest.raises(ExportError) as info:
+        export(db=str(demo_project.db_path), project=demo_project.project_id, output=uri)
+    assert info.value.exit_code == 2 and "--force" in str(info.value)
+
+
+def test_failed_upload_removes_the_partial_object(tmp_path, monkeypatch):
+    from actors import zip_writer
+
+    local = tmp_path / "local.zip"
+    local.write_bytes(b"x" * 1000)
+    target = tmp_path / "remote.zip"
+    real_open = open
+
+    class Exploding:
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+            self.calls = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError("disk went away")
+            return self.f.read(100)
+
+    monkeypatch.setattr(zip_writer, "open", Exploding, raising=False)
+    with pytest.raises(OSError):
+        zip_writer.upload_file(local, target.as_uri())
+    assert not target.exists()
