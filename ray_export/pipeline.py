@@ -6,6 +6,7 @@ This is the only module of :mod:`ray_export` that talks to Ray; the stage functi
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import math
@@ -224,8 +225,8 @@ MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
 def stage_placement(files_on_driver_only: bool, single_node: bool, driver_node: str) -> dict[str, dict | None]:
     """Label selector of each map stage (``None``: no constraint given).
 
-    - Images only on the driver's node, one-node cluster: every stage is pinned to the driver's node,
-      so stages with equal hints still fuse into one task (and stay there if nodes join later).
+    - Images only on the driver's node, a one-node cluster without an autoscaler: every stage is pinned
+      to the driver's node, so stages with equal hints still fuse into one task.
     - Images only on the driver's node, several nodes: ``copy`` is pinned; the later stages carry an
       explicit empty selector so Ray does not carry the pin over to them (it would when fusing).
     - Images reachable from every node (URI or shared folder): nothing is pinned.
@@ -264,13 +265,24 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
     return run
 
 
-def _node_cpus(node_id: str) -> float:
+def _node_resources(node_id: str) -> dict[str, float]:
     import ray
 
     for node in ray.nodes():
         if node.get("NodeID") == node_id:
-            return float(node.get("Resources", {}).get("CPU", 0.0))
-    return 0.0
+            return dict(node.get("Resources", {}))
+    return {}
+
+
+def cluster_may_grow() -> bool:
+    """Whether an autoscaler manages this cluster (it then publishes its node groups to the GCS)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:
+        return False
+    return bool(config is not None and len(config.node_group_configs) > 0)
 
 
 def _cluster_cpus() -> float:
@@ -293,16 +305,27 @@ def _alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def check_pinned_stages_fit(options: ExportOptions, placement: dict[str, dict | None], driver_cpus: float) -> None:
-    """A stage pinned to the driver's node that asks for more CPUs than that node has would wait forever."""
+def check_pinned_stages_fit(
+    options: ExportOptions, placement: dict[str, dict | None], driver_resources: dict[str, float]
+) -> None:
+    """A stage pinned to the driver's node that asks for more than that node has would wait forever."""
     for stage, selector in placement.items():
-        if selector and options.stages[stage].num_cpus > driver_cpus:
-            raise ExportError(
-                f"invalid option stages.{stage}.num_cpus: {options.stages[stage].num_cpus:g} CPUs, but the "
-                f"stage must run on the driver's node (local images root), which has {driver_cpus:g}; lower it "
-                "(--num-cpus), or use a URI images root or --shared-images-root",
-                2,
-            )
+        if not selector:
+            continue
+        hints = options.stages[stage]
+        wanted = {"CPU": float(hints.num_cpus), **hints.resource_dict()}
+        if hints.memory:
+            wanted["memory"] = float(hints.memory)
+        for resource, amount in wanted.items():
+            have = float(driver_resources.get(resource, 0.0))
+            if amount > have:
+                option = {"CPU": "num_cpus", "memory": "memory"}.get(resource, f"resources.{resource}")
+                raise ExportError(
+                    f"invalid option stages.{stage}.{option}: asks for {amount:g} {resource}, but the stage "
+                    f"must run on the driver's node (local images root), which has {have:g}; lower it, or use a "
+                    "URI images root or --shared-images-root",
+                    2,
+                )
 
 
 def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
@@ -311,8 +334,9 @@ def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, pr
     from .datasource import read_project_images
 
     files_on_driver_only = not _is_uri(plan.images_root) and not options.shared_images_root
-    placement = stage_placement(files_on_driver_only, _alive_nodes() == 1, driver_node)
-    check_pinned_stages_fit(options, placement, _node_cpus(driver_node))
+    single_static_node = _alive_nodes() == 1 and not cluster_may_grow()
+    placement = stage_placement(files_on_driver_only, single_static_node, driver_node)
+    check_pinned_stages_fit(options, placement, _node_resources(driver_node))
     read_files = options.include_originals or options.include_visualizations
     read_hints = options.stages["read"]
     rows_per_task = rows_per_read_task(len(plan.rows), _cluster_cpus(), read_hints.batch_size)
@@ -374,6 +398,69 @@ class _Heartbeat(threading.Thread):
                 log.debug("heartbeat failed", exc_info=True)
 
 
+class _CancelWatcher(threading.Thread):
+    """Acts on a cancel request at once, while the main thread may be waiting for the next block."""
+
+    def __init__(self, cancel: threading.Event, on_cancel: Callable[[], None]) -> None:
+        super().__init__(name="ray-export-cancel", daemon=True)
+        self.cancel = cancel
+        self.on_cancel = on_cancel
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            if self.cancel.wait(0.1):
+                if not self.stopped.is_set():
+                    self.on_cancel()
+                return
+
+
+class _ExportRun:
+    """One export's driver-side state: the phase, the actors, and the cancellation that races them."""
+
+    def __init__(self, export_id: str, cancel: threading.Event, interrupt_main: bool) -> None:
+        self.export_id = export_id
+        self.cancel = cancel
+        self.interrupt_main = interrupt_main
+        self.lock = threading.Lock()
+        self.phase = "starting"  # starting -> running -> finalizing -> done, or -> cancelling
+        self.writer: Any = None
+        self.progress: Any = None
+
+    def enter(self, phase: str) -> None:
+        """Move to ``phase`` unless a cancel got there first."""
+        with self.lock:
+            if self.phase == "cancelling" or self.cancel.is_set():
+                raise ExportCancelled()
+            self.phase = phase
+
+    def set_writer(self, writer: Any) -> None:
+        with self.lock:
+            self.writer = writer
+            cancelled = self.phase == "cancelling"
+        if cancelled:
+            _abort(writer)
+
+    def on_cancel(self) -> None:
+        """Remove the partial output and record ``cancelled`` now; the main thread unwinds after."""
+        with self.lock:
+            if self.phase not in ("starting", "running"):
+                return
+            self.phase = "cancelling"
+            writer, self.writer = self.writer, None
+        _abort(writer)
+        _final_state(self.progress, "cancelled", "export cancelled")
+        if self.interrupt_main:
+            _thread.interrupt_main()
+
+    def fail(self, state: str, message: str) -> None:
+        with self.lock:
+            self.phase = "done"
+            writer, self.writer = self.writer, None
+        _abort(writer)
+        _final_state(self.progress, state, message)
+
+
 def run_export(
     options: ExportOptions,
     export_id: str | None = None,
@@ -384,9 +471,10 @@ def run_export(
     """Run one export to completion on the current (or an on-demand) Ray cluster.
 
     Raises :class:`ExportError` (with ``exit_code``) on fatal problems and :class:`ExportCancelled`
-    when ``cancel`` is set or the progress actor receives a cancel request. With ``handle_signals``
-    (main thread only), SIGTERM and SIGINT set ``cancel``; they are installed after Ray starts, which
-    installs handlers of its own.
+    when ``cancel`` is set or the progress actor receives a cancel request. A cancel removes the
+    partial output at once, from a watcher thread. With ``handle_signals`` (main thread only),
+    SIGTERM and SIGINT set ``cancel`` and the main thread is interrupted once the output is gone;
+    the handlers are installed after Ray starts, which installs handlers of its own.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -407,20 +495,22 @@ def run_export(
         ensure_ray(options.address)
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
-    if handle_signals and threading.current_thread() is threading.main_thread():
+    in_main = threading.current_thread() is threading.main_thread()
+    if handle_signals and in_main:
         install_signal_handlers(cancel)
-    progress = create_progress_actor(export_id)
+    run = _ExportRun(export_id, cancel, interrupt_main=handle_signals and in_main)
+    run.progress = progress = create_progress_actor(export_id)
     ray.get(progress.set_state.remote("querying"))
     heartbeat = _Heartbeat(progress, cancel)
     heartbeat.start()
-    writer = None
+    watcher = _CancelWatcher(cancel, run.on_cancel)
+    watcher.start()
     try:
         try:
             plan = plan_export(options)
         except SourceError as exc:
             raise ExportError(str(exc), exc.exit_code) from exc
-        if cancel.is_set():
-            raise ExportCancelled()
+        run.enter("starting")
         n = len(plan.rows)
         stage_totals = {s: n for s in STAGES if s != "read"}
         if not options.include_visualizations:
@@ -460,41 +550,46 @@ def run_export(
             unknown_image_ids=plan.unknown_image_ids,
             notes=plan.notes,
         )
-        writer = ZipWriterActor.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
-        ).remote(assembly)
-        ray.get(progress.set_state.remote("running"))
+        run.set_writer(
+            ZipWriterActor.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
+            ).remote(assembly)
+        )
         dataset = build_dataset(options, plan, driver_node, progress)
+        run.enter("running")
+        ray.get(progress.set_state.remote("running"))
+        writer = run.writer
         _feed_writer(dataset, writer, progress, cancel)
+        run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
         counts = ray.get(writer.finish.remote())
-        writer = None
+        with run.lock:
+            run.phase = "done"
+            run.writer = None
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
         ray.get(progress.add_problems.remote(counts.get("problems", 0)))
         ray.get(progress.set_state.remote("succeeded"))
         return ExportResult(export_id, str(plan.output), counts, time.time() - started)
-    except ExportCancelled:
-        _abort(writer)
-        _final_state(progress, "cancelled", "export cancelled")
-        raise
-    except ExportError as exc:
-        _abort(writer)
-        _final_state(progress, "failed", str(exc))
-        raise
-    except KeyboardInterrupt as exc:
-        _abort(writer)
-        _final_state(progress, "cancelled", "export cancelled")
+    except (ExportCancelled, KeyboardInterrupt) as exc:
+        run.fail("cancelled", "export cancelled")
+        if isinstance(exc, ExportCancelled):
+            raise
         raise ExportCancelled() from exc
+    except ExportError as exc:
+        run.fail("failed", str(exc))
+        raise
     except OSError as exc:
-        _abort(writer)
-        _final_state(progress, "failed", f"I/O error: {exc}")
+        run.fail("failed", f"I/O error: {exc}")
         raise ExportError(f"I/O error: {exc}", 1) from exc
     except Exception as exc:
-        _abort(writer)
+        if cancel.is_set():
+            run.fail("cancelled", "export cancelled")
+            raise ExportCancelled() from exc
         message = f"{type(exc).__name__}: {_first_line(exc)}"
-        _final_state(progress, "failed", message)
+        run.fail("failed", message)
         raise ExportError(f"export failed: {message}", 1) from exc
     finally:
+        watcher.stopped.set()
         heartbeat.stopped.set()
 
 

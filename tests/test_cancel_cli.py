@@ -90,10 +90,19 @@ def test_sigterm_cancels_cli_export(big_demo, tmp_path):
         return ray.get(actor.snapshot.remote()) if actor else {}
 
     _wait_state(snapshot, {"running"}, 60)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "term.zip.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "term.zip.partial").exists()
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
+    # `ray job stop` sends SIGKILL 3 s after SIGTERM by default: the partial output must be gone by then
+    while list(tmp_path.iterdir()) and time.monotonic() - t0 < 15:
+        time.sleep(0.05)
+    cleaned_s = time.monotonic() - t0
     rc = proc.wait(timeout=30)
-    assert time.monotonic() - t0 < 15
+    print(f"SIGTERM: output cleaned after {cleaned_s:.2f} s, exited after {time.monotonic() - t0:.2f} s")
+    assert cleaned_s < 15 and time.monotonic() - t0 < 15
     assert rc == 130, proc.stderr.read()
     assert snapshot()["state"] == "cancelled"
     assert list(tmp_path.iterdir()) == []

@@ -242,6 +242,10 @@ def test_pinned_stage_asking_for_more_cpus_than_the_driver_node_is_refused():
 
     options = build_options(None, {"db": "x.db", "project": "p", "stages": {"copy": {"num_cpus": 4}}})
     with pytest.raises(ExportError) as info:
-        check_pinned_stages_fit(options, stage_placement(True, False, "n1"), driver_cpus=2)
+        check_pinned_stages_fit(options, stage_placement(True, False, "n1"), {"CPU": 2.0})
     assert info.value.exit_code == 2 and "stages.copy.num_cpus" in str(info.value)
-    check_pinned_stages_fit(options, stage_placement(False, False, "n1"), driver_cpus=2)  # may run elsewhere
+    check_pinned_stages_fit(options, stage_placement(False, False, "n1"), {"CPU": 2.0})  # may run elsewhere
+    gpu = build_options(None, {"db": "x.db", "project": "p", "stages": {"copy": {"resources": {"scanner": 1}}}})
+    with pytest.raises(ExportError, match=r"stages\.copy\.resources\.scanner"):
+        check_pinned_stages_fit(gpu, stage_placement(True, True, "n1"), {"CPU": 2.0})
+    check_pinned_stages_fit(gpu, stage_placement(True, True, "n1"), {"CPU": 2.0, "scanner": 1.0})
