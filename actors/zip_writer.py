@@ -112,7 +112,7 @@ class ExportAssembler:
     def add_batch(self, table: pa.Table) -> int:
         """Accept one batch of stage results; writes every image that is next in index order."""
         written = 0
-        for row in table.to_pylist():
+        for row in _rows(table):
             for index, item in self.buffer.put(int(row["index"]), row):
                 self._write_image(index, item)
                 written += 1
@@ -235,6 +235,24 @@ class ExportAssembler:
     def bytes_written(self) -> int:
         """Current size of the partial file."""
         return self.zip.bytes_written
+
+
+_BLOB_COLUMNS = ("original", "visualization")
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    """Rows as dicts; image bytes stay zero-copy views of the Arrow buffers instead of Python copies."""
+    blobs = [c for c in _BLOB_COLUMNS if c in table.column_names]
+    small = {c: table.column(c).to_pylist() for c in table.column_names if c not in blobs}
+    blob_columns = {c: table.column(c).combine_chunks() for c in blobs}
+    rows = []
+    for i in range(table.num_rows):
+        row = {c: values[i] for c, values in small.items()}
+        for c, array in blob_columns.items():
+            scalar = array[i]
+            row[c] = memoryview(scalar.as_buffer()) if scalar.is_valid else None
+        rows.append(row)
+    return rows
 
 
 def is_output_uri(output: str) -> bool:

@@ -30,6 +30,12 @@ class ExportHandle:
     """A running export: ``progress()``, ``wait()``, ``cancel()``, ``show_progress()``."""
 
     def __init__(self, options: ExportOptions) -> None:
+        from .pipeline import ensure_ray
+
+        try:  # in the caller's thread: Ray installs its signal handlers there
+            ensure_ray(options.address)
+        except Exception as exc:
+            raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
         self.export_id = new_export_id()
         self._cancel = threading.Event()
         self._result: ExportResult | None = None

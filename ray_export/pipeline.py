@@ -398,6 +398,41 @@ class _Heartbeat(threading.Thread):
                 log.debug("heartbeat failed", exc_info=True)
 
 
+def assembly_plan(options: ExportOptions, plan: ExportPlan) -> Any:
+    """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`)."""
+    from actors.zip_writer import AssemblyPlan
+
+    summary = ExportSummary(
+        project_id=plan.project.id,
+        project_title=plan.project.title,
+        project_type=plan.project.type,
+        export_time=format_export_time(plan.export_time),
+        content_options=options.content_options(),
+        counts={},
+        scale_um_per_px=plan.scale_um_per_px,
+        scale_source=plan.scale_source,
+        members=_member_kinds(options),
+        software_versions=software_versions(),
+    )
+    return AssemblyPlan(
+        output=str(plan.output),
+        export_time=plan.export_time,
+        total_images=len(plan.rows),
+        include_originals=options.include_originals,
+        include_visualizations=options.include_visualizations,
+        annotations=tuple(options.annotations),
+        metrics=tuple(options.metrics),
+        include_docs=options.include_docs,
+        viz_extension=options.visualization.extension,
+        scale_um_per_px=plan.scale_um_per_px,
+        summary=summary,
+        coco_info=_coco_info(plan, summary),
+        driver_problems=plan.driver_problems,
+        unknown_image_ids=plan.unknown_image_ids,
+        notes=plan.notes,
+    )
+
+
 class _CancelWatcher(threading.Thread):
     """Acts on a cancel request at once, while the main thread may be waiting for the next block."""
 
@@ -480,7 +515,7 @@ def run_export(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from actors.progress import create_progress_actor
-    from actors.zip_writer import AssemblyPlan, ZipWriterActor
+    from actors.zip_writer import ZipWriterActor
 
     started = time.time()
     export_id = export_id or new_export_id()
@@ -521,35 +556,7 @@ def run_export(
         ray.get(progress.set_output.remote(str(plan.output)))
         _quiet_ray_data()
         driver_node = ray.get_runtime_context().get_node_id()
-        summary = ExportSummary(
-            project_id=plan.project.id,
-            project_title=plan.project.title,
-            project_type=plan.project.type,
-            export_time=format_export_time(plan.export_time),
-            content_options=options.content_options(),
-            counts={},
-            scale_um_per_px=plan.scale_um_per_px,
-            scale_source=plan.scale_source,
-            members=_member_kinds(options),
-            software_versions=software_versions(),
-        )
-        assembly = AssemblyPlan(
-            output=str(plan.output),
-            export_time=plan.export_time,
-            total_images=n,
-            include_originals=options.include_originals,
-            include_visualizations=options.include_visualizations,
-            annotations=tuple(options.annotations),
-            metrics=tuple(options.metrics),
-            include_docs=options.include_docs,
-            viz_extension=options.visualization.extension,
-            scale_um_per_px=plan.scale_um_per_px,
-            summary=summary,
-            coco_info=_coco_info(plan, summary),
-            driver_problems=plan.driver_problems,
-            unknown_image_ids=plan.unknown_image_ids,
-            notes=plan.notes,
-        )
+        assembly = assembly_plan(options, plan)
         run.set_writer(
             ZipWriterActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)

@@ -1,0 +1,737 @@
+"""Benchmark: the Ray export pipeline against the same work in one process (SPEC 8).
+
+Builds (or reuses) a demo project, exports it once in a single process without Ray, then through
+``ray_export.api.export`` on a local Ray for each hint plan, and reports images/s, speed-up, parallel
+efficiency, peak memory (summed PSS of the driver and every Ray process), the writer actor's busy
+fraction and whether the pipeline's ZIP is byte-identical to the one-process ZIP.
+
+Run ``python bench/benchmark.py --help`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+#: The map stages that Ray fuses into one operator when their hints are equal.
+MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
+
+#: Hint plans: stage name -> option values (``stages`` of an options file); missing stages keep the defaults.
+PLANS: dict[str, dict[str, dict[str, Any]]] = {
+    # the current option defaults
+    "default": {},
+    # identical hints on the four map stages: one fused operator, one task per block
+    "fused": {name: {"num_cpus": 1.0, "batch_size": 8} for name in MAP_STAGES},
+    # fused, but half a CPU per task: twice as many tasks as CPUs (overlaps file I/O and the writer)
+    "fused-half": {name: {"num_cpus": 0.5, "batch_size": 8} for name in MAP_STAGES},
+    # distinct hints per stage (an earlier default): four operators with object-store hops between them
+    "split": {
+        "read": {"num_cpus": 0.5, "batch_size": 32},
+        "copy": {"num_cpus": 0.25, "batch_size": 16},
+        "visualize": {"num_cpus": 1.0, "batch_size": 8},
+        "annotate": {"num_cpus": 0.5, "batch_size": 32},
+        "metrics": {"num_cpus": 0.5, "batch_size": 32},
+    },
+    # distinct hints, the CPU budget on the visualizer and a small share for the light stages
+    "viz-heavy": {
+        "copy": {"num_cpus": 0.25, "batch_size": 8},
+        "visualize": {"num_cpus": 1.0, "batch_size": 4},
+        "annotate": {"num_cpus": 0.25, "batch_size": 8},
+        "metrics": {"num_cpus": 0.25, "batch_size": 8},
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: the fields after the last ")" are fixed
+    return text.rsplit(b")", 1)[-1].split()
+
+
+def _parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
+
+
+def cpu_seconds_of(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (None when it is gone)."""
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 13:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    total = sum(values[:8])
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (total - idle) / _CLOCK_TICKS, total / _CLOCK_TICKS
+
+
+def process_role(pid: int, root_pid: int) -> str:
+    """What a process of the tree is: driver, raylet, gcs, writer actor, other actors, task workers, other."""
+    if pid == root_pid:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            command = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return "other"
+    first = command.split(" ", 1)[0] if command else ""
+    if first.endswith("/raylet") or first == "raylet":
+        return "raylet"
+    if "gcs_server" in first:
+        return "gcs"
+    if command.startswith("ray::ZipWriterActor"):
+        return "writer actor"
+    if command.startswith(("ray::ProgressActor", "ray::_StatsActor", "ray::_AutoscalingCoordinator")):
+        return "other actors"
+    if command.startswith("ray::"):
+        return "task workers"
+    return "other"
+
+
+def process_tree(root_pid: int) -> list[int]:
+    """``root_pid`` and all its live descendants (read from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found = [root_pid]
+    stack = [root_pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (0 when it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def summed_pss(root_pid: int) -> tuple[int, int]:
+    """(summed PSS in bytes, number of processes) of ``root_pid`` and its descendants."""
+    pids = process_tree(root_pid)
+    return sum(pss_bytes(pid) for pid in pids), len(pids)
+
+
+class PssSampler(threading.Thread):
+    """Samples a process tree every ``period`` seconds: peak summed PSS, CPU seconds used, foreign load.
+
+    CPU seconds are per process (last seen minus first seen; a process born during the run counts from 0),
+    so a process that exits between samples loses at most ``period`` of its time. ``foreign_cpu_fraction``
+    is the machine's busy time not spent by the tree, as a share of all cores: other work competing with
+    the measurement.
+    """
+
+    def __init__(self, root_pid: int, period: float = 0.5) -> None:
+        super().__init__(name="pss-sampler", daemon=True)
+        self.root_pid = root_pid
+        self.period = period
+        self.peak = 0
+        self.peak_processes = 0
+        self.samples = 0
+        self.sampling_seconds = 0.0
+        self._first_cpu: dict[int, float] = {}
+        self._roles: dict[int, str] = {}
+        self._last_cpu: dict[int, float] = {}
+        self._started_pids: set[int] = set(process_tree(root_pid))
+        for pid in self._started_pids:
+            value = cpu_seconds_of(pid)
+            if value is not None:
+                self._first_cpu[pid] = self._last_cpu[pid] = value
+        self._system_start = system_cpu_seconds()
+        self._system_end = self._system_start
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        started = time.thread_time()
+        pids = process_tree(self.root_pid)
+        total = 0
+        for pid in pids:
+            total += pss_bytes(pid)
+            value = cpu_seconds_of(pid)
+            if value is not None:
+                self._first_cpu.setdefault(pid, 0.0 if pid not in self._started_pids else value)
+                self._last_cpu[pid] = value
+            # an actor keeps its role; a task worker's title changes with the task it runs
+            if self._roles.get(pid) not in ("writer actor", "other actors"):
+                self._roles[pid] = process_role(pid, self.root_pid)
+        self.sampling_seconds += time.thread_time() - started
+        self.samples += 1
+        if total > self.peak:
+            self.peak, self.peak_processes = total, len(pids)
+
+    def run(self) -> None:
+        self.sample()
+        while not self._stop_event.wait(self.period):
+            self.sample()
+
+    def stop(self) -> int:
+        """Stop, take a last sample and return the peak in bytes."""
+        self._stop_event.set()
+        self.join()
+        self.sample()
+        self._system_end = system_cpu_seconds()
+        return self.peak
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the tree used while sampled, less the sampler's own reading of ``/proc``."""
+        used = sum(self._last_cpu[pid] - self._first_cpu.get(pid, 0.0) for pid in self._last_cpu)
+        return max(0.0, used - self.sampling_seconds)
+
+    @property
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used while sampled, by process role (see :func:`process_role`)."""
+        out: dict[str, float] = {}
+        for pid, last in self._last_cpu.items():
+            role = self._roles.get(pid, "other")
+            out[role] = out.get(role, 0.0) + last - self._first_cpu.get(pid, 0.0)
+        if "driver" in out:
+            out["driver"] = max(0.0, out["driver"] - self.sampling_seconds)
+        return {role: round(value, 2) for role, value in sorted(out.items(), key=lambda kv: -kv[1])}
+
+    @property
+    def foreign_cpu_fraction(self) -> float:
+        """Share of the machine's CPU capacity used by other processes during the sampling."""
+        busy = self._system_end[0] - self._system_start[0]
+        total = self._system_end[1] - self._system_start[1]
+        ours = self.cpu_seconds + self.sampling_seconds
+        return max(0.0, (busy - ours) / total) if total > 0 else 0.0
+
+
+# -------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class OneProcessResult:
+    seconds: float
+    cpu_seconds: float
+    foreign_cpu_fraction: float
+    images_per_s: float
+    peak_pss_bytes: int
+    stage_seconds: dict[str, float]
+    zip_sha256: str
+    zip_bytes: int
+
+
+@dataclass
+class PlanResult:
+    plan: str
+    stages: dict[str, dict[str, Any]]
+    warmup_seconds: float
+    run_seconds: list[float]
+    best_seconds: float
+    median_seconds: float
+    images_per_s: float
+    speedup: float
+    efficiency: float
+    cpu_seconds: float
+    cpu_ratio: float
+    cpu_by_role: dict[str, float]
+    foreign_cpu_fraction: float
+    idle_pss_bytes: int
+    peak_pss_bytes: int
+    peak_processes: int
+    writer_busy_fraction: float | None
+    data_cpu_busy_fraction: float | None
+    operators: dict[str, dict[str, float]]
+    zip_identical: bool
+    zip_differences: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def zip_differences(expected: Path, actual: Path, limit: int = 10) -> list[str]:
+    """Human-readable differences between two ZIPs: member list, header fields, member bytes."""
+    found: list[str] = []
+    with zipfile.ZipFile(expected) as ze, zipfile.ZipFile(actual) as za:
+        names_e, names_a = ze.namelist(), za.namelist()
+        if names_e != names_a:
+            only_e = [n for n in names_e if n not in set(names_a)]
+            only_a = [n for n in names_a if n not in set(names_e)]
+            found.append(f"member lists differ: only one-process {only_e[:5]}, only pipeline {only_a[:5]}")
+            if not only_e and not only_a:
+                first = next(i for i, (x, y) in enumerate(zip(names_e, names_a, strict=False)) if x != y)
+                found.append(f"member order differs from position {first}: {names_e[first]!r} vs {names_a[first]!r}")
+        infos_a = {info.filename: info for info in za.infolist()}
+        for info_e in ze.infolist():
+            info_a = infos_a.get(info_e.filename)
+            if info_a is None:
+                continue
+            for attr in ("date_time", "compress_type", "external_attr", "file_size"):
+                if getattr(info_e, attr) != getattr(info_a, attr):
+                    found.append(
+                        f"{info_e.filename}: {attr} {getattr(info_e, attr)!r} vs {getattr(info_a, attr)!r}"
+                    )
+            if info_e.CRC != info_a.CRC:
+                found.append(f"{info_e.filename}: content differs{_first_byte_difference(ze, za, info_e.filename)}")
+            elif info_e.compress_size != info_a.compress_size:
+                found.append(f"{info_e.filename}: same content, compressed size differs")
+            if len(found) >= limit:
+                break
+    if not found:
+        found.append("members equal; the archives differ in central-directory or padding bytes")
+    return found[:limit]
+
+
+def _first_byte_difference(ze: zipfile.ZipFile, za: zipfile.ZipFile, name: str) -> str:
+    data_e, data_a = ze.read(name), za.read(name)
+    limit = min(len(data_e), len(data_a))
+    for i in range(limit):
+        if data_e[i] != data_a[i]:
+            lo = max(0, i - 40)
+            return f" at byte {i}: {data_e[lo:i + 40]!r} vs {data_a[lo:i + 40]!r}"
+    return f" (lengths {len(data_e)} vs {len(data_a)})"
+
+
+# ---------------------------------------------------------------------------------------- one process
+
+
+def export_options(db_path: Path, project_id: str, output: Path, stages: Mapping[str, Any] | None = None) -> dict:
+    """The options mapping of one benchmark export (demo project, all outputs, given stage hints)."""
+    values: dict[str, Any] = {"db": str(db_path), "project": project_id, "output": str(output), "force": True}
+    if stages:
+        values["stages"] = {name: dict(hints) for name, hints in stages.items()}
+    return values
+
+
+_FETCHED_TYPES = {
+    "original_path": "string",
+    "db_width": "int64",
+    "db_height": "int64",
+    "seg_width": "int64",
+    "seg_height": "int64",
+    "polygons": "string",
+}
+
+
+def _read_batches(target: Any, rows: list[dict], batch_size: int) -> Iterator[Any]:
+    """Source rows in export order as Arrow tables of ``batch_size`` rows (the pipeline's projected query)."""
+    import pyarrow as pa
+
+    from ray_export.sources import connect, fetch_image_rows
+
+    conn = connect(target)
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            fetched = fetch_image_rows(conn, target.kind, [r["image_id"] for r in chunk], True, True)
+            by_id = {r["image_id"]: r for r in fetched}
+            columns: dict[str, pa.Array] = {
+                "index": pa.array([r["index"] for r in chunk], pa.int64()),
+                "image_id": pa.array([r["image_id"] for r in chunk], pa.string()),
+                "file_name": pa.array([r["file_name"] for r in chunk], pa.string()),
+                "stem": pa.array([r["stem"] for r in chunk], pa.string()),
+            }
+            for name, type_name in _FETCHED_TYPES.items():
+                values = [by_id.get(r["image_id"], {}).get(name) for r in chunk]
+                columns[name] = pa.array(values, getattr(pa, type_name)())
+            columns["row_found"] = pa.array([r["image_id"] in by_id for r in chunk], pa.bool_())
+            yield pa.table(columns)
+    finally:
+        conn.close()
+
+
+def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float, dict[str, float]]:
+    """The whole export in this process, without Ray: (wall seconds, CPU seconds, wall seconds per stage).
+
+    CPU seconds above wall seconds mean a library (OpenCV) used more than one core.
+    """
+    from actors.zip_writer import ExportAssembler
+    from ray_export import stages
+    from ray_export.options import build_options
+    from ray_export.pipeline import assembly_plan, plan_export
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        out = fn(*args, **kwargs)
+        spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+        return out
+
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    options = build_options(options_values)
+    plan = timed("plan", plan_export, options)
+    assembler = timed("write", ExportAssembler, assembly_plan(options, plan))
+    read_files = options.include_originals or options.include_visualizations
+    batches = _read_batches(plan.target, plan.rows, batch_size)
+    try:
+        while True:
+            table = timed("read", next, batches, None)
+            if table is None:
+                break
+            table = timed("copy", stages.copy_stage, table, images_root=plan.images_root, read_files=read_files)
+            if options.include_visualizations:
+                table = timed(
+                    "visualize", stages.visualize_stage, table,
+                    settings=options.visualization, keep_originals=options.include_originals,
+                )
+            table = timed("annotate", stages.annotate_stage, table, formats=tuple(options.annotations))
+            if options.metrics:
+                table = timed("metrics", stages.metrics_stage, table, scale_um_per_px=plan.scale_um_per_px)
+            table = stages.finish_stage(table)
+            timed("write", assembler.add_batch, table)
+        timed("write", assembler.finish)
+    except BaseException:
+        assembler.abort()
+        raise
+    return time.perf_counter() - started, time.process_time() - cpu_started, spent
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+def start_ray(cpus: int, object_store_bytes: int, temp_dir: str) -> None:
+    """A private local Ray: ``cpus`` CPUs, fixed object store, no dashboard, own temp dir."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)
+    import ray
+
+    ray.init(
+        num_cpus=cpus,
+        object_store_memory=object_store_bytes,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="ray_export",
+        _temp_dir=temp_dir,
+    )
+
+
+def timeline_events(since_s: float, until_s: float) -> list[dict] | None:
+    """Ray's task timeline events (complete events) that started within the window; None if unavailable."""
+    import ray
+
+    try:
+        events = ray.timeline()
+    except Exception:
+        return None
+    lo, hi = since_s * 1e6, until_s * 1e6
+    return [e for e in events if e.get("ph") == "X" and lo <= float(e.get("ts", 0)) <= hi]
+
+
+def summarize_timeline(
+    events: list[dict] | None, wall_s: float, cpus: int
+) -> tuple[float | None, float | None, dict[str, dict[str, float]]]:
+    """(writer busy fraction, data-task CPU busy fraction, per task kind {tasks, busy_s}) from timeline events.
+
+    A task kind is the event category without ``task::``: an operator name such as
+    ``ReadProjectImages->MapBatches(copy_stage)`` (fused operators are joined by ``->``) or ``Actor.method``.
+    """
+    if events is None:
+        return None, None, {}
+    operators: dict[str, dict[str, float]] = {}
+    for event in events:
+        category = str(event.get("cat", ""))
+        if not category.startswith("task::"):
+            continue
+        entry = operators.setdefault(category[len("task::"):], {"tasks": 0, "busy_s": 0.0})
+        entry["tasks"] += 1
+        entry["busy_s"] += float(event.get("dur", 0.0)) / 1e6
+    writer = sum(v["busy_s"] for k, v in operators.items() if k.startswith("ZipWriterActor."))
+    data = sum(v["busy_s"] for k, v in operators.items() if "MapBatches(" in k or k.startswith("Read"))
+    if wall_s <= 0:
+        return None, None, operators
+    return writer / wall_s, data / (wall_s * cpus), operators
+
+
+def drop_progress_actor(export_id: str) -> None:
+    """Kill a finished export's progress actor (kept for minutes by design) so runs start from equal footing."""
+    import ray
+
+    from actors.progress import get_progress_actor
+
+    actor = get_progress_actor(export_id)
+    if actor is not None:
+        ray.kill(actor)
+
+
+def run_plan(
+    name: str,
+    stages: dict[str, dict[str, Any]],
+    demo: Any,
+    outdir: Path,
+    repeat: int,
+    cpus: int,
+    baseline: OneProcessResult,
+    n_images: int,
+    expected_zip: Path,
+    log: Callable[[str], None],
+) -> PlanResult:
+    """Warm-up export, then ``repeat`` measured exports of one hint plan."""
+    from ray_export.api import export
+
+    output = outdir / f"pipeline-{name}.zip"
+    options_values = export_options(demo.db_path, demo.project_id, output, stages)
+    started = time.perf_counter()
+    drop_progress_actor(export(options_values).export_id)
+    warmup = time.perf_counter() - started
+    log(f"  {name}: warm-up {warmup:.2f} s")
+    runs: list[dict[str, Any]] = []
+    identical = True
+    differences: list[str] = []
+    for run in range(repeat):
+        time.sleep(1.0)  # let killed actors exit before the idle sample
+        idle = summed_pss(os.getpid())[0]
+        sampler = PssSampler(os.getpid())
+        sampler.start()
+        wall_start = time.time()
+        started = time.perf_counter()
+        result = export(options_values)
+        elapsed = time.perf_counter() - started
+        wall_end = time.time()
+        sampler.stop()
+        drop_progress_actor(result.export_id)
+        writer, cpu_busy, operators = summarize_timeline(timeline_events(wall_start, wall_end), elapsed, cpus)
+        runs.append({"seconds": elapsed, "idle": idle, "peak": sampler.peak, "processes": sampler.peak_processes,
+                     "writer": writer, "cpu_busy": cpu_busy, "operators": operators,
+                     "cpu_seconds": sampler.cpu_seconds, "foreign": sampler.foreign_cpu_fraction,
+                     "cpu_by_role": sampler.cpu_by_role})
+        same = sha256_file(output) == baseline.zip_sha256
+        if not same and identical:
+            differences = zip_differences(expected_zip, output)
+            kept = outdir / f"pipeline-{name}-mismatch.zip"
+            os.replace(output, kept)
+            differences.insert(0, f"kept as {kept}")
+        output.unlink(missing_ok=True)
+        identical = identical and same
+        log(f"  {name}: run {run + 1}: {elapsed:.2f} s, CPU {sampler.cpu_seconds:.1f} s, "
+            f"peak PSS {sampler.peak / 2**20:.0f} MiB, other load {sampler.foreign_cpu_fraction:.0%}, "
+            f"ZIP {'OK' if same else 'MISMATCH'}")
+    best_run = min(runs, key=lambda r: r["seconds"])
+    best = best_run["seconds"]
+    return PlanResult(
+        plan=name,
+        stages=stages,
+        warmup_seconds=warmup,
+        run_seconds=[r["seconds"] for r in runs],
+        best_seconds=best,
+        median_seconds=statistics.median(r["seconds"] for r in runs),
+        images_per_s=n_images / best,
+        speedup=baseline.seconds / best,
+        efficiency=baseline.seconds / (best * cpus),
+        cpu_seconds=best_run["cpu_seconds"],
+        cpu_ratio=best_run["cpu_seconds"] / baseline.cpu_seconds if baseline.cpu_seconds > 0 else 0.0,
+        foreign_cpu_fraction=best_run["foreign"],
+        cpu_by_role=best_run["cpu_by_role"],
+        idle_pss_bytes=max(r["idle"] for r in runs),
+        peak_pss_bytes=max(r["peak"] for r in runs),
+        peak_processes=max(r["processes"] for r in runs),
+        writer_busy_fraction=best_run["writer"],
+        data_cpu_busy_fraction=best_run["cpu_busy"],
+        operators=best_run["operators"],
+        zip_identical=identical,
+        zip_differences=differences,
+    )
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:,.0f}"
+
+
+def format_report(report: dict) -> str:
+    """The readable table."""
+    one = report["one_process"]
+    lines = [
+        f"ray_export benchmark: {report['images']} images, {report['cpus']} CPUs, "
+        f"object store {_mib(report['object_store_bytes'])} MiB (fixed), {report['repeat']} measured run(s) per plan",
+        "",
+        f"one process: {one['seconds']:.2f} s, CPU {one['cpu_seconds']:.2f} s, {one['images_per_s']:.2f} images/s, "
+        f"peak PSS {_mib(one['peak_pss_bytes'])} MiB, other load {one['foreign_cpu_fraction']:.0%}, "
+        f"ZIP {one['zip_bytes'] / 2**20:.1f} MiB",
+        "  stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in one["stage_seconds"].items()),
+        "",
+        f"{'plan':<10} {'best s':>7} {'median s':>8} {'img/s':>6} {'speed-up':>8} {'efficiency':>10} "
+        f"{'CPU s':>6} {'CPU x':>5} {'idle PSS':>9} {'peak PSS':>9} {'procs':>5} {'writer':>6} {'busy':>5} "
+        f"{'other':>5}  ZIP",
+    ]
+    for p in report["plans"]:
+        writer = "n/a" if p["writer_busy_fraction"] is None else f"{p['writer_busy_fraction']:.2f}"
+        cpu_busy = "n/a" if p["data_cpu_busy_fraction"] is None else f"{p['data_cpu_busy_fraction']:.2f}"
+        lines.append(
+            f"{p['plan']:<10} {p['best_seconds']:>7.2f} {p['median_seconds']:>8.2f} {p['images_per_s']:>6.2f} "
+            f"{p['speedup']:>7.2f}x {p['efficiency']:>10.2f} {p['cpu_seconds']:>6.1f} {p['cpu_ratio']:>5.2f} "
+            f"{_mib(p['idle_pss_bytes']):>5} MiB {_mib(p['peak_pss_bytes']):>5} MiB {p['peak_processes']:>5} "
+            f"{writer:>6} {cpu_busy:>5} {p['foreign_cpu_fraction']:>5.0%}  "
+            f"{'OK' if p['zip_identical'] else 'MISMATCH'}"
+        )
+    lines.append("")
+    lines.append("PSS: summed over the driver and every Ray process; idle = before a run, peak = during it.")
+    lines.append("efficiency = one-process time / (pipeline time x CPUs); writer = ZipWriterActor busy / wall time;")
+    lines.append("busy = time in read/map tasks / (wall time x CPUs); CPU s = CPU time of the driver and all Ray")
+    lines.append("processes, CPU x = that / one-process CPU time; other = machine CPU used by other processes.")
+    lines.append("Columns after median s are figures of the best run.")
+    loaded = [one["foreign_cpu_fraction"]] + [p["foreign_cpu_fraction"] for p in report["plans"]]
+    if max(loaded) > 0.1:
+        lines.append(f"WARNING: other processes used up to {max(loaded):.0%} of the machine during the runs; "
+                     "wall-clock figures are unreliable, compare CPU s instead.")
+    for p in report["plans"]:
+        roles = ", ".join(f"{role} {value:.1f}" for role, value in p["cpu_by_role"].items())
+        lines.append(f"CPU seconds of the best '{p['plan']}' run by process: {roles}")
+        if p["operators"]:
+            lines.append(f"tasks of the best '{p['plan']}' run (count, busy s):")
+            for op_name, entry in sorted(p["operators"].items(), key=lambda kv: -kv[1]["busy_s"]):
+                lines.append(f"  {int(entry['tasks']):>4} {entry['busy_s']:>7.2f}  {op_name}")
+        for difference in p["zip_differences"]:
+            lines.append(f"  MISMATCH {p['plan']}: {difference}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=120, help="demo images (default 120)")
+    parser.add_argument("--workdir", type=Path, default=Path(".bench"), help="demo project and outputs (./.bench)")
+    parser.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument(
+        "--plans", default="default,fused", help=f"comma-separated hint plans of {', '.join(PLANS)} (default,fused)"
+    )
+    parser.add_argument("--repeat", type=int, default=2, help="measured runs per plan after a warm-up (default 2)")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per batch in the one-process run (32)")
+    parser.add_argument("--object-store-mb", type=int, default=1024, help="fixed object store size (1024 MiB)")
+    parser.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        help="also write the results as JSON to PATH; without PATH, print only JSON to stdout",
+    )
+    args = parser.parse_args(argv)
+    plans = [p.strip() for p in args.plans.split(",") if p.strip()]
+    unknown = [p for p in plans if p not in PLANS]
+    if unknown or not plans:
+        parser.error(f"unknown plan(s) {unknown}; known: {', '.join(PLANS)}")
+    if args.images < 1 or args.cpus < 1 or args.repeat < 1 or args.batch_size < 1:
+        parser.error("--images, --cpus, --repeat and --batch-size must be positive")
+    args.plans = plans
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    json_only = args.json == "-"
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr if json_only else sys.stdout, flush=True)
+
+    from ray_export.demo import build_demo_project
+
+    workdir = args.workdir.expanduser().resolve()
+    started = time.perf_counter()
+    demo = build_demo_project(workdir / f"demo-{args.images}-{args.seed}", n_images=args.images, seed=args.seed)
+    log(f"demo project: {demo.db_path} ({time.perf_counter() - started:.1f} s)")
+    outdir = workdir / "out"
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    expected_zip = outdir / "one-process.zip"
+    sampler = PssSampler(os.getpid())
+    sampler.start()
+    seconds, _cpu, stage_seconds = run_one_process(
+        export_options(demo.db_path, demo.project_id, expected_zip), args.batch_size
+    )
+    sampler.stop()
+    with zipfile.ZipFile(expected_zip) as zf:
+        n_images = sum(1 for name in zf.namelist() if name.startswith("labels/"))
+    n_images = n_images or args.images
+    baseline = OneProcessResult(
+        seconds=seconds,
+        cpu_seconds=sampler.cpu_seconds,
+        foreign_cpu_fraction=sampler.foreign_cpu_fraction,
+        images_per_s=n_images / seconds,
+        peak_pss_bytes=sampler.peak,
+        stage_seconds={k: round(v, 4) for k, v in stage_seconds.items()},
+        zip_sha256=sha256_file(expected_zip),
+        zip_bytes=expected_zip.stat().st_size,
+    )
+    log(f"one process: {seconds:.2f} s, CPU {baseline.cpu_seconds:.1f} s ({baseline.images_per_s:.2f} images/s), "
+        f"other load {baseline.foreign_cpu_fraction:.0%}")
+
+    object_store_bytes = args.object_store_mb * 2**20
+    temp_dir = tempfile.mkdtemp(prefix="rxb-", dir="/tmp")
+    start_ray(args.cpus, object_store_bytes, temp_dir)
+    import ray
+
+    results: list[PlanResult] = []
+    try:
+        for name in args.plans:
+            results.append(
+                run_plan(name, PLANS[name], demo, outdir, args.repeat, args.cpus, baseline, n_images,
+                         expected_zip, log)
+            )
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    report = {
+        "images": n_images,
+        "cpus": args.cpus,
+        "repeat": args.repeat,
+        "object_store_bytes": object_store_bytes,
+        "ray_version": ray.__version__,
+        "one_process": asdict(baseline),
+        "plans": [asdict(r) for r in results],
+    }
+    if json_only:
+        print(json.dumps(report, indent=2))
+    else:
+        print()
+        print(format_report(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if all(r.zip_identical for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
