@@ -194,3 +194,47 @@ def test_failed_upload_removes_the_partial_object(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         zip_writer.upload_file(local, target.as_uri())
     assert not target.exists()
+
+
+@pytest.mark.postgres
+def test_password_never_leaves_the_dsn(demo_project, postgres_dsn, tmp_path):
+    """Neither the ZIP, the command's output, the progress status nor an error line shows the password."""
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    import ray
+
+    from ray_export.demo import copy_project_to_postgres
+
+    password = urlsplit(postgres_dsn).password
+    assert password, "the test server's DSN carries a password"
+    copy_project_to_postgres(demo_project.db_path, postgres_dsn)
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    out = tmp_path / "pg.zip"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ray_export", *args, "--address", address],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    done = cli("export", "--db", postgres_dsn, "--project", demo_project.project_id,
+               "--images-root", str(demo_project.images_root), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    export_id = done.stderr.splitlines()[0].split(":", 1)[1].strip()
+    status = cli("status", export_id, "--json")
+    wrong = cli("export", "--db", postgres_dsn, "--project", "no such project",
+                "--images-root", str(demo_project.images_root), "--out", str(tmp_path / "x.zip"))
+    assert wrong.returncode == 2 and "no such project" in wrong.stderr
+    bad_port = postgres_dsn.rsplit(":", 1)[0] + ":1/nodb"
+    unreachable = cli("export", "--db", bad_port, "--project", "p",
+                      "--images-root", str(demo_project.images_root), "--out", str(tmp_path / "y.zip"))
+    assert unreachable.returncode == 1
+    for text in (done.stdout, done.stderr, status.stdout, status.stderr, wrong.stderr, unreachable.stderr):
+        assert password not in text
+    with zipfile.ZipFile(out) as zf:
+        for name in zf.namelist():
+            assert password.encode() not in zf.read(name), name
+        metadata = zf.read("documentation/metadata.json").decode()
+    assert "127.0.0.1" not in metadata and str(demo_project.images_root) not in metadata
