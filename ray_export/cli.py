@@ -130,14 +130,20 @@ def _run_export(options, quiet: bool) -> int:
     return EXIT_OK
 
 
-def _attach(address: str | None) -> None:
+def _attach(address: str | None, purpose: str) -> bool:
+    """Connect to an existing cluster; False (with an error line) when there is none."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from actors.progress import PROGRESS_NAMESPACE
 
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
-             log_to_driver=False, logging_level=logging.WARNING)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as exc:
+        _err(f"error: no Ray cluster to {purpose} ({type(exc).__name__})")
+        return False
+    return True
 
 
 def _status(args) -> int:
@@ -145,10 +151,7 @@ def _status(args) -> int:
 
     from actors.progress import get_progress_actor, list_progress_actors
 
-    try:
-        _attach(args.address)
-    except Exception as exc:
-        _err(f"error: no Ray cluster to read status from ({type(exc).__name__})")
+    if not _attach(args.address, "read status from"):
         return EXIT_FAILED
     ids = [args.export_id] if args.export_id else list_progress_actors()
     snapshots = []
@@ -182,10 +185,7 @@ def _cancel(args) -> int:
 
     from actors.progress import get_progress_actor
 
-    try:
-        _attach(args.address)
-    except Exception as exc:
-        _err(f"error: no Ray cluster to cancel on ({type(exc).__name__})")
+    if not _attach(args.address, "cancel on"):
         return EXIT_FAILED
     actor = get_progress_actor(args.export_id)
     if actor is None:

@@ -687,6 +687,11 @@ def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
     return bool(metadata.get("job_submission_id"))
 
 
+def _switch_off(group: Any, flag: str, dest: str, help_text: str) -> None:
+    """A ``--no-x`` flag that sets ``dest`` to False when given and leaves it None otherwise."""
+    group.add_argument(flag, dest=dest, action="store_const", const=False, default=None, help=help_text)
+
+
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` command's flags. Every flag defaults to ``None``: only given flags override."""
     source = parser.add_argument_group("source and output")
@@ -713,30 +718,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     content = parser.add_argument_group("content")
     content.add_argument("--annotations", metavar="coco,yolo,json|none", help="annotation formats (default: all)")
     content.add_argument("--metrics", metavar="csv,xlsx,json,parquet|none", help="metrics formats (default: all)")
-    content.add_argument(
-        "--no-originals",
-        dest="originals",
-        action="store_const",
-        const=False,
-        default=None,
-        help="leave the original images out",
-    )
-    content.add_argument(
-        "--no-visualizations",
-        dest="visualizations",
-        action="store_const",
-        const=False,
-        default=None,
-        help="leave the visualizations out",
-    )
-    content.add_argument(
-        "--no-docs",
-        dest="docs",
-        action="store_const",
-        const=False,
-        default=None,
-        help="leave README.md, metrics_guide.md and metadata.json out (the report stays)",
-    )
+    _switch_off(content, "--no-originals", "originals", "leave the original images out")
+    _switch_off(content, "--no-visualizations", "visualizations", "leave the visualizations out")
+    _switch_off(content, "--no-docs", "docs", "leave README.md, metrics_guide.md, metadata.json out (report stays)")
     content.add_argument("--scale", metavar="UM_PER_PX", help="scale in µm per pixel (0.001-1000)")
 
     viz = parser.add_argument_group("visualization")
@@ -746,14 +730,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     viz.add_argument("--stroke-width", metavar="1-10", help="outline width in pixels (2)")
     viz.add_argument("--font-size", metavar="10-50", help="object number font size (32)")
     viz.add_argument("--fill-opacity", metavar="0-1", help="fill opacity of objects (0.3)")
-    viz.add_argument(
-        "--no-numbers",
-        dest="show_numbers",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not draw object numbers",
-    )
+    _switch_off(viz, "--no-numbers", "show_numbers", "do not draw object numbers")
 
     run = parser.add_argument_group("resources")
     stages = ",".join(STAGE_NAMES)

@@ -359,13 +359,8 @@ def _truthy(value: Any) -> bool:
 
 
 def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if math.isfinite(f) else None
+    f = _float_or_none(value)
+    return None if f is None else int(f)
 
 
 def _float_or_none(value: Any) -> float | None:
