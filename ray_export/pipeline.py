@@ -98,7 +98,7 @@ def _check_uri_output(uri: str, force: bool) -> str:
         fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
     except Exception as exc:
-        raise ExportError(f"output {uri}: {type(exc).__name__}: {_first_line(exc)}", 2) from exc
+        raise ExportError(f"output {uri}: {type(exc).__name__}: {_error_line(exc)}", 2) from exc
     if info.type == pafs.FileType.Directory:
         raise ExportError(f"output {uri} is a folder", 2)
     if info.type != pafs.FileType.NotFound and not force:
@@ -585,14 +585,15 @@ def run_export(
     except ExportError as exc:
         run.fail("failed", str(exc))
         raise
-    except OSError as exc:
-        run.fail("failed", f"I/O error: {exc}")
-        raise ExportError(f"I/O error: {exc}", 1) from exc
+    except OSError as exc:  # also a writer-actor error caused by one (Ray errors subclass their cause)
+        message = f"I/O error: {_error_line(exc)}"
+        run.fail("failed", message)
+        raise ExportError(message, 1) from exc
     except Exception as exc:
         if cancel.is_set():
             run.fail("cancelled", "export cancelled")
             raise ExportCancelled() from exc
-        message = f"{type(exc).__name__}: {_first_line(exc)}"
+        message = f"{type(exc).__name__}: {_error_line(exc)}"
         run.fail("failed", message)
         raise ExportError(f"export failed: {message}", 1) from exc
     finally:
@@ -600,7 +601,8 @@ def run_export(
         heartbeat.stopped.set()
 
 
-def _first_line(exc: BaseException) -> str:
+def _error_line(exc: BaseException) -> str:
+    """The line that names the error (the last one of a remote traceback), at most 500 characters."""
     text = str(exc).strip().splitlines()
     return text[-1][:500] if text else ""
 
