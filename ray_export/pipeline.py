@@ -200,7 +200,7 @@ def ensure_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict[str, Any] = {"namespace": "ray_export", "log_to_driver": False}
+    kwargs: dict[str, Any] = {"namespace": "ray_export", "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
     elif not os.environ.get("RAY_ADDRESS"):
@@ -217,6 +217,8 @@ def _quiet_ray_data() -> None:
     ctx.op_resource_reservation_enabled = False
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # our own progress (CLI bar, status, handle) replaces Ray Data's; no notice that it is off
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
