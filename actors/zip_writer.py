@@ -54,6 +54,8 @@ class AssemblyPlan:
     driver_problems: dict[int, list[dict]] = field(default_factory=dict)
     unknown_image_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
+    max_buffered_images: int = 256
 
 
 _METRIC_MEMBERS = {
@@ -116,6 +118,11 @@ class ExportAssembler:
             for index, item in self.buffer.put(int(row["index"]), row):
                 self._write_image(index, item)
                 written += 1
+        if self.buffer.pending > self.plan.max_buffered_images:
+            raise RuntimeError(
+                f"{self.buffer.pending} images wait for image {self.buffer.next_index}, more than the bound of "
+                f"{self.plan.max_buffered_images} (max_buffered_images)"
+            )
         return written
 
     @property

@@ -208,13 +208,26 @@ def ensure_ray(address: str | None) -> None:
     ray.init(**kwargs)
 
 
-def _quiet_ray_data() -> None:
+@contextlib.contextmanager
+def _export_data_context():
+    """Ray Data settings for the datasets built inside: blocks in order (the writer's buffer stays
+    bounded), no Ray Data progress bars (ours replace them), no per-operator reservation (it halved
+    concurrency on small nodes). Each dataset keeps a copy of the context it was built with, so the
+    caller's global context is restored afterwards."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled)
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
     ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled = saved
+
+
+def _quiet_ray_data() -> None:
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # our own progress (CLI bar, status, handle) replaces Ray Data's; no notice that it is off
@@ -332,6 +345,11 @@ def check_pinned_stages_fit(
 
 def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
     """The Ray Dataset of per-image results, in index order."""
+    with _export_data_context():
+        return _build_dataset(options, plan, driver_node, progress)
+
+
+def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
     from . import stages
     from .datasource import read_project_images
 
@@ -432,6 +450,7 @@ def assembly_plan(options: ExportOptions, plan: ExportPlan) -> Any:
         driver_problems=plan.driver_problems,
         unknown_image_ids=plan.unknown_image_ids,
         notes=plan.notes,
+        max_buffered_images=options.max_buffered_images,
     )
 
 

@@ -249,3 +249,14 @@ def test_pinned_stage_asking_for_more_cpus_than_the_driver_node_is_refused():
     with pytest.raises(ExportError, match=r"stages\.copy\.resources\.scanner"):
         check_pinned_stages_fit(gpu, stage_placement(True, True, "n1"), {"CPU": 2.0})
     check_pinned_stages_fit(gpu, stage_placement(True, True, "n1"), {"CPU": 2.0, "scanner": 1.0})
+
+
+def test_assembler_enforces_its_reorder_bound(tmp_path):
+    plan = _plan(tmp_path, 10)
+    plan.max_buffered_images = 2
+    assembler = ExportAssembler(plan)
+    assembler.add_batch(_result_rows([2, 3]))
+    with pytest.raises(RuntimeError, match="max_buffered_images"):
+        assembler.add_batch(_result_rows([4]))
+    assembler.abort()
+    assert list(tmp_path.iterdir()) == []
