@@ -59,11 +59,35 @@ class ImagePolygons:
     problems: list[Problem] = field(default_factory=list)
 
 
+#: Coordinates beyond this many pixels from the origin are treated like non-finite ones: no image is
+#: that large, and such values would overflow areas and rasterisation.
+MAX_COORDINATE = 1e9
+
+
 def _finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # a JSON integer beyond the float range
+        return None
     return f if math.isfinite(f) else None
+
+
+def _coordinate(value: Any) -> float | None:
+    f = _finite_number(value)
+    return f if f is not None and abs(f) <= MAX_COORDINATE else None
+
+
+def json_safe(value: Any) -> Any:
+    """A value copied from the polygon JSON, with non-finite numbers (``NaN``, ``Infinity``) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    return value
 
 
 def _read_points(raw: Any) -> tuple[np.ndarray, int]:
@@ -74,9 +98,9 @@ def _read_points(raw: Any) -> tuple[np.ndarray, int]:
     dropped = 0
     for p in raw:
         if isinstance(p, dict):
-            x, y = _finite_number(p.get("x")), _finite_number(p.get("y"))
+            x, y = _coordinate(p.get("x")), _coordinate(p.get("y"))
         elif isinstance(p, (list, tuple)) and len(p) >= 2:
-            x, y = _finite_number(p[0]), _finite_number(p[1])
+            x, y = _coordinate(p[0]), _coordinate(p[1])
         else:
             x = y = None
         if x is None or y is None:
@@ -150,7 +174,11 @@ def parse_polygons(raw: Any) -> ImagePolygons:
         pts, dropped = _read_points(el.get("points"))
         if dropped:
             result.problems.append(
-                Problem("points_not_finite", STAGE, f"{where}: {dropped} point(s) without finite x/y dropped")
+                Problem(
+                    "points_not_finite",
+                    STAGE,
+                    f"{where}: {dropped} point(s) without finite x/y within ±{MAX_COORDINATE:g} px dropped",
+                )
             )
         pts = _without_repeats(pts, closed=not is_polyline)
         need = 2 if is_polyline else 3
@@ -171,9 +199,9 @@ def parse_polygons(raw: Any) -> ImagePolygons:
                     number=len(result.polylines) + 1,
                     points=pts,
                     confidence=confidence,
-                    element_id=el.get("id"),
-                    part_class=el.get("partClass"),
-                    instance_id=el.get("instanceId"),
+                    element_id=json_safe(el.get("id")),
+                    part_class=json_safe(el.get("partClass")),
+                    instance_id=json_safe(el.get("instanceId")),
                 )
             )
         elif el_type == "external":
@@ -182,10 +210,10 @@ def parse_polygons(raw: Any) -> ImagePolygons:
                 outer=pts,
                 confidence=confidence,
                 complete=el.get("complete") is not False,
-                element_id=el.get("id"),
-                part_class=el.get("partClass"),
-                instance_id=el.get("instanceId"),
-                object_class=el.get("class"),
+                element_id=json_safe(el.get("id")),
+                part_class=json_safe(el.get("partClass")),
+                instance_id=json_safe(el.get("instanceId")),
+                object_class=json_safe(el.get("class")),
             )
             result.objects.append(obj)
             if el.get("id") is not None:
@@ -217,12 +245,23 @@ def parse_polygons(raw: Any) -> ImagePolygons:
     return result
 
 
+def _all_inside(points: np.ndarray, ring: np.ndarray) -> bool:
+    """Whether every point lies in the ring, tested in blocks that bound memory (stops at the first miss)."""
+    block = max(1, (1 << 20) // max(1, len(ring)))
+    return all(bool(np.all(points_in_ring(points[i : i + block], ring))) for i in range(0, len(points), block))
+
+
 def _smallest_container(
     ring: np.ndarray, objects: list[PolygonObject], outer_areas: list[float]
 ) -> PolygonObject | None:
     best: PolygonObject | None = None
     best_area = math.inf
+    lo, hi = ring.min(axis=0), ring.max(axis=0)
     for obj, area in zip(objects, outer_areas, strict=True):
-        if area < best_area and bool(np.all(points_in_ring(ring, obj.outer))):
+        if not area < best_area:
+            continue
+        if np.any(lo < obj.outer.min(axis=0)) or np.any(hi > obj.outer.max(axis=0)):
+            continue  # the hole's box is not inside the outer ring's box
+        if _all_inside(ring, obj.outer):
             best, best_area = obj, area
     return best

@@ -52,8 +52,19 @@ def _drop(table: pa.Table, names: list[str]) -> pa.Table:
     return table.drop_columns(present) if present else table
 
 
-def _parse(batch: dict[str, list], i: int) -> ImagePolygons:
-    return parse_polygons(batch["polygons"][i]) if "polygons" in batch else ImagePolygons()
+def _parse(batch: dict[str, list], i: int, stage: str) -> ImagePolygons:
+    """The image's polygons; an unexpected parser error becomes a problem, never an exception."""
+    if "polygons" not in batch:
+        return ImagePolygons()
+    try:
+        return parse_polygons(batch["polygons"][i])
+    except Exception as exc:
+        return ImagePolygons(problems=[Problem("stage_failed", stage, f"polygons: {type(exc).__name__}: {exc}")])
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON that refuses NaN/Infinity (callers turn the ValueError into a problem)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- copy
@@ -124,17 +135,20 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
         stored = seg_size if None not in seg_size else db_size if None not in db_size else None
         data: bytes | None = None
         rel = batch["original_path"][i]
-        if read_files or stored is None:
+        if (read_files or stored is None) and not rel:
+            found.append(Problem("file_missing", "copy", "the image row has no originalPath"))
+        elif read_files or stored is None:
             try:
                 data = _read_original(fs, resolve_original_path(base, rel, is_local))
             except PathOutsideRoot as exc:
                 found.append(Problem("path_outside_root", "copy", str(exc)))
             except FileNotFoundError:
                 found.append(Problem("file_missing", "copy", f"{rel!r} not found under the images root"))
-            except OSError as exc:
-                code = "file_missing" if "not found" in str(exc).lower() or "no such" in str(exc).lower() else None
+            except Exception as exc:  # OSError, pyarrow errors, a NUL in the path ...
+                text = str(exc).lower()
+                code = "file_missing" if "not found" in text or "no such" in text else "file_unreadable"
                 msg = f"{rel!r}: {type(exc).__name__}: {exc}"
-                found.append(Problem(code or "file_unreadable", "copy", msg.replace(base, "<images root>")))
+                found.append(Problem(code, "copy", msg.replace(base, "<images root>")))
         header = image_size_from_header(data) if data is not None else None
         if stored is None and header is not None:
             size = header
@@ -180,7 +194,7 @@ def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_origi
         found: list[Problem] = []
         encoded = None
         if data is not None:
-            parsed = _parse(batch, i)
+            parsed = _parse(batch, i, "visualize")  # its problems are reported once, by the annotate stage
             try:
                 encoded, _size, found = render_visualization(data, parsed, settings)
             except Exception as exc:  # a renderer bug must not sink the export
@@ -207,32 +221,41 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
     n_polylines: list[int] = []
     problems: list[str] = []
     for i in range(table.num_rows):
-        parsed = _parse(batch, i)
+        parsed = _parse(batch, i, "annotate")
         found = list(parsed.problems)
         width, height = int(batch["width"][i]), int(batch["height"][i])
         coco_text = yolo_text = entry_text = None
-        try:
-            if "coco" in formats and width > 0 and height > 0:
+        # one format failing for an image must not take the others with it
+        if "coco" in formats and width > 0 and height > 0:
+            try:
                 annotations, coco_problems = coco_annotations_for_image(batch["index"][i], parsed, width, height)
                 found.extend(coco_problems)
-                coco_text = json.dumps(annotations, separators=(",", ":"))
-            if "yolo" in formats:
+                coco_text = _dumps(annotations)
+            except Exception as exc:
+                found.append(Problem("stage_failed", "annotate", f"COCO: {type(exc).__name__}: {exc}"))
+        if "yolo" in formats:
+            try:
                 yolo_text = yolo_label_text(parsed, width, height)
-                if parsed.polylines:
-                    found.append(
-                        Problem(
-                            "polyline_not_in_yolo",
-                            "annotate",
-                            f"{len(parsed.polylines)} polyline(s) not in the YOLO labels",
-                        )
+            except Exception as exc:
+                yolo_text = ""
+                found.append(Problem("stage_failed", "annotate", f"YOLO: {type(exc).__name__}: {exc}"))
+            if parsed.polylines:
+                found.append(
+                    Problem(
+                        "polyline_not_in_yolo",
+                        "annotate",
+                        f"{len(parsed.polylines)} polyline(s) not in the YOLO labels",
                     )
-            if "json" in formats:
-                entry = json_image_entry(
-                    batch["index"][i], batch["image_id"][i], batch["file_name"][i], width, height, parsed
                 )
-                entry_text = json.dumps(entry, separators=(",", ":"))
-        except Exception as exc:
-            found.append(Problem("stage_failed", "annotate", f"{type(exc).__name__}: {exc}"))
+        if "json" in formats:
+            index, image_id, file_name = batch["index"][i], batch["image_id"][i], batch["file_name"][i]
+            try:
+                entry_text = _dumps(json_image_entry(index, image_id, file_name, width, height, parsed))
+            except Exception as exc:
+                found.append(Problem("stage_failed", "annotate", f"JSON export: {type(exc).__name__}: {exc}"))
+                # the image is still listed, without its objects
+                empty = ImagePolygons(orphan_holes=[])
+                entry_text = _dumps(json_image_entry(index, image_id, file_name, width, height, empty))
         coco.append(coco_text)
         yolo.append(yolo_text)
         entries.append(entry_text)
@@ -261,12 +284,13 @@ def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
     rows_out: list[str] = []
     problems: list[str] = []
     for i in range(table.num_rows):
-        parsed = _parse(batch, i)
+        parsed = _parse(batch, i, "metrics")  # its problems are reported once, by the annotate stage
         try:
             rows, found = image_metric_rows(batch["image_id"][i], batch["file_name"][i], parsed, scale_um_per_px)
+            text = _dumps(rows)
         except Exception as exc:
-            rows, found = [], [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
-        rows_out.append(json.dumps(rows, separators=(",", ":")))
+            text, found = "[]", [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
+        rows_out.append(text)
         problems.append(_with_problems(_problems_in(batch, i), found))
     return _replace_columns(
         table,

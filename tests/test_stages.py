@@ -260,3 +260,48 @@ def test_assembler_enforces_its_reorder_bound(tmp_path):
         assembler.add_batch(_result_rows([4]))
     assembler.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_polygon_json_never_escapes_a_stage(root):
+    huge_int = "1" + "0" * 400
+    hostile = (
+        '[{"type": "external", "points": [{"x": 0, "y": 0}, {"x": ' + huge_int + ', "y": 0}, {"x": 1e300, "y": 5},'
+        ' {"x": 10, "y": 10}, {"x": 0, "y": 10}], "confidence": ' + huge_int + ', "partClass": NaN},'
+        ' {"geometry": "polyline", "partClass": Infinity, "instanceId": [NaN, 1],'
+        ' "points": [{"x": 1, "y": 1}, {"x": 5, "y": 5}]}]'
+    )
+    table = _source([
+        {"index": 1, "image_id": "a", "file_name": "a.png", "stem": "a", "original_path": "sub/a.png",
+         "polygons": hostile},
+        {"index": 2, "image_id": "b", "file_name": "b.png", "stem": "b", "original_path": "bad\\x00name.png",
+         "db_width": 40, "db_height": 32},
+        {"index": 3, "image_id": "c", "file_name": "c.png", "stem": "c", "original_path": None,
+         "db_width": 40, "db_height": 32},
+    ])
+    t = stages.copy_stage(table, str(root), read_files=True)
+    t = stages.visualize_stage(t, VisualizationSettings(), keep_originals=True)
+    t = stages.annotate_stage(t, ("coco", "yolo", "json"))
+    t = stages.metrics_stage(t, None)
+    problems = _problems(t)
+    assert "points_not_finite" in problems[0]
+    assert "file_missing" in problems[2]
+    entry = json.loads(t.column("json_entry")[0].as_py())
+    assert len(entry["objects"]) == 1 and entry["objects"][0]["confidence"] is None
+    assert entry["polylines"][0]["part_class"] is None and entry["polylines"][0]["instance_id"] == [None, 1]
+    coco = json.loads(t.column("coco_annotations")[0].as_py())
+    assert [a["category_id"] for a in coco] == [1, 2]
+    assert len(json.loads(t.column("metric_rows")[0].as_py())) == 1
+    assert all(text is not None for text in t.column("json_entry").to_pylist())
+
+
+def test_polyline_outside_the_image_still_decodes():
+    from pycocotools import mask as mask_utils
+
+    from ray_export.formats.coco import coco_annotations_for_image
+    from ray_export.polygons import parse_polygons
+
+    far = [{"geometry": "polyline", "points": [{"x": 5000, "y": 5000}, {"x": 6000, "y": 5200}]}]
+    (ann,), _ = coco_annotations_for_image(1, parse_polygons(far), 40, 30)
+    seg = ann["segmentation"]
+    rles = mask_utils.frPyObjects(seg, 30, 40) if isinstance(seg, list) else [seg]
+    assert mask_utils.decode(rles).sum() == 0

@@ -29,9 +29,10 @@ POLYLINE_CATEGORY_ID = 2
 CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"}
 POLYLINE_CATEGORY = {"id": POLYLINE_CATEGORY_ID, "name": "polyline", "supercategory": "polyline"}
 
-#: Rings are clipped to the image grown by this many pixels before rasterising. Pixels of the image
-#: are unaffected; it only keeps pycocotools' work proportional to the image for far-out vertices.
-CLIP_MARGIN_PX = 1.0
+#: Rings reaching further outside the image than its own size (at least this many pixels) are clipped
+#: to that grown box before rasterising: pixels of the image are unaffected, and pycocotools' work (which
+#: grows with the ring's length in pixels) stays proportional to the image for far-out vertices.
+CLIP_MARGIN_PX = 64.0
 
 
 def dumps_compact(value: Any) -> str:
@@ -74,8 +75,9 @@ def _rasterisable_ring(ring: np.ndarray, width: int, height: int) -> np.ndarray:
     ring = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
     if len(ring) < 2 or not np.isfinite(ring).all():
         raise ValueError("ring needs at least 2 points with finite coordinates")
-    lo_x = lo_y = -CLIP_MARGIN_PX
-    hi_x, hi_y = width + CLIP_MARGIN_PX, height + CLIP_MARGIN_PX
+    margin = max(CLIP_MARGIN_PX, float(width), float(height))
+    lo_x = lo_y = -margin
+    hi_x, hi_y = width + margin, height + margin
     if ring[:, 0].min() >= lo_x and ring[:, 1].min() >= lo_y and ring[:, 0].max() <= hi_x and ring[:, 1].max() <= hi_y:
         return ring
     return clip_ring_to_box(ring, lo_x, lo_y, hi_x, hi_y)
@@ -167,10 +169,14 @@ def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) 
 def _polyline_annotation(index: int, line: Polyline, width: int, height: int) -> dict:
     there_and_back = np.concatenate([line.points, line.points[::-1]], axis=0)
     ring = _rasterisable_ring(there_and_back, width, height)
+    segmentation: Any = [_flat(ring)]
+    if len(ring) < 3:  # wholly outside the grown image box: an empty mask that annToMask still decodes
+        empty = _empty_rle(width, height)["counts"].decode("ascii")
+        segmentation = {"size": [int(height), int(width)], "counts": empty}
     return {
         "image_id": int(index),
         "category_id": POLYLINE_CATEGORY_ID,
-        "segmentation": [_flat(ring)] if len(ring) >= 3 else [],
+        "segmentation": segmentation,
         "area": 0.0,
         "bbox": list(ring_bbox(line.points)),
         "iscrowd": 0,
