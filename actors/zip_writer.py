@@ -56,6 +56,9 @@ class AssemblyPlan:
     notes: tuple[str, ...] = ()
     #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
     max_buffered_images: int = 256
+    #: an existing folder for spooled members, made by the driver (which deletes it on cancel or failure);
+    #: empty: a new folder beside a local output
+    spool_dir: str = ""
 
 
 _METRIC_MEMBERS = {
@@ -72,14 +75,20 @@ class ExportAssembler:
     def __init__(self, plan: AssemblyPlan) -> None:
         self.plan = plan
         self.remote_output = plan.output if is_output_uri(plan.output) else None
-        if self.remote_output:
-            # An object-store output is assembled in a local folder and uploaded once complete.
+        if plan.spool_dir:
+            self.spool = Path(plan.spool_dir)
+        elif self.remote_output:
             self.spool = Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
-            local_zip = self.spool / "export.zip"
         else:
-            local_zip = Path(plan.output)
-            self.spool = Path(tempfile.mkdtemp(prefix=f".{local_zip.name}.spool-", dir=local_zip.parent))
-        self.zip = ZipStreamWriter(local_zip, plan.export_time)
+            out = Path(plan.output)
+            self.spool = Path(tempfile.mkdtemp(prefix=f".{out.name}.spool-", dir=out.parent))
+        # An object-store output is assembled in the spool folder and uploaded once complete.
+        local_zip = self.spool / "export.zip" if self.remote_output else Path(plan.output)
+        try:
+            self.zip = ZipStreamWriter(local_zip, plan.export_time)
+        except BaseException:
+            shutil.rmtree(self.spool, ignore_errors=True)
+            raise
         self.buffer = ReorderBuffer()
         self.released = 0
         self.counts = {"images": 0, "objects": 0, "polylines": 0, "polylines_not_in_yolo": 0, "metric_rows": 0}
@@ -145,8 +154,14 @@ class ExportAssembler:
             annotations = json.loads(row["coco_annotations"]) if row.get("coco_annotations") else []
             entry = coco_image_entry(index, row["file_name"], int(row["width"]), int(row["height"]))
             self.coco.add_image(entry, annotations)
-        if self.json_export is not None and row.get("json_entry"):
-            self.json_export.add_image(json.loads(row["json_entry"]))
+        if self.json_export is not None:
+            # every selected image is listed, even one whose entry could not be made
+            entry = json.loads(row["json_entry"]) if row.get("json_entry") else {
+                "index": index, "image_id": row["image_id"], "file_name": row["file_name"],
+                "width": int(row["width"]), "height": int(row["height"]),
+                "objects": [], "polylines": [], "orphan_holes": [],
+            }  # fmt: skip
+            self.json_export.add_image(entry)
         if self.metric_writers and row.get("metric_rows"):
             metric_rows = json.loads(row["metric_rows"])
             if metric_rows:
@@ -282,6 +297,11 @@ def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
                 stream.write(block)
         stream.close()
     except BaseException:
+        # Closing is the only way to end the stream (it completes a multipart upload); do it now, while
+        # we still hold it, and delete the result, rather than let a later destructor complete it.
+        with contextlib.suppress(Exception):
+            stream.close()
+        del stream
         with contextlib.suppress(Exception):
             fs.delete_file(path)
         raise
@@ -295,9 +315,10 @@ class ZipWriterActor:
         self.assembler = ExportAssembler(plan)
 
     def add_batch(self, table: pa.Table) -> tuple[int, int, int]:
-        """(images written now, images pending in the reorder buffer, bytes written so far)."""
+        """(images written now, problems those images carry, bytes written so far)."""
+        before = self.assembler.problem_count
         written = self.assembler.add_batch(table)
-        return written, self.assembler.pending, self.assembler.bytes_written
+        return written, self.assembler.problem_count - before, self.assembler.bytes_written
 
     def finish(self) -> dict:
         return self.assembler.finish()

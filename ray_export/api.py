@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from typing import Any
@@ -43,6 +44,14 @@ class ExportHandle:
         self._thread = threading.Thread(target=self._run, args=(options,), name=f"ray-export-{self.export_id}")
         self._thread.daemon = True
         self._thread.start()
+        # Registered after Ray's own exit hook, so it runs first: a script that ends without wait()
+        # cancels its export cleanly (no partial file left) instead of killing it mid-write.
+        atexit.register(self._cancel_at_exit)
+
+    def _cancel_at_exit(self) -> None:
+        if self._thread.is_alive():
+            self._cancel.set()
+            self._thread.join(timeout=15)
 
     def _run(self, options: ExportOptions) -> None:
         try:

@@ -32,14 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output ZIP (default: <title>-<time>.zip here)")
     demo.add_argument("--force", action="store_true", default=None, help="overwrite the output")
     demo.add_argument("--address", default=None, help="Ray address (default: local Ray)")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
     status = sub.add_parser("status", help="show the progress of exports on the cluster")
-    status.add_argument("export_id", nargs="?")
-    status.add_argument("--address", default=None)
+    status.add_argument("export_id", nargs="?", help="one export (default: every export on the cluster)")
+    status.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     cancel = sub.add_parser("cancel", help="cancel a running export")
-    cancel.add_argument("export_id")
-    cancel.add_argument("--address", default=None)
+    cancel.add_argument("export_id", help="the id the export printed first")
+    cancel.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
     return parser
 
 
@@ -141,7 +141,8 @@ def _attach(address: str | None, purpose: str) -> bool:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
                  log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
-        _err(f"error: no Ray cluster to {purpose} ({type(exc).__name__})")
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        _err(f"error: no Ray cluster to {purpose}: {reason}")
         return False
     return True
 
@@ -166,6 +167,9 @@ def _status(args) -> int:
             snapshots.append(ray.get(actor.snapshot.remote(), timeout=10))
         except Exception:
             continue
+    if args.export_id and not snapshots:
+        _err(f"error: export {args.export_id!r} did not answer (it may have just ended)")
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
     elif not snapshots:
@@ -191,7 +195,15 @@ def _cancel(args) -> int:
     if actor is None:
         _err(f"error: no export {args.export_id!r} on this cluster")
         return EXIT_USAGE
-    ray.get(actor.request_cancel.remote(), timeout=10)
+    try:
+        state = ray.get(actor.snapshot.remote(), timeout=10).get("state")
+        if state in ("succeeded", "failed", "cancelled"):
+            print(f"export {args.export_id} already {state}; nothing to cancel")
+            return EXIT_OK
+        ray.get(actor.request_cancel.remote(), timeout=10)
+    except Exception as exc:
+        _err(f"error: export {args.export_id!r} did not take the cancel request ({type(exc).__name__})")
+        return EXIT_FAILED
     print(f"cancel requested for {args.export_id}")
     return EXIT_OK
 
@@ -203,8 +215,11 @@ def _demo(args) -> int:
         _err("error: invalid option images: must be in 1..100000")
         return EXIT_USAGE
     workdir = Path(args.workdir).expanduser().absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    demo = build_demo_project(workdir, n_images=args.images)
+    try:
+        demo = build_demo_project(workdir, n_images=args.images)
+    except OSError as exc:
+        _err(f"error: cannot build the demo project in {workdir}: {exc}")
+        return EXIT_FAILED
     _err(f"demo project: {demo.db_path} ({args.images} images)")
     overrides: dict[str, Any] = {"db": str(demo.db_path), "project": demo.project_id,
                                  "images_root": str(demo.images_root)}
@@ -223,9 +238,24 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ray-export`` command."""
+    """Entry point of the ``ray-export`` command: one clear line on any error, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Ray is started or attached explicitly; an implicit ray.init() from a late Ray call (a Ray Data
+    # executor collected at exit) would start a new local cluster as the process ends.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        _err("cancelled: no output was written")
+        return EXIT_CANCELLED
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        _err(f"error: {type(exc).__name__}: {text[-1] if text else ''}")
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         try:
             options = options_from_args(args)

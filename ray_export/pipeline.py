@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -115,10 +117,10 @@ def _check_output(options: ExportOptions, title: str) -> Path | str:
         return _check_uri_output(options.output, options.force)
     out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
     out = out.expanduser().absolute()
-    if out.exists() and not options.force:
-        raise ExportError(f"output {out} exists; use --force to overwrite it", 2)
     if out.is_dir():
         raise ExportError(f"output {out} is a folder", 2)
+    if out.exists() and not options.force:
+        raise ExportError(f"output {out} exists; use --force to overwrite it", 2)
     if not out.parent.is_dir():
         raise ExportError(f"output folder {out.parent} does not exist", 2)
     if not os.access(out.parent, os.W_OK):
@@ -262,18 +264,17 @@ def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None
 
 
 def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> Callable:
-    """Wrap a stage so that each batch reports its image count to the progress actor.
-
-    ``finish``: the last stage also drops the columns no consumer needs (polygon text).
-    """
-    from .stages import finish_stage
+    """Wrap a stage so that each batch reports its images (done, and failed in this stage) to the progress
+    actor. ``finish``: the last stage also drops the columns no consumer needs (polygon text)."""
+    from .stages import failed_in_stage, finish_stage
 
     def run(table, **kwargs):
         out = fn(table, **kwargs)
+        failed = failed_in_stage(table, out) if progress is not None else 0
         if finish:
             out = finish_stage(out)
         if progress is not None:
-            progress.add_done.remote(stage, out.num_rows)
+            progress.add_done.remote(stage, out.num_rows, failed)
         return out
 
     run.__name__ = f"{stage}_stage"
@@ -418,7 +419,7 @@ class _Heartbeat(threading.Thread):
                 log.debug("heartbeat failed", exc_info=True)
 
 
-def assembly_plan(options: ExportOptions, plan: ExportPlan) -> Any:
+def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path) -> Any:
     """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`)."""
     from actors.zip_writer import AssemblyPlan
 
@@ -451,6 +452,7 @@ def assembly_plan(options: ExportOptions, plan: ExportPlan) -> Any:
         unknown_image_ids=plan.unknown_image_ids,
         notes=plan.notes,
         max_buffered_images=options.max_buffered_images,
+        spool_dir=str(spool_dir),
     )
 
 
@@ -480,8 +482,12 @@ class _ExportRun:
         self.interrupt_main = interrupt_main
         self.lock = threading.Lock()
         self.phase = "starting"  # starting -> running -> finalizing -> done, or -> cancelling
+        self.active = True  # cleared when run_export returns: no interrupt of the main thread after that
+        self.started = time.time()
         self.writer: Any = None
         self.progress: Any = None
+        self.output: Path | str | None = None
+        self.spool_dir: Path | None = None
 
     def enter(self, phase: str) -> None:
         """Move to ``phase`` unless a cancel got there first."""
@@ -490,31 +496,102 @@ class _ExportRun:
                 raise ExportCancelled()
             self.phase = phase
 
+    def finished(self) -> None:
+        """The ZIP is committed: from now on a cancel no longer applies (unless it came first)."""
+        with self.lock:
+            if self.phase == "cancelling":
+                raise ExportCancelled()
+            self.phase = "done"
+            self.writer = None
+
     def set_writer(self, writer: Any) -> None:
         with self.lock:
             self.writer = writer
-            cancelled = self.phase == "cancelling"
-        if cancelled:
-            _abort(writer)
 
     def on_cancel(self) -> None:
-        """Remove the partial output and record ``cancelled`` now; the main thread unwinds after."""
+        """Remove every file of the export and record ``cancelled`` now; the main thread unwinds after."""
         with self.lock:
-            if self.phase not in ("starting", "running"):
+            if self.phase not in ("starting", "running", "finalizing"):
                 return
+            committing = self.phase == "finalizing"
             self.phase = "cancelling"
-            writer, self.writer = self.writer, None
-        _abort(writer)
+        self.discard(committing)
         _final_state(self.progress, "cancelled", "export cancelled")
-        if self.interrupt_main:
-            _thread.interrupt_main()
+        with self.lock:
+            if self.interrupt_main and self.active:
+                _thread.interrupt_main()
 
     def fail(self, state: str, message: str) -> None:
         with self.lock:
+            committing = self.phase in ("finalizing", "cancelling")
             self.phase = "done"
-            writer, self.writer = self.writer, None
-        _abort(writer)
+        self.discard(committing)
         _final_state(self.progress, state, message)
+
+    def discard(self, committing: bool) -> None:
+        """Stop the writer and delete the partial output and spool folder from the driver (same node).
+
+        ``committing``: the writer may have committed the ZIP in the meantime; then the output this run
+        wrote is deleted too.
+        """
+        import ray
+
+        with self.lock:
+            writer, self.writer = self.writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):  # a quick clean abort when the writer is idle
+                ray.get(writer.abort.remote(), timeout=1.0)
+            with contextlib.suppress(Exception):
+                ray.kill(writer)
+            if committing:
+                time.sleep(0.3)  # let a kill that raced a commit land before looking at the output
+        remove_export_files(self.output, self.spool_dir, self.started if committing else None)
+
+
+def remove_export_files(output: Path | str | None, spool_dir: Path | None, written_since: float | None) -> None:
+    """Delete ``<output>.partial`` and the spool folder; with ``written_since``, also an output written
+    after that time (by this export). Never raises."""
+    if spool_dir is not None:
+        shutil.rmtree(spool_dir, ignore_errors=True)
+    if output is None:
+        return
+    if isinstance(output, Path):
+        with contextlib.suppress(OSError):
+            Path(str(output) + ".partial").unlink(missing_ok=True)
+        if written_since is not None:
+            with contextlib.suppress(OSError):
+                if output.stat().st_mtime >= written_since - 1:
+                    output.unlink()
+        return
+    if written_since is not None:
+        import pyarrow.fs as pafs
+
+        with contextlib.suppress(Exception):
+            fs, path = pafs.FileSystem.from_uri(output)
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.File and (info.mtime is None or info.mtime.timestamp() >= written_since - 1):
+                fs.delete_file(path)
+
+
+def make_spool_dir(output: Path | str) -> Path:
+    """The folder for spooled aggregated members: beside a local output, in the temp folder otherwise."""
+    if isinstance(output, Path):
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.spool-", dir=output.parent))
+    return Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
+
+
+def preflight(options: ExportOptions) -> None:
+    """The checks that need neither Ray nor the database (usage errors come before any start-up)."""
+    try:
+        options.validate(under_job=running_under_job_submit())
+        target = parse_db_target(options.db)
+    except OptionError as exc:
+        raise ExportError(str(exc), 2) from exc
+    except SourceError as exc:
+        raise ExportError(str(exc), exc.exit_code) from exc
+    _images_root(options, target)
+    if options.output:
+        _check_output(options, "")
 
 
 def run_export(
@@ -528,9 +605,10 @@ def run_export(
 
     Raises :class:`ExportError` (with ``exit_code``) on fatal problems and :class:`ExportCancelled`
     when ``cancel`` is set or the progress actor receives a cancel request. A cancel removes the
-    partial output at once, from a watcher thread. With ``handle_signals`` (main thread only),
-    SIGTERM and SIGINT set ``cancel`` and the main thread is interrupted once the output is gone;
-    the handlers are installed after Ray starts, which installs handlers of its own.
+    export's files at once, from a watcher thread, in every phase up to the commit. With
+    ``handle_signals`` (main thread only), SIGTERM and SIGINT set ``cancel`` and the main thread is
+    interrupted once the files are gone; the handlers are installed after Ray starts, which installs
+    handlers of its own.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -543,20 +621,20 @@ def run_export(
     cancel = cancel or threading.Event()
     if on_start:
         on_start(export_id)
-    try:
-        options.validate(under_job=running_under_job_submit())
-    except OptionError as exc:
-        raise ExportError(str(exc), 2) from exc
+    preflight(options)
     try:
         ensure_ray(options.address)
     except Exception as exc:
-        raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
+        raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {_error_line(exc)}", 1) from exc
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
         install_signal_handlers(cancel)
     run = _ExportRun(export_id, cancel, interrupt_main=handle_signals and in_main)
-    run.progress = progress = create_progress_actor(export_id)
-    ray.get(progress.set_state.remote("querying"))
+    try:
+        run.progress = progress = create_progress_actor(export_id)
+        ray.get(progress.set_state.remote("querying"))
+    except Exception as exc:
+        raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {_error_line(exc)}", 1) from exc
     heartbeat = _Heartbeat(progress, cancel)
     heartbeat.start()
     watcher = _CancelWatcher(cancel, run.on_cancel)
@@ -577,7 +655,9 @@ def run_export(
         ray.get(progress.set_output.remote(str(plan.output)))
         _quiet_ray_data()
         driver_node = ray.get_runtime_context().get_node_id()
-        assembly = assembly_plan(options, plan)
+        run.output = plan.output
+        run.spool_dir = make_spool_dir(plan.output)
+        assembly = assembly_plan(options, plan, run.spool_dir)
         run.set_writer(
             ZipWriterActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
@@ -591,11 +671,8 @@ def run_export(
         run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
         counts = ray.get(writer.finish.remote())
-        with run.lock:
-            run.phase = "done"
-            run.writer = None
+        run.finished()
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
-        ray.get(progress.add_problems.remote(counts.get("problems", 0)))
         ray.get(progress.set_state.remote("succeeded"))
         return ExportResult(export_id, str(plan.output), counts, time.time() - started)
     except (ExportCancelled, KeyboardInterrupt) as exc:
@@ -618,6 +695,8 @@ def run_export(
         run.fail("failed", message)
         raise ExportError(f"export failed: {message}", 1) from exc
     finally:
+        with run.lock:
+            run.active = False
         watcher.stopped.set()
         heartbeat.stopped.set()
 
@@ -626,19 +705,6 @@ def _error_line(exc: BaseException) -> str:
     """The line that names the error (the last one of a remote traceback), at most 500 characters."""
     text = str(exc).strip().splitlines()
     return text[-1][:500] if text else ""
-
-
-def _abort(writer: Any) -> None:
-    if writer is None:
-        return
-    import ray
-
-    try:
-        ray.get(writer.abort.remote(), timeout=30)
-    except Exception:
-        log.warning("the ZIP writer could not clean up its partial file", exc_info=True)
-    with contextlib.suppress(Exception):
-        ray.kill(writer)
 
 
 def _final_state(progress: Any, state: str, message: str) -> None:
@@ -657,9 +723,11 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
     inflight: list[Any] = []
 
     def settle(refs: list[Any]) -> None:
-        for written, _pending, nbytes in ray.get(refs):
+        for written, problems, nbytes in ray.get(refs):
             if written:
                 progress.add_done.remote("write", written)
+            if problems:
+                progress.add_problems.remote(problems)
             progress.set_bytes.remote(nbytes)
 
     iterator = dataset.iter_internal_ref_bundles()

@@ -37,6 +37,23 @@ PROBLEM_CODES: dict[str, str] = {
 }
 
 
+#: codes that mean a stage could not do its work for an image (counted as "failed" in the progress);
+#: the others are warnings about the data.
+FAILURE_CODES: frozenset[str] = frozenset(
+    {
+        "file_missing",
+        "file_unreadable",
+        "path_outside_root",
+        "image_decode_failed",
+        "polygons_invalid_json",
+        "polygons_unexpected_shape",
+        "annotation_failed",
+        "render_failed",
+        "stage_failed",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem found for one image."""

@@ -25,7 +25,7 @@ from .formats.yolo import yolo_label_text
 from .metrics import image_metric_rows
 from .options import VisualizationSettings
 from .polygons import ImagePolygons, parse_polygons
-from .problems import Problem
+from .problems import FAILURE_CODES, Problem
 from .visualize import image_size_from_header, render_visualization
 
 
@@ -296,6 +296,16 @@ def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
         table,
         {"metric_rows": pa.array(rows_out, type=pa.string()), "problems": pa.array(problems, type=pa.string())},
     )
+
+
+def failed_in_stage(before: pa.Table, after: pa.Table) -> int:
+    """Images that gained a failure problem (see ``FAILURE_CODES``) between two batches of a stage."""
+    old = before.column("problems").to_pylist() if "problems" in before.column_names else [None] * after.num_rows
+    failed = 0
+    for previous, current in zip(old, after.column("problems").to_pylist(), strict=True):
+        new = (json.loads(current) if current else [])[len(json.loads(previous)) if previous else 0 :]
+        failed += any(p["code"] in FAILURE_CODES for p in new)
+    return failed
 
 
 def finish_stage(table: pa.Table) -> pa.Table:

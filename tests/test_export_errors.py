@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -156,4 +157,58 @@ def test_pinned_stage_larger_than_the_driver_node_fails_fast(broken_project, tmp
     with pytest.raises(ExportError) as info:
         export(db=str(db), project="Broken", output=str(tmp_path / "x.zip"), stages={"copy": {"num_cpus": 8}})
     assert info.value.exit_code == 2 and "stages.copy.num_cpus" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_counts_failures_and_problems_live(broken_project, tmp_path):
+    from ray_export.api import start
+
+    db, _root, _ = broken_project
+    handle = start(db=str(db), project="Broken", output=str(tmp_path / "p.zip"))
+    result = handle.wait(timeout=300)
+    snap = handle.progress()
+    assert snap["state"] == "succeeded"
+    # missing.png, escape.png and nowhere.png are not read; corrupt.png does not decode
+    assert snap["failed"]["copy"] == 3
+    assert snap["failed"]["visualize"] == 1
+    assert snap["failed"]["annotate"] == 1  # the broken polygon JSON
+    assert snap["problems"] == result.counts["problems"] > 0
+
+
+@pytest.mark.parametrize("case", ["missing db", "missing images root", "output exists"])
+def test_usage_errors_come_before_ray_is_reached(broken_project, tmp_path, case):
+    """Usage errors are exit 2 even when the Ray address leads nowhere (no Ray is started or reached)."""
+    import subprocess
+    import sys
+
+    db, _root, _ = broken_project
+    args = ["--db", str(db), "--project", "Broken", "--out", str(tmp_path / "x.zip")]
+    if case == "missing db":
+        args[1] = str(tmp_path / "missing.db")
+    elif case == "missing images root":
+        args += ["--images-root", str(tmp_path / "nowhere")]
+    else:
+        (tmp_path / "x.zip").write_bytes(b"keep")
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_export", "export", *args, "--address", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_remove_export_files(tmp_path):
+    import time as _time
+
+    from ray_export.pipeline import remove_export_files
+
+    out = tmp_path / "x.zip"
+    spool = tmp_path / ".x.zip.spool-1"
+    spool.mkdir()
+    (spool / "coco.spool").write_text("{}")
+    Path(str(out) + ".partial").write_bytes(b"PK")
+    out.write_bytes(b"old output")
+    remove_export_files(out, spool, written_since=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zip"]  # an output not from this run stays
+    remove_export_files(out, None, written_since=_time.time() - 0.5)
     assert list(tmp_path.iterdir()) == []

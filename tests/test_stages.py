@@ -305,3 +305,15 @@ def test_polyline_outside_the_image_still_decodes():
     seg = ann["segmentation"]
     rles = mask_utils.frPyObjects(seg, 30, 40) if isinstance(seg, list) else [seg]
     assert mask_utils.decode(rles).sum() == 0
+
+
+def test_failed_in_stage_counts_images_that_gained_a_failure(root):
+    table = _source([
+        {"index": 1, "original_path": "sub/a.png", "db_width": 40, "db_height": 32},
+        {"index": 2, "original_path": "sub/missing.png", "db_width": 40, "db_height": 32},
+        {"index": 3, "original_path": "sub/a.png", "db_width": 50, "db_height": 32},  # size mismatch: a warning
+    ])
+    copied = stages.copy_stage(table, str(root), read_files=True)
+    assert stages.failed_in_stage(table, copied) == 1
+    annotated = stages.annotate_stage(copied, ("yolo",))
+    assert stages.failed_in_stage(copied, annotated) == 0
