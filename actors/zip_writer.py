@@ -91,7 +91,9 @@ class ExportAssembler:
             raise
         self.buffer = ReorderBuffer()
         self.released = 0
-        self.counts = {"images": 0, "objects": 0, "polylines": 0, "polylines_not_in_yolo": 0, "metric_rows": 0}
+        self.counts = dict.fromkeys(
+            ("images", "objects", "polylines", "polylines_not_in_yolo", "metric_rows", "visualizations"), 0
+        )
         self.images_with_files = 0
         self.problem_count = 0
         self.report = ExportReportWriter()
@@ -148,6 +150,7 @@ class ExportAssembler:
                 self.zip.add_bytes(image_member(row["file_name"]), row["original"])
         if plan.include_visualizations and row.get("visualization") is not None:
             self.zip.add_bytes(visualization_member(stem, plan.viz_extension), row["visualization"])
+            self.counts["visualizations"] += 1
         if "yolo" in plan.annotations:
             self.zip.add_bytes(label_member(stem), (row.get("yolo_label") or "").encode("utf-8"))
         if self.coco is not None:
@@ -215,6 +218,7 @@ class ExportAssembler:
                 "images_with_files": self.images_with_files,
                 "polylines": self.counts["polylines"],
                 "metric_rows": self.counts["metric_rows"],
+                "visualizations": self.counts["visualizations"],
             },
         )
         if plan.include_docs:

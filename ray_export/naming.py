@@ -58,9 +58,8 @@ def _safe_file_name(text: str, empty: str) -> str:
     text = _guard_reserved(text)
     stem, extension = split_name(text)
     if len(stem) > MAX_STEM_LENGTH:
-        stem = stem[:MAX_STEM_LENGTH]
-        if not extension:
-            stem = stem.rstrip(". ")
+        # a cut must not leave the stem ending in a dot or space (``"a… .png"``, ``"a…..png"``)
+        stem = stem[:MAX_STEM_LENGTH].rstrip(". ")
     return f"{stem}{extension}" if stem else empty
 
 

@@ -150,11 +150,7 @@ def _decide_scale(options: ExportOptions, entries: list[Any]) -> tuple[float | N
         (value,) = values
         if value is not None and MIN_SCALE_UM_PER_PX <= float(value) <= MAX_SCALE_UM_PER_PX:
             return float(value), "database", ()
-    note = (
-        "scale: images have no common pixelSizeUm in 0.001..1000 um/px; "
-        "lengths and areas are in pixels (use --scale to set one)"
-    )
-    return None, "pixels", (note,)
+    return None, "pixels", ("scale_pixels",)
 
 
 def plan_export(options: ExportOptions) -> ExportPlan:
@@ -176,6 +172,8 @@ def plan_export(options: ExportOptions) -> ExportPlan:
             problem = Problem("member_renamed", "naming", f"{entry.name!r} is stored as {member.file_name!r}")
             driver_problems[entry.index] = [problem.to_dict()]
     scale, scale_source, notes = _decide_scale(options, entries)
+    if listing.unknown_image_ids:
+        notes = (*notes, "unknown_image_ids")
     export_time = listing.newest_updated_at or datetime(1980, 1, 1, tzinfo=timezone.utc)
     return ExportPlan(
         target=target,

@@ -72,10 +72,10 @@ def mask_dsn(text: str) -> str:
             if ":" in userinfo:
                 user = userinfo.split(":", 1)[0]
                 masked = f"{masked[:start]}{user}:***{masked[at:]}"
-    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    masked = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
     if _CONNINFO_KEY.match(text):
         masked = re.sub(
-            r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", r"\1***", masked, flags=re.IGNORECASE
+            r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", r"\1***", masked, flags=re.IGNORECASE
         )
     return masked
 

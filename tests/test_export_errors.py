@@ -212,3 +212,21 @@ def test_remove_export_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zip"]  # an output not from this run stays
     remove_export_files(out, None, written_since=_time.time() - 0.5)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_selected_image_ids_with_unknown_ones(broken_project, tmp_path):
+    db, _root, good = broken_project
+    out = tmp_path / "some.zip"
+    result = export(db=str(db), project="Broken", output=str(out), image_ids="i1,nope,i4")
+    assert result.counts["images"] == 2
+    with zipfile.ZipFile(out) as zf:
+        report = json.loads(zf.read("documentation/export_report.json"))
+        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        assert zf.read("images/good.png") == good
+    assert report["unknown_image_ids"] == ["nope"]
+    assert [n["code"] for n in report["notes"]] == ["scale_pixels", "unknown_image_ids"]
+    assert [i["file_name"] for i in coco["images"]] == ["good.png", "broken_json.png"]
+    assert [i["id"] for i in coco["images"]] == [1, 2]
+    with pytest.raises(ExportError) as info:
+        export(db=str(db), project="Broken", output=str(tmp_path / "none.zip"), image_ids="nope")
+    assert info.value.exit_code == 2

@@ -582,3 +582,8 @@ def test_backends_give_identical_listings(pg_dsn: str, demo, order_db: Path) -> 
         pg_conn.close()
         sqlite_conn.close()
     assert pg_rows == sqlite_rows
+
+
+def test_ssl_key_passwords_are_masked_too() -> None:
+    assert mask_dsn("postgresql://u:pw@h/db?sslpassword=abc&x=1") == "postgresql://u:***@h/db?sslpassword=***&x=1"
+    assert mask_dsn("host=h sslpassword=abc password=pw user=u") == "host=h sslpassword=*** password=*** user=u"
