@@ -247,11 +247,10 @@ def disc_radius(number: int, font_size: int) -> int:
     return math.ceil(math.hypot(text_width, text_height) / 2) + thickness + 2
 
 
-def _clamp_centre(centre: int, radius: int, size: int) -> int:
-    """Move a disc centre so the disc stays inside ``0..size-1`` when it fits at all."""
-    if size - 1 < 2 * radius:
-        return (size - 1) // 2
-    return min(max(centre, radius), size - 1 - radius)
+def _clamp_centre(centre: int, size: int) -> int:
+    """Keep a disc centre on the image; the disc itself may be cut by the border rather than leave its
+    object (a corner object keeps its number on it)."""
+    return min(max(centre, 0), size - 1)
 
 
 def _disc_from_mask(
@@ -261,8 +260,8 @@ def _disc_from_mask(
     if pole is None:
         return None
     radius = disc_radius(number, font_size)
-    centre_x = _clamp_centre(pole[0] + x0, radius, width)
-    centre_y = _clamp_centre(pole[1] + y0, radius, height)
+    centre_x = _clamp_centre(pole[0] + x0, width)
+    centre_y = _clamp_centre(pole[1] + y0, height)
     return centre_x, centre_y, radius
 
 
