@@ -766,22 +766,8 @@ def _stage_assignment(flag: str, field_name: str, text: str) -> tuple[str, str]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given on the command line, keyed as in an options file."""
     overrides: dict[str, Any] = {}
-    for key in (
-        "db",
-        "project",
-        "output",
-        "images_root",
-        "address",
-        "force",
-        "shared_images_root",
-        "originals",
-        "visualizations",
-        "docs",
-        "annotations",
-        "metrics",
-        "scale",
-        "max_buffered_images",
-    ):
+    # the flat keys; image_ids, visualization and stages are assembled below
+    for key in (k for k in OPTION_KEYS if k not in ("image_ids", "visualization", "stages")):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
