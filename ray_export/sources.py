@@ -231,6 +231,16 @@ def sqlite_readonly_uri(path: Path | str) -> str:
     return f"file:{pathname2url(str(Path(path).resolve()))}?mode=ro"
 
 
+def _is_bad_dsn_parameter(exc: BaseException, detail: str) -> bool:
+    """libpq's complaints about the DSN itself (a usage error), not about the server."""
+    import psycopg
+
+    text = detail.lower()
+    if isinstance(exc, psycopg.ProgrammingError):
+        return True  # psycopg raises it for options it cannot parse (bad value, unknown parameter)
+    return any(marker in text for marker in ("invalid sslmode value", "invalid connection option", "bad value for"))
+
+
 def connect(target: DbTarget) -> Any:
     """Open a read-only DB-API connection (psycopg autocommit + read-only session, or SQLite ``mode=ro``)."""
     if target.kind == SQLITE:
@@ -257,9 +267,10 @@ def connect(target: DbTarget) -> Any:
     try:
         conn = psycopg.connect(target.dsn, autocommit=True, **extra)
     except psycopg.Error as exc:
-        raise SourceError(
-            f"cannot connect to {target.display()}: {target.scrub(_first_line(exc))}", exit_code=1
-        ) from None
+        detail = target.scrub(_first_line(exc))
+        if _is_bad_dsn_parameter(exc, detail):
+            raise SourceError(f"malformed PostgreSQL DSN {target.display()}: {detail}", exit_code=2) from None
+        raise SourceError(f"cannot connect to {target.display()}: {detail}", exit_code=1) from None
     try:
         conn.execute("SET default_transaction_read_only = on")
     except psycopg.Error as exc:

@@ -587,3 +587,19 @@ def test_backends_give_identical_listings(pg_dsn: str, demo, order_db: Path) -> 
 def test_ssl_key_passwords_are_masked_too() -> None:
     assert mask_dsn("postgresql://u:pw@h/db?sslpassword=abc&x=1") == "postgresql://u:***@h/db?sslpassword=***&x=1"
     assert mask_dsn("host=h sslpassword=abc password=pw user=u") == "host=h sslpassword=*** password=*** user=u"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw@127.0.0.1:1/db?connect_timeout=abc",
+        "postgresql://u:pw@127.0.0.1:1/db?sslmode=bogus",
+        "postgresql://u:pw@127.0.0.1:1/db?bogusopt=1",
+    ],
+)
+def test_malformed_dsn_parameters_are_usage_errors(dsn: str) -> None:
+    from ray_export.sources import connect
+
+    with pytest.raises(SourceError) as info:
+        connect(parse_db_target(dsn))
+    assert info.value.exit_code == 2 and ":pw@" not in str(info.value)
