@@ -336,7 +336,7 @@ def parse_timestamp(value: Any) -> datetime | None:
     text = value.strip()
     if not text:
         return None
-    if re.fullmatch(r"[+-]?\d+(\.\d*)?", text):
+    if re.fullmatch(r"[+-]?\d{10,}(\.\d*)?", text):  # epoch milliseconds as text (2001 onwards)
         return _from_epoch_ms(float(text))
     text = re.sub(r"\s*(?:[zZ]|UTC|GMT)$", "+00:00", text)
     text = re.sub(r"\s+([+-]\d{2}(?::?\d{2})?)$", r"\1", text)

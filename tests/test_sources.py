@@ -603,3 +603,11 @@ def test_malformed_dsn_parameters_are_usage_errors(dsn: str) -> None:
     with pytest.raises(SourceError) as info:
         connect(parse_db_target(dsn))
     assert info.value.exit_code == 2 and ":pw@" not in str(info.value)
+
+
+def test_short_digit_strings_are_dates_not_epoch_milliseconds() -> None:
+    from ray_export.sources import parse_timestamp
+
+    assert parse_timestamp("1709280000000") == datetime(2024, 3, 1, 8, tzinfo=timezone.utc)
+    assert parse_timestamp("20240301") == datetime(2024, 3, 1, tzinfo=timezone.utc)
+    assert parse_timestamp("2024") is None
