@@ -388,7 +388,7 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     from actors.zip_writer import ExportAssembler
     from ray_export import stages
     from ray_export.options import build_options
-    from ray_export.pipeline import assembly_plan, plan_export
+    from ray_export.pipeline import assembly_plan, make_spool_dir, plan_export
 
     spent: dict[str, float] = {}
 
@@ -402,7 +402,7 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     cpu_started = time.process_time()
     options = build_options(options_values)
     plan = timed("plan", plan_export, options)
-    assembler = timed("write", ExportAssembler, assembly_plan(options, plan))
+    assembler = timed("write", ExportAssembler, assembly_plan(options, plan, make_spool_dir(plan.output)))
     read_files = options.include_originals or options.include_visualizations
     batches = _read_batches(plan.target, plan.rows, batch_size)
     try:

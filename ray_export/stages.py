@@ -10,6 +10,7 @@ seg_width, seg_height, polygons``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -52,12 +53,20 @@ def _drop(table: pa.Table, names: list[str]) -> pa.Table:
     return table.drop_columns(present) if present else table
 
 
+@functools.lru_cache(maxsize=128)
+def _parse_text(text: str) -> ImagePolygons:
+    # Fused stages run in one task: visualize, annotate and metrics then share one parse per image.
+    # The result is only read, never changed, so sharing it is safe.
+    return parse_polygons(text)
+
+
 def _parse(batch: dict[str, list], i: int, stage: str) -> ImagePolygons:
     """The image's polygons; an unexpected parser error becomes a problem, never an exception."""
     if "polygons" not in batch:
         return ImagePolygons()
+    raw = batch["polygons"][i]
     try:
-        return parse_polygons(batch["polygons"][i])
+        return _parse_text(raw) if isinstance(raw, str) else parse_polygons(raw)
     except Exception as exc:
         return ImagePolygons(problems=[Problem("stage_failed", stage, f"polygons: {type(exc).__name__}: {exc}")])
 
