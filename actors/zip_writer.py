@@ -31,6 +31,7 @@ from ray_export.formats.metrics_files import (
 from ray_export.formats.yolo import data_yaml_text
 from ray_export.metrics import metrics_guide_markdown
 from ray_export.naming import image_member, label_member, visualization_member
+from ray_export.options import is_uri
 from ray_export.problems import Problem
 
 
@@ -74,7 +75,8 @@ class ExportAssembler:
 
     def __init__(self, plan: AssemblyPlan) -> None:
         self.plan = plan
-        self.remote_output = plan.output if is_output_uri(plan.output) else None
+        # an output given as a pyarrow.fs URI (s3://…, gs://…, file://…) rather than a path
+        self.remote_output = plan.output if is_uri(plan.output) else None
         if plan.spool_dir:
             self.spool = Path(plan.spool_dir)
         elif self.remote_output:
@@ -279,11 +281,6 @@ def _rows(table: pa.Table) -> list[dict]:
             row[c] = memoryview(scalar.as_buffer()) if scalar.is_valid else None
         rows.append(row)
     return rows
-
-
-def is_output_uri(output: str) -> bool:
-    """An output given as a ``pyarrow.fs`` URI (``s3://…``, ``gs://…``, ``file://…``) instead of a path."""
-    return "://" in output
 
 
 def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:

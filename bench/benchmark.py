@@ -30,8 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-#: The map stages that Ray fuses into one operator when their hints are equal.
-MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
+from ray_export.pipeline import MAP_STAGES  # noqa: E402 - the map stages Ray fuses when their hints are equal
 
 #: Hint plans: stage name -> option values (``stages`` of an options file); missing stages keep the defaults.
 PLANS: dict[str, dict[str, dict[str, Any]]] = {

@@ -186,6 +186,16 @@ def is_uri(path: str) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+def is_remote_uri(path: str) -> bool:
+    """A URI other than ``file://`` (which is only a local path written as a URI)."""
+    return is_uri(path) and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """A local path, given plainly or as a ``file://`` URI, as a plain path."""
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
 def _split_names(value: Any) -> Any:
     """``"a, b"`` -> ``("a", "b")``; lists/tuples -> tuples of stripped strings; other values unchanged."""
     if isinstance(value, str):

@@ -26,13 +26,22 @@ from typing import Any
 from . import __version__
 from .documents import ExportSummary, format_export_time, software_versions
 from .naming import assign_member_names, default_output_name
-from .options import MAX_SCALE_UM_PER_PX, MIN_SCALE_UM_PER_PX, ExportOptions, OptionError, running_under_job_submit
+from .options import (
+    MAX_SCALE_UM_PER_PX,
+    MIN_SCALE_UM_PER_PX,
+    STAGE_NAMES,
+    ExportOptions,
+    OptionError,
+    is_remote_uri,
+    is_uri,
+    local_path,
+    running_under_job_submit,
+)
 from .problems import Problem
 from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
 
 log = logging.getLogger("ray_export")
 
-STAGES = ("read", "copy", "visualize", "annotate", "metrics")
 
 
 class ExportError(Exception):
@@ -89,10 +98,6 @@ def new_export_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _check_uri_output(uri: str, force: bool) -> str:
     import pyarrow.fs as pafs
 
@@ -113,7 +118,7 @@ def _check_uri_output(uri: str, force: bool) -> str:
 
 
 def _check_output(options: ExportOptions, title: str) -> Path | str:
-    if options.output and "://" in options.output:
+    if options.output and is_uri(options.output):
         return _check_uri_output(options.output, options.force)
     out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
     out = out.expanduser().absolute()
@@ -134,9 +139,9 @@ def _images_root(options: ExportOptions, target: DbTarget) -> str:
         if target.kind != "sqlite":
             raise ExportError("invalid option images_root: required with a PostgreSQL database", 2)
         root = str(Path(target.sqlite_path).parent)
-    if _is_uri(root):
+    if is_remote_uri(root):
         return root
-    local = Path(root[len("file://") :] if root.startswith("file://") else root).expanduser().absolute()
+    local = Path(local_path(root)).expanduser().absolute()
     if not local.is_dir():
         raise ExportError(f"images root {local} does not exist or is not a folder", 2)
     return str(local)
@@ -234,7 +239,8 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-MAP_STAGES = ("copy", "visualize", "annotate", "metrics")
+#: the stages run by ``map_batches`` (all but the read)
+MAP_STAGES = tuple(stage for stage in STAGE_NAMES if stage != "read")
 
 
 def stage_placement(files_on_driver_only: bool, single_node: bool, driver_node: str) -> dict[str, dict | None]:
@@ -352,7 +358,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
     from . import stages
     from .datasource import read_project_images
 
-    files_on_driver_only = not _is_uri(plan.images_root) and not options.shared_images_root
+    files_on_driver_only = not is_remote_uri(plan.images_root) and not options.shared_images_root
     single_static_node = _alive_nodes() == 1 and not cluster_may_grow()
     placement = stage_placement(files_on_driver_only, single_static_node, driver_node)
     check_pinned_stages_fit(options, placement, _node_resources(driver_node))
@@ -644,7 +650,7 @@ def run_export(
             raise ExportError(str(exc), exc.exit_code) from exc
         run.enter("starting")
         n = len(plan.rows)
-        stage_totals = {s: n for s in STAGES if s != "read"}
+        stage_totals = dict.fromkeys(MAP_STAGES, n)
         if not options.include_visualizations:
             stage_totals.pop("visualize")
         if not options.metrics:

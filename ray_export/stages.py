@@ -20,11 +20,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .formats.coco import coco_annotations_for_image
+from .formats.coco import coco_annotations_for_image, dumps_compact
 from .formats.json_export import json_image_entry
 from .formats.yolo import yolo_label_text
 from .metrics import image_metric_rows
-from .options import VisualizationSettings
+from .options import VisualizationSettings, is_remote_uri, local_path
 from .polygons import ImagePolygons, parse_polygons
 from .problems import FAILURE_CODES, Problem
 from .visualize import image_size_from_header, render_visualization
@@ -36,7 +36,7 @@ def _problems_in(batch: dict[str, list], i: int) -> list[dict]:
 
 
 def _with_problems(existing: list[dict], new: list[Problem]) -> str:
-    return json.dumps(existing + [p.to_dict() for p in new], separators=(",", ":"))
+    return dumps_compact(existing + [p.to_dict() for p in new])
 
 
 def _replace_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
@@ -71,11 +71,6 @@ def _parse(batch: dict[str, list], i: int, stage: str) -> ImagePolygons:
         return ImagePolygons(problems=[Problem("stage_failed", stage, f"polygons: {type(exc).__name__}: {exc}")])
 
 
-def _dumps(value: Any) -> str:
-    """Compact JSON that refuses NaN/Infinity (callers turn the ValueError into a problem)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
 # --------------------------------------------------------------------------------------------- copy
 
 
@@ -87,11 +82,10 @@ class ImagesRoot:
 
     def open_filesystem(self) -> tuple[pafs.FileSystem, str, bool]:
         """(filesystem, base path, is_local)."""
-        if "://" in self.root and not self.root.startswith("file://"):
+        if is_remote_uri(self.root):
             fs, base = pafs.FileSystem.from_uri(self.root)
             return fs, base.rstrip("/"), False
-        local = self.root[len("file://") :] if self.root.startswith("file://") else self.root
-        return pafs.LocalFileSystem(), os.path.realpath(local), True
+        return pafs.LocalFileSystem(), os.path.realpath(local_path(self.root)), True
 
 
 class PathOutsideRoot(ValueError):
@@ -239,7 +233,7 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
             try:
                 annotations, coco_problems = coco_annotations_for_image(batch["index"][i], parsed, width, height)
                 found.extend(coco_problems)
-                coco_text = _dumps(annotations)
+                coco_text = dumps_compact(annotations)
             except Exception as exc:
                 found.append(Problem("stage_failed", "annotate", f"COCO: {type(exc).__name__}: {exc}"))
         if "yolo" in formats:
@@ -259,12 +253,12 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
         if "json" in formats:
             index, image_id, file_name = batch["index"][i], batch["image_id"][i], batch["file_name"][i]
             try:
-                entry_text = _dumps(json_image_entry(index, image_id, file_name, width, height, parsed))
+                entry_text = dumps_compact(json_image_entry(index, image_id, file_name, width, height, parsed))
             except Exception as exc:
                 found.append(Problem("stage_failed", "annotate", f"JSON export: {type(exc).__name__}: {exc}"))
                 # the image is still listed, without its objects
                 empty = ImagePolygons(orphan_holes=[])
-                entry_text = _dumps(json_image_entry(index, image_id, file_name, width, height, empty))
+                entry_text = dumps_compact(json_image_entry(index, image_id, file_name, width, height, empty))
         coco.append(coco_text)
         yolo.append(yolo_text)
         entries.append(entry_text)
@@ -296,7 +290,7 @@ def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
         parsed = _parse(batch, i, "metrics")  # its problems are reported once, by the annotate stage
         try:
             rows, found = image_metric_rows(batch["image_id"][i], batch["file_name"][i], parsed, scale_um_per_px)
-            text = _dumps(rows)
+            text = dumps_compact(rows)
         except Exception as exc:
             text, found = "[]", [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
         rows_out.append(text)
