@@ -20,7 +20,6 @@ from typing import Any
 import ray
 
 __all__ = [
-    "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_LOST_MESSAGE",
     "HEARTBEAT_TIMEOUT_S",
     "KEEP_SECONDS",
@@ -41,7 +40,6 @@ PROGRESS_ACTOR_PREFIX = "ray_export_progress_"
 STATES = ("querying", "running", "finalizing", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 HEARTBEAT_TIMEOUT_S = 30.0
-HEARTBEAT_INTERVAL_S = 5.0  # how often a driver should call heartbeat(); well below the timeout
 HEARTBEAT_LOST_MESSAGE = "driver heartbeat lost"
 KEEP_SECONDS = 600.0
 PROGRESS_ACTOR_MAX_CONCURRENCY = 4

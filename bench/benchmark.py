@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from ray_export.pipeline import MAP_STAGES  # noqa: E402 - the map stages Ray fuses when their hints are equal
+from ray_export.options import MAP_STAGES  # noqa: E402 - the map stages Ray fuses when their hints are equal
 
 #: Hint plans: stage name -> option values (``stages`` of an options file); missing stages keep the defaults.
 PLANS: dict[str, dict[str, dict[str, Any]]] = {
@@ -342,41 +342,13 @@ def export_options(db_path: Path, project_id: str, output: Path, stages: Mapping
     return values
 
 
-_FETCHED_TYPES = {
-    "original_path": "string",
-    "db_width": "int64",
-    "db_height": "int64",
-    "seg_width": "int64",
-    "seg_height": "int64",
-    "polygons": "string",
-}
+def _read_batches(plan: Any, batch_size: int) -> Iterator[Any]:
+    """Source rows in export order as Arrow tables of ``batch_size`` rows: the pipeline's own datasource
+    (the same projected query and range reading), read in this process."""
+    from ray_export.datasource import ProjectImagesDatasource
 
-
-def _read_batches(target: Any, rows: list[dict], batch_size: int) -> Iterator[Any]:
-    """Source rows in export order as Arrow tables of ``batch_size`` rows (the pipeline's projected query)."""
-    import pyarrow as pa
-
-    from ray_export.sources import connect, fetch_image_rows
-
-    conn = connect(target)
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            fetched = fetch_image_rows(conn, target.kind, [r["image_id"] for r in chunk], True, True)
-            by_id = {r["image_id"]: r for r in fetched}
-            columns: dict[str, pa.Array] = {
-                "index": pa.array([r["index"] for r in chunk], pa.int64()),
-                "image_id": pa.array([r["image_id"] for r in chunk], pa.string()),
-                "file_name": pa.array([r["file_name"] for r in chunk], pa.string()),
-                "stem": pa.array([r["stem"] for r in chunk], pa.string()),
-            }
-            for name, type_name in _FETCHED_TYPES.items():
-                values = [by_id.get(r["image_id"], {}).get(name) for r in chunk]
-                columns[name] = pa.array(values, getattr(pa, type_name)())
-            columns["row_found"] = pa.array([r["image_id"] in by_id for r in chunk], pa.bool_())
-            yield pa.table(columns)
-    finally:
-        conn.close()
+    datasource = ProjectImagesDatasource(plan.target, plan.rows, plan.need_polygons, plan.need_path, batch_size)
+    return datasource.read_in_process()
 
 
 def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float, dict[str, float]]:
@@ -387,7 +359,8 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     from actors.zip_writer import ExportAssembler
     from ray_export import stages
     from ray_export.options import build_options
-    from ray_export.pipeline import assembly_plan, make_spool_dir, plan_export
+    from ray_export.planning import assembly_plan, plan_export
+    from ray_export.run import make_spool_dir
 
     spent: dict[str, float] = {}
 
@@ -403,7 +376,7 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     plan = timed("plan", plan_export, options)
     assembler = timed("write", ExportAssembler, assembly_plan(options, plan, make_spool_dir(plan.output)))
     read_files = options.include_originals or options.include_visualizations
-    batches = _read_batches(plan.target, plan.rows, batch_size)
+    batches = _read_batches(plan, batch_size)
     try:
         while True:
             table = timed("read", next, batches, None)

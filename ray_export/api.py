@@ -7,8 +7,10 @@ import threading
 import time
 from typing import Any
 
+from .cluster import ensure_ray
+from .errors import ExportCancelled, ExportError
 from .options import ExportOptions, build_options
-from .pipeline import ExportCancelled, ExportError, ExportResult, new_export_id, run_export
+from .run import ExportResult, new_export_id, run_export
 
 
 def _as_options(options: ExportOptions | dict | None, overrides: dict[str, Any]) -> ExportOptions:
@@ -31,8 +33,6 @@ class ExportHandle:
     """A running export: ``progress()``, ``wait()``, ``cancel()``, ``show_progress()``."""
 
     def __init__(self, options: ExportOptions) -> None:
-        from .pipeline import ensure_ray
-
         try:  # in the caller's thread: Ray installs its signal handlers there
             ensure_ray(options.address)
         except Exception as exc:

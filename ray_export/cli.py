@@ -104,7 +104,8 @@ def _status_line(snap: dict) -> str:
 
 
 def _run_export(options, quiet: bool) -> int:
-    from .pipeline import ExportCancelled, ExportError, install_signal_handlers, new_export_id, run_export
+    from .errors import ExportCancelled, ExportError
+    from .run import install_signal_handlers, new_export_id, run_export
 
     export_id = new_export_id()
     _err(f"export id: {export_id}")

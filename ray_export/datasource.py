@@ -10,7 +10,7 @@ read-only and its reads run on the driver's node only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +31,6 @@ FETCHED_FIELDS: list[tuple[str, pa.DataType]] = [
     ("seg_width", pa.int64()),
     ("seg_height", pa.int64()),
     ("polygons", pa.string()),
-    ("row_found", pa.bool_()),
 ]
 _RESERVED = frozenset({"index", "image_id"} | {name for name, _ in FETCHED_FIELDS})
 
@@ -105,10 +104,8 @@ class _RangeReader:
         for row in self.rows:
             db_row = by_id.get(str(row["image_id"]))
             for name in self.schema.names:
-                if name == "row_found":
-                    value: Any = db_row is not None
-                elif name in fetched_names:
-                    value = None if db_row is None else db_row.get(name)
+                if name in fetched_names:
+                    value: Any = None if db_row is None else db_row.get(name)
                 else:
                     value = row.get(name)
                 columns[name].append(value)
@@ -173,16 +170,26 @@ class ProjectImagesDatasource(Datasource):
         """A rough size: fixed bytes per row plus ~16 kB of polygon JSON when polygons are read."""
         return len(self.rows) * self._row_bytes()
 
+    def range_readers(self) -> list[_RangeReader]:
+        """The read function of each contiguous range of ``rows_per_task`` rows, in index order."""
+        return [
+            _RangeReader(self.target, self.rows[start:start + self.rows_per_task], self.schema,
+                         self.need_polygons, self.need_path)
+            for start in range(0, len(self.rows), self.rows_per_task)
+        ]
+
+    def read_in_process(self) -> Iterator[pa.Table]:
+        """The blocks the read tasks produce, read one after the other in this process (no Ray)."""
+        for reader in self.range_readers():
+            yield from reader()
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         """One task per ``rows_per_task`` consecutive rows (``parallelism`` is not used: ranges stay small)."""
         tasks: list[ReadTask] = []
-        for start in range(0, len(self.rows), self.rows_per_task):
-            chunk = self.rows[start:start + self.rows_per_task]
-            metadata = BlockMetadata(
-                num_rows=len(chunk), size_bytes=len(chunk) * self._row_bytes(), exec_stats=None, input_files=None
-            )
-            reader = _RangeReader(self.target, chunk, self.schema, self.need_polygons, self.need_path)
+        for reader in self.range_readers():
+            n = len(reader.rows)
+            metadata = BlockMetadata(num_rows=n, size_bytes=n * self._row_bytes(), exec_stats=None, input_files=None)
             tasks.append(ReadTask(reader, metadata, schema=self.schema, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -215,7 +222,3 @@ def read_project_images(
         **named,
     )
 
-
-def driver_node_label_selector() -> dict[str, str]:
-    """``label_selector`` that pins tasks to the node of the calling process (Ray must be initialised)."""
-    return {"ray.io/node-id": ray.get_runtime_context().get_node_id()}

@@ -74,6 +74,8 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
 
 #: Pipeline stages that take resource hints, in pipeline order.
 STAGE_NAMES: tuple[str, ...] = ("read", "copy", "visualize", "annotate", "metrics")
+#: The stages run by ``map_batches`` (all but the read).
+MAP_STAGES: tuple[str, ...] = tuple(stage for stage in STAGE_NAMES if stage != "read")
 MAX_STAGE_CPUS = 64.0
 MAX_BATCH_SIZE = 10_000
 

@@ -279,19 +279,6 @@ def connect(target: DbTarget) -> Any:
     return conn
 
 
-class ConnectionFactory:
-    """Picklable zero-argument callable returning a fresh read-only connection to ``target``."""
-
-    def __init__(self, target: DbTarget) -> None:
-        self.target = target
-
-    def __call__(self) -> Any:
-        return connect(self.target)
-
-    def __repr__(self) -> str:
-        return f"ConnectionFactory({self.target!r})"
-
-
 @contextmanager
 def _connection(target: DbTarget) -> Iterator[Any]:
     conn = connect(target)
@@ -384,6 +371,12 @@ def _float_or_none(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _positive_pair(width: Any, height: Any) -> bool:
+    """Whether both values are sizes greater than zero."""
+    w, h = _int_or_none(width), _int_or_none(height)
+    return w is not None and h is not None and w > 0 and h > 0
+
+
 def _newest(*stamps: datetime | None) -> datetime | None:
     present = [s for s in stamps if s is not None]
     return max(present) if present else None
@@ -410,12 +403,10 @@ class ImageEntry:
     index: int
     image_id: str
     name: str
-    original_path: str | None
-    width: int | None
-    height: int | None
     pixel_size_um: float | None
     updated_at: datetime | None
-    has_segmentation: bool
+    #: a positive width and height pair in ``segmentations`` or in ``images`` (else only the file has it)
+    size_in_database: bool
 
 
 @dataclass(frozen=True)
@@ -472,8 +463,8 @@ def resolve_project(target: DbTarget, id_or_title: str) -> ProjectRow:
 
 
 _LIGHT_COLUMNS = (
-    'i.id, i.name, i."originalPath", i.width, i.height, i."pixelSizeUm", i."displayOrder", '
-    'i."createdAt", i."updatedAt", i."isVideoContainer", s.id, s."updatedAt"'
+    'i.id, i.name, s."imageWidth", s."imageHeight", i.width, i.height, i."pixelSizeUm", i."displayOrder", '
+    'i."createdAt", i."updatedAt", i."isVideoContainer", s."updatedAt"'
 )
 _LIGHT_QUERY = {
     POSTGRES: (
@@ -494,8 +485,8 @@ _FAR_FUTURE = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def _export_sort_key(row: tuple) -> tuple:
-    display_order = _int_or_none(row[6])
-    created = parse_timestamp(row[7])
+    display_order = _int_or_none(row[7])
+    created = parse_timestamp(row[8])
     return (
         display_order is None,
         display_order if display_order is not None else 0,
@@ -522,7 +513,7 @@ def list_images(target: DbTarget, project_id: str, image_ids: Sequence[str] | No
     except Exception as exc:
         raise map_db_error(target, exc, "listing images of") from None
 
-    images = [r for r in rows if not _truthy(r[9])]
+    images = [r for r in rows if not _truthy(r[10])]
     images.sort(key=_export_sort_key)
     unknown: list[str] = []
     if image_ids is not None:
@@ -544,12 +535,9 @@ def list_images(target: DbTarget, project_id: str, image_ids: Sequence[str] | No
                 index=position,
                 image_id=str(r[0]),
                 name="" if r[1] is None else str(r[1]),
-                original_path=None if r[2] is None else str(r[2]),
-                width=_int_or_none(r[3]),
-                height=_int_or_none(r[4]),
-                pixel_size_um=_float_or_none(r[5]),
-                updated_at=_newest(parse_timestamp(r[8]), parse_timestamp(r[11])),
-                has_segmentation=r[10] is not None,
+                pixel_size_um=_float_or_none(r[6]),
+                updated_at=_newest(parse_timestamp(r[9]), parse_timestamp(r[11])),
+                size_in_database=_positive_pair(r[2], r[3]) or _positive_pair(r[4], r[5]),
             )
         )
     if not entries:

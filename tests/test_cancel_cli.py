@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ray_export.api import start
-from ray_export.pipeline import ExportCancelled
+from ray_export.errors import ExportCancelled
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

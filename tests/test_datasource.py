@@ -16,7 +16,6 @@ import pytest
 from ray_export.datasource import (
     ProjectImagesDatasource,
     block_schema,
-    driver_node_label_selector,
     read_project_images,
 )
 from ray_export.demo import copy_project_to_postgres, insert_rows, write_schema
@@ -92,7 +91,7 @@ def _driver_rows(target: DbTarget) -> list[dict[str, Any]]:
     listing = list_images(target, PROJECT_ID)
     return [
         {"index": e.index, "image_id": e.image_id, "member": f"images/{e.name}", "stem": Path(e.name).stem,
-         "light_width": e.width}
+         "light_size": e.size_in_database}
         for e in listing.entries
     ]
 
@@ -106,9 +105,8 @@ def _check_rows(table: pa.Table, need_polygons: bool, need_path: bool) -> None:
         k = _k(row["image_id"])
         assert row["index"] == N_IMAGES - k  # displayOrder runs backwards
         assert row["member"] == f"images/img_{k:04d}.png" and row["stem"] == f"img_{k:04d}"
-        assert row["row_found"] is True
         assert row["db_width"] == (None if k % 11 == 0 else 640 + k) and row["db_height"] == 480
-        assert row["light_width"] == row["db_width"]
+        assert row["light_size"] == (k % 7 != 0 or k % 11 != 0)
         if k % 7:
             assert (row["seg_width"], row["seg_height"]) == (1000 + k, 2000 + k)
         else:
@@ -169,24 +167,30 @@ def test_parallel_read_with_ray(ray_session, target: DbTarget) -> None:
     assert len(set(ids)) == N_IMAGES and "ds-video" not in ids
 
 
-def test_sqlite_read_is_pinned_to_the_driver_node(ray_session, big_db: Path) -> None:
+def test_only_postgres_reads_may_leave_the_driver_node(big_db: Path) -> None:
+    # Ray pins the reads of a datasource without distributed reads to the driver's node.
+    sqlite_source = ProjectImagesDatasource(parse_db_target(str(big_db)), [{"index": 1, "image_id": "a"}], False, False)
+    postgres_source = ProjectImagesDatasource(
+        parse_db_target("postgresql://u@localhost/db"), [{"index": 1, "image_id": "a"}], False, False
+    )
+    assert sqlite_source.supports_distributed_reads is False
+    assert postgres_source.supports_distributed_reads is True
+
+
+def test_sqlite_read_with_resource_hints(ray_session, big_db: Path) -> None:
     target = parse_db_target(str(big_db))
     dataset = read_project_images(target, _driver_rows(target)[:10], False, False, rows_per_task=4,
                                   ray_remote_args={"num_cpus": 0.5})
-    remote_args = dataset._logical_plan.dag.ray_remote_args
-    assert remote_args["label_selector"] == driver_node_label_selector()
-    assert remote_args["num_cpus"] == 0.5
     assert dataset.count() == 10
 
 
 @pytest.mark.postgres
 def test_postgres_read_accepts_a_label_selector(ray_session, big_pg: str) -> None:
+    ray = ray_session
     target = parse_db_target(big_pg)
-    plain = read_project_images(target, _driver_rows(target)[:8], False, False, rows_per_task=4)
-    assert "label_selector" not in plain._logical_plan.dag.ray_remote_args
+    driver_node = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     pinned = read_project_images(target, _driver_rows(target)[:8], False, True, rows_per_task=4,
-                                 ray_remote_args={"label_selector": driver_node_label_selector(), "num_cpus": 0.25})
-    assert pinned._logical_plan.dag.ray_remote_args["label_selector"] == driver_node_label_selector()
+                                 ray_remote_args={"label_selector": driver_node, "num_cpus": 0.25})
     rows = sorted(pinned.take_all(), key=lambda r: r["index"])
     assert [r["index"] for r in rows] == list(range(1, 9))
     assert all(r["original_path"].startswith("uploads/p/") for r in rows)
@@ -209,8 +213,8 @@ def test_missing_rows_and_passthrough_fields(big_db: Path) -> None:
     (table,) = list(task())
     out = table.to_pylist()
     assert [r["index"] for r in out] == [1, 2, 3, 4]
-    assert out[0]["row_found"] is False and out[0]["db_width"] is None and out[0]["note"] == "x"
-    assert out[1]["row_found"] is True and out[1]["seg_width"] == 1005 and out[1]["flag"] is True
+    assert out[0]["db_width"] is None and out[0]["seg_width"] is None and out[0]["note"] == "x"
+    assert out[1]["seg_width"] == 1005 and out[1]["flag"] is True
     assert out[1]["original_path"] == "given"  # not fetched: the driver's value passes through
     assert [r["mixed"] for r in out] == [None, None, "1", "two"]
 
@@ -218,7 +222,7 @@ def test_missing_rows_and_passthrough_fields(big_db: Path) -> None:
 def test_block_schema_is_fixed() -> None:
     schema = block_schema([{"index": 1, "image_id": "a"}])
     assert schema.names == ["index", "image_id", "original_path", "db_width", "db_height", "seg_width",
-                            "seg_height", "polygons", "row_found"]
+                            "seg_height", "polygons"]
     assert schema.field("db_width").type == pa.int64() and schema.field("polygons").type == pa.string()
 
 
@@ -233,3 +237,101 @@ def test_invalid_construction(big_db: Path) -> None:
     datasource = ProjectImagesDatasource(target, [{"index": 1, "image_id": "a"}], False, False)
     assert pickle.loads(pickle.dumps(datasource)).target == target
     assert ProjectImagesDatasource(target, _driver_rows(target)[:12], False, False).num_read_tasks() == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# projection: the heavy read fetches only the columns the chosen outputs need
+
+
+class _RecordingCursor:
+    def __init__(self, cursor: Any, issued: list[str]) -> None:
+        self.cursor = cursor
+        self.issued = issued
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        self.issued.append(str(query))
+        return self.cursor.execute(query, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cursor, name)
+
+
+class _RecordingConnection:
+    """A psycopg connection whose cursors record each statement they send."""
+
+    def __init__(self, conn: Any, issued: list[str]) -> None:
+        self.conn = conn
+        self.issued = issued
+
+    def cursor(self) -> _RecordingCursor:
+        return _RecordingCursor(self.conn.cursor(), self.issued)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def issued_sql(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the datasource's reads send (SQLite: the engine's trace of what it ran)."""
+    import ray_export.datasource as datasource_module
+
+    issued: list[str] = []
+    real_connect = datasource_module.connect
+
+    def recording_connect(target: DbTarget) -> Any:
+        conn = real_connect(target)
+        if target.kind == SQLITE:
+            conn.set_trace_callback(issued.append)
+            return conn
+        return _RecordingConnection(conn, issued)
+
+    monkeypatch.setattr(datasource_module, "connect", recording_connect)
+    return issued
+
+
+#: image ids whose size is in the database (every image but those without segmentation and images.width)
+_SIZED = [_image_id(k) for k in range(1, 40) if k % 7 or k % 11]
+_UNSIZED = [_image_id(77)]
+
+PROJECTIONS = [
+    # (options, selected ids, polygon text read, originalPath read)
+    ({}, _SIZED, True, True),
+    ({"annotations": "none", "metrics": "none", "visualizations": False}, _SIZED, False, True),
+    ({"originals": False, "visualizations": False, "metrics": "none", "annotations": "coco"}, _SIZED, True, False),
+    ({"originals": False, "visualizations": False, "metrics": "csv", "annotations": "none"}, _SIZED, True, False),
+    ({"originals": False, "visualizations": True, "metrics": "none", "annotations": "none"}, _SIZED, True, True),
+    ({"originals": False, "visualizations": False, "metrics": "none", "annotations": "none"}, _SIZED, False, False),
+    # an image whose size only its file holds: the copy stage must still find the file
+    ({"originals": False, "visualizations": False, "metrics": "none", "annotations": "none"},
+     _SIZED + _UNSIZED, False, True),
+]
+
+
+@pytest.mark.parametrize(("values", "image_ids", "polygons", "path"), PROJECTIONS)
+def test_heavy_read_fetches_only_what_the_outputs_need(
+    target: DbTarget, tmp_path: Path, issued_sql: list[str], values: dict, image_ids: list[str], polygons: bool,
+    path: bool,
+) -> None:
+    from ray_export.options import build_options
+    from ray_export.planning import plan_export
+
+    options = build_options(
+        {"db": target.dsn, "project": PROJECT_ID, "images_root": str(tmp_path), "output": str(tmp_path / "x.zip"),
+         "image_ids": image_ids, **values}
+    )
+    plan = plan_export(options)
+    assert (plan.need_polygons, plan.need_path) == (polygons, path)
+    source = ProjectImagesDatasource(plan.target, plan.rows, plan.need_polygons, plan.need_path, rows_per_task=16)
+    tables = list(source.read_in_process())
+    reads = [sql for sql in issued_sql if "segmentations" in sql]
+    assert len(reads) == len(tables) == 3
+    for sql in reads:
+        assert ("polygons" in sql) == polygons
+        assert ('"originalPath"' in sql) == path
+        assert "i.width" in sql and '"imageWidth"' in sql  # the sizes are always read
+    rows = [row for table in tables for row in table.to_pylist()]
+    assert [row["image_id"] for row in rows] == [row["image_id"] for row in plan.rows]
+    with_polygons = [row for row in rows if row["polygons"] is not None]
+    assert bool(with_polygons) == polygons
+    assert all(row["original_path"] is not None for row in rows) == path
+    assert any(row["original_path"] is not None for row in rows) == path

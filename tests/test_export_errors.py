@@ -14,7 +14,7 @@ import pytest
 
 from ray_export.api import export
 from ray_export.demo import insert_rows, write_schema
-from ray_export.pipeline import ExportError
+from ray_export.errors import ExportError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -200,7 +200,7 @@ def test_usage_errors_come_before_ray_is_reached(broken_project, tmp_path, case)
 def test_remove_export_files(tmp_path):
     import time as _time
 
-    from ray_export.pipeline import remove_export_files
+    from ray_export.run import remove_export_files
 
     out = tmp_path / "x.zip"
     spool = tmp_path / ".x.zip.spool-1"

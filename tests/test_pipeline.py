@@ -158,7 +158,7 @@ def test_uri_output_is_uploaded_only_when_complete(demo_zip, demo_project, tmp_p
     assert result.output == uri
     assert target.read_bytes() == out.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uploaded.zip"]
-    from ray_export.pipeline import ExportError
+    from ray_export.errors import ExportError
 
     with pytest.raises(ExportError) as info:
         export(db=str(demo_project.db_path), project=demo_project.project_id, output=uri)

@@ -19,7 +19,6 @@ from ray_export.polygons import parse_polygons
 from ray_export.sources import (
     POSTGRES,
     SQLITE,
-    ConnectionFactory,
     DbTarget,
     SourceError,
     connect,
@@ -184,10 +183,10 @@ def test_mask_dsn(dsn: str, masked: str) -> None:
 
 def test_target_never_shows_password() -> None:
     target = parse_db_target("postgresql://alice:hunter2@db.example/spheroseg")
-    for text in (repr(target), str(target), f"{target}", target.display(), repr(ConnectionFactory(target))):
+    for text in (repr(target), str(target), f"{target}", target.display()):
         assert "hunter2" not in text
-    clone = pickle.loads(pickle.dumps(ConnectionFactory(target)))
-    assert clone.target == target and clone.target.dsn.endswith("@db.example/spheroseg")
+    clone = pickle.loads(pickle.dumps(target))
+    assert clone == target and clone.dsn.endswith("@db.example/spheroseg")
 
 
 def test_unreachable_postgres_is_exit_1_masked() -> None:
@@ -347,12 +346,12 @@ def test_export_order_mixed_timestamps(order_target: DbTarget) -> None:
     assert "img-f" not in {e.image_id for e in listing.entries}  # video container
     assert listing.unknown_image_ids == []
     by_id = {e.image_id: e for e in listing.entries}
-    assert by_id["img-a"].has_segmentation and not by_id["img-b"].has_segmentation
     assert by_id["img-a"].updated_at == datetime(2024, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
     assert by_id["img-b"].updated_at == datetime(2024, 1, 5, tzinfo=UTC)
-    assert (by_id["img-h"].width, by_id["img-h"].height, by_id["img-h"].pixel_size_um) == (None, None, None)
-    assert (by_id["img-a"].width, by_id["img-a"].height, by_id["img-a"].pixel_size_um) == (100, 80, 0.5)
-    assert by_id["img-a"].name == "img-a.png" and by_id["img-a"].original_path == "uploads/img-a.png"
+    assert (by_id["img-h"].pixel_size_um, by_id["img-a"].pixel_size_um) == (None, 0.5)
+    # a size in segmentations (img-h), in images (img-b) or in both (img-a)
+    assert by_id["img-h"].size_in_database and by_id["img-b"].size_in_database and by_id["img-a"].size_in_database
+    assert by_id["img-a"].name == "img-a.png"
     assert listing.newest_updated_at == datetime(2024, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
 
 
@@ -484,27 +483,29 @@ def test_demo_project_content(demo) -> None:
     assert len(listing.entries) == 12
     names = [e.name for e in listing.entries]
     assert names.count("spheroid.png") == 2
-    assert len({e.original_path for e in listing.entries}) == 12
     assert listing.entries[-1].name == "spheroid.png"  # displayOrder null goes last
-    assert sum(not e.has_segmentation for e in listing.entries) == 1
     assert {e.pixel_size_um for e in listing.entries} == {0.645}
 
     conn = sqlite3.connect(demo.db_path)
     video = conn.execute('SELECT id FROM images WHERE "isVideoContainer"').fetchall()
     polygons = dict(conn.execute('SELECT "imageId", polygons FROM segmentations').fetchall())
+    files = {row[0]: row[1:] for row in conn.execute('SELECT id, "originalPath", width, height FROM images')}
     conn.close()
     assert len(video) == 1 and video[0][0] not in {e.image_id for e in listing.entries}
+    assert len({files[e.image_id][0] for e in listing.entries}) == 12
+    assert sum(e.image_id not in polygons for e in listing.entries) == 1
 
     kinds = set()
     holes = polylines = incomplete = 0
     for entry in listing.entries:
-        data = (demo.images_root / entry.original_path).read_bytes()
+        original_path, db_width, db_height = files[entry.image_id]
+        data = (demo.images_root / original_path).read_bytes()
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         assert image is not None
         height, width = image.shape[:2]
         assert 1_000_000 <= width * height <= 2_000_000
-        if entry.width is not None:
-            assert (entry.width, entry.height) == (width, height)
+        if db_width is not None:
+            assert (db_width, db_height) == (width, height)
         kinds.add((Path(entry.name).suffix, str(image.dtype), image.ndim))
         if entry.image_id in polygons:
             raw = json.loads(polygons[entry.image_id])

@@ -18,7 +18,7 @@ from actors.zip_writer import AssemblyPlan, ExportAssembler
 from ray_export import stages
 from ray_export.documents import ExportSummary
 from ray_export.options import VisualizationSettings, build_options
-from ray_export.pipeline import _decide_scale
+from ray_export.planning import _decide_scale
 
 SQUARE = json.dumps(
     [
@@ -215,7 +215,8 @@ def test_assembler_refuses_to_commit_with_missing_images_and_abort_cleans_up(tmp
 
 
 def test_stage_placement_pins_only_what_must_stay_on_the_driver():
-    from ray_export.pipeline import MAP_STAGES, stage_placement
+    from ray_export.cluster import stage_placement
+    from ray_export.options import MAP_STAGES
 
     pin = {"ray.io/node-id": "n1"}
     assert stage_placement(False, True, "n1") == dict.fromkeys(MAP_STAGES)
@@ -232,13 +233,14 @@ def test_stage_placement_pins_only_what_must_stay_on_the_driver():
     [(12, 2, 32, 4), (150, 2, 32, 19), (10_000, 16, 32, 32), (3, 2, 32, 4), (1000, 2, 8, 8), (2, 64, 1, 1)],
 )
 def test_rows_per_read_task(n, cpus, max_rows, expected):
-    from ray_export.pipeline import rows_per_read_task
+    from ray_export.dataset import rows_per_read_task
 
     assert rows_per_read_task(n, cpus, max_rows) == expected
 
 
 def test_pinned_stage_asking_for_more_cpus_than_the_driver_node_is_refused():
-    from ray_export.pipeline import ExportError, check_pinned_stages_fit, stage_placement
+    from ray_export.cluster import check_pinned_stages_fit, stage_placement
+    from ray_export.errors import ExportError
 
     options = build_options(None, {"db": "x.db", "project": "p", "stages": {"copy": {"num_cpus": 4}}})
     with pytest.raises(ExportError) as info:

@@ -1,0 +1,123 @@
+"""Building the export's Ray Dataset: the projected read of the datasource, then the map stages."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .cluster import cluster_cpus, place_stages
+from .options import ExportOptions
+from .planning import ExportPlan
+
+
+@contextlib.contextmanager
+def _export_data_context():
+    """Ray Data settings for the datasets built inside: blocks in order (the writer's buffer stays
+    bounded), no Ray Data progress bars (ours replace them), no per-operator reservation (it halved
+    concurrency on small nodes). Each dataset keeps a copy of the context it was built with, so the
+    caller's global context is restored afterwards."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled)
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True
+    ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled = saved
+
+
+def quiet_ray_data() -> None:
+    """Keep Ray Data's own progress and executor notices off the console (ours replace them)."""
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # our own progress (CLI bar, status, handle) replaces Ray Data's; no notice that it is off
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def rows_per_read_task(n_images: int, cluster_cpus: float, max_rows: int, min_rows: int = 4) -> int:
+    """Images per read task (= per block): at most ``max_rows`` (the read batch size), and small enough
+    that there are about four blocks per CPU, so a small project still keeps every CPU busy; never
+    below ``min_rows`` (each block has a fixed scheduling cost)."""
+    per_block = math.ceil(n_images / max(1.0, 4.0 * cluster_cpus))
+    return max(1, min(max_rows, max(min_rows, per_block)))
+
+
+def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None) -> dict[str, Any]:
+    args = options.stages[stage].ray_remote_args()
+    if label_selector is not None:
+        args["label_selector"] = label_selector
+    return args
+
+
+def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> Callable:
+    """Wrap a stage so that each batch reports its images (done, and failed in this stage) to the progress
+    actor. ``finish``: the last stage also drops the columns no consumer needs (polygon text)."""
+    from .stages import failed_in_stage, finish_stage
+
+    def run(table, **kwargs):
+        out = fn(table, **kwargs)
+        failed = failed_in_stage(table, out) if progress is not None else 0
+        if finish:
+            out = finish_stage(out)
+        if progress is not None:
+            progress.add_done.remote(stage, out.num_rows, failed)
+        return out
+
+    run.__name__ = f"{stage}_stage"
+    return run
+
+
+def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
+    """The Ray Dataset of per-image results, in index order."""
+    with _export_data_context():
+        return _build_dataset(options, plan, driver_node, progress)
+
+
+def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
+    from . import stages
+    from .datasource import read_project_images
+
+    placement = place_stages(options, plan.images_root, driver_node)
+    read_files = options.include_originals or options.include_visualizations
+    read_hints = options.stages["read"]
+    rows_per_task = rows_per_read_task(len(plan.rows), cluster_cpus(), read_hints.batch_size)
+    # SQLite: the datasource itself pins its reads to the driver's node (it has the only copy of the file).
+    ds = read_project_images(
+        plan.target,
+        plan.rows,
+        need_polygons=plan.need_polygons,
+        need_path=plan.need_path,
+        rows_per_task=rows_per_task,
+        ray_remote_args=read_hints.ray_remote_args(),
+    )
+    chain: list[tuple[str, Callable, dict[str, Any]]] = [
+        ("copy", stages.copy_stage, {"images_root": plan.images_root, "read_files": read_files})
+    ]
+    if options.include_visualizations:
+        chain.append(
+            (
+                "visualize",
+                stages.visualize_stage,
+                {"settings": options.visualization, "keep_originals": options.include_originals},
+            )
+        )
+    chain.append(("annotate", stages.annotate_stage, {"formats": tuple(options.annotations)}))
+    if options.metrics:
+        chain.append(("metrics", stages.metrics_stage, {"scale_um_per_px": plan.scale_um_per_px}))
+    for position, (name, fn, kwargs) in enumerate(chain):
+        ds = ds.map_batches(
+            _tracked(fn, name, progress, finish=position == len(chain) - 1),
+            batch_format="pyarrow",
+            # never coalesce read blocks: a batch larger than a block would merge blocks and cut parallelism
+            batch_size=min(options.stages[name].batch_size, rows_per_task),
+            fn_kwargs=kwargs,
+            zero_copy_batch=True,
+            **_remote_args(options, name, placement[name]),
+        )
+    return ds

@@ -1,0 +1,233 @@
+"""Planning an export without Ray: options -> :class:`ExportPlan` (light query, member names, scale,
+export time, output checks) and what the ZIP writer must know before its first entry."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .documents import ExportSummary, format_export_time, software_versions
+from .errors import ExportError, error_line
+from .naming import assign_member_names, default_output_name
+from .options import (
+    MAX_SCALE_UM_PER_PX,
+    MIN_SCALE_UM_PER_PX,
+    ExportOptions,
+    OptionError,
+    is_remote_uri,
+    is_uri,
+    local_path,
+    running_under_job_submit,
+)
+from .problems import Problem
+from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
+
+
+@dataclass
+class ExportPlan:
+    """Everything the driver settles before the first ZIP entry (the light query)."""
+
+    target: DbTarget
+    project: Any
+    rows: list[dict]
+    output: Path | str
+    images_root: str
+    export_time: datetime
+    scale_um_per_px: float | None
+    scale_source: str
+    driver_problems: dict[int, list[dict]] = field(default_factory=dict)
+    unknown_image_ids: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    #: the heavy read fetches the polygon text (see :func:`read_projection`)
+    need_polygons: bool = True
+    #: the heavy read fetches ``originalPath`` (see :func:`read_projection`)
+    need_path: bool = True
+
+
+def _check_uri_output(uri: str, force: bool) -> str:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+    except Exception as exc:
+        raise ExportError(f"output {uri}: {type(exc).__name__}: {error_line(exc)}", 2) from exc
+    if info.type == pafs.FileType.Directory:
+        raise ExportError(f"output {uri} is a folder", 2)
+    if info.type != pafs.FileType.NotFound and not force:
+        raise ExportError(f"output {uri} exists; use --force to overwrite it", 2)
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent = fs.get_file_info(path.rsplit("/", 1)[0] or "/")
+        if parent.type != pafs.FileType.Directory:
+            raise ExportError(f"output folder of {uri} does not exist", 2)
+    return uri
+
+
+def _check_output(options: ExportOptions, title: str) -> Path | str:
+    if options.output and is_uri(options.output):
+        return _check_uri_output(options.output, options.force)
+    out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
+    out = out.expanduser().absolute()
+    if out.is_dir():
+        raise ExportError(f"output {out} is a folder", 2)
+    if out.exists() and not options.force:
+        raise ExportError(f"output {out} exists; use --force to overwrite it", 2)
+    if not out.parent.is_dir():
+        raise ExportError(f"output folder {out.parent} does not exist", 2)
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"output folder {out.parent} is not writable", 2)
+    return out
+
+
+def _images_root(options: ExportOptions, target: DbTarget) -> str:
+    root = options.images_root
+    if root is None:
+        if target.kind != "sqlite":
+            raise ExportError("invalid option images_root: required with a PostgreSQL database", 2)
+        root = str(Path(target.sqlite_path).parent)
+    if is_remote_uri(root):
+        return root
+    local = Path(local_path(root)).expanduser().absolute()
+    if not local.is_dir():
+        raise ExportError(f"images root {local} does not exist or is not a folder", 2)
+    return str(local)
+
+
+def _decide_scale(options: ExportOptions, entries: list[Any]) -> tuple[float | None, str, tuple[str, ...]]:
+    if options.scale_um_per_px is not None:
+        return float(options.scale_um_per_px), "option", ()
+    values = {e.pixel_size_um for e in entries}
+    if len(values) == 1:
+        (value,) = values
+        if value is not None and MIN_SCALE_UM_PER_PX <= float(value) <= MAX_SCALE_UM_PER_PX:
+            return float(value), "database", ()
+    return None, "pixels", ("scale_pixels",)
+
+
+def read_projection(options: ExportOptions, sizes_in_database: bool) -> tuple[bool, bool]:
+    """``(need_polygons, need_path)``: which heavy columns the chosen outputs need.
+
+    Polygon text feeds the visualizations, annotations and metrics; without any of them it is not read
+    (and the report then counts no objects and lists no polygon problems). ``originalPath`` is needed to
+    read the files: for the originals and visualizations, and for the image size when the database lacks
+    it for any selected image (``sizes_in_database`` false).
+    """
+    need_polygons = options.include_visualizations or bool(options.annotations) or bool(options.metrics)
+    need_path = options.include_originals or options.include_visualizations or not sizes_in_database
+    return need_polygons, need_path
+
+
+def plan_export(options: ExportOptions) -> ExportPlan:
+    """Run the light driver-side query and settle names, scale, export time and the output path."""
+    target = parse_db_target(options.db)
+    images_root = _images_root(options, target)
+    project = resolve_project(target, options.project)
+    listing = list_images(target, project.id, list(options.image_ids) if options.image_ids else None)
+    entries = listing.entries
+    output = _check_output(options, project.title)
+    names = assign_member_names([e.name or "" for e in entries])
+    rows: list[dict] = []
+    driver_problems: dict[int, list[dict]] = {}
+    for entry, member in zip(entries, names, strict=True):
+        rows.append(
+            {"index": entry.index, "image_id": entry.image_id, "file_name": member.file_name, "stem": member.stem}
+        )
+        if member.renamed:
+            problem = Problem("member_renamed", "naming", f"{entry.name!r} is stored as {member.file_name!r}")
+            driver_problems[entry.index] = [problem.to_dict()]
+    scale, scale_source, notes = _decide_scale(options, entries)
+    if listing.unknown_image_ids:
+        notes = (*notes, "unknown_image_ids")
+    export_time = listing.newest_updated_at or datetime(1980, 1, 1, tzinfo=timezone.utc)
+    need_polygons, need_path = read_projection(options, all(e.size_in_database for e in entries))
+    return ExportPlan(
+        target=target,
+        project=project,
+        rows=rows,
+        output=output,
+        images_root=images_root,
+        export_time=export_time,
+        scale_um_per_px=scale,
+        scale_source=scale_source,
+        driver_problems=driver_problems,
+        unknown_image_ids=tuple(listing.unknown_image_ids),
+        notes=notes,
+        need_polygons=need_polygons,
+        need_path=need_path,
+    )
+
+
+def preflight(options: ExportOptions) -> None:
+    """The checks that need neither Ray nor the database (usage errors come before any start-up)."""
+    try:
+        options.validate(under_job=running_under_job_submit())
+        target = parse_db_target(options.db)
+    except OptionError as exc:
+        raise ExportError(str(exc), 2) from exc
+    except SourceError as exc:
+        raise ExportError(str(exc), exc.exit_code) from exc
+    _images_root(options, target)
+    if options.output:
+        _check_output(options, "")
+
+
+def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path) -> Any:
+    """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`)."""
+    from actors.zip_writer import AssemblyPlan
+
+    summary = ExportSummary(
+        project_id=plan.project.id,
+        project_title=plan.project.title,
+        project_type=plan.project.type,
+        export_time=format_export_time(plan.export_time),
+        content_options=options.content_options(),
+        counts={},
+        scale_um_per_px=plan.scale_um_per_px,
+        scale_source=plan.scale_source,
+        members=_member_kinds(options),
+        software_versions=software_versions(),
+    )
+    return AssemblyPlan(
+        output=str(plan.output),
+        export_time=plan.export_time,
+        total_images=len(plan.rows),
+        include_originals=options.include_originals,
+        include_visualizations=options.include_visualizations,
+        annotations=tuple(options.annotations),
+        metrics=tuple(options.metrics),
+        include_docs=options.include_docs,
+        viz_extension=options.visualization.extension,
+        scale_um_per_px=plan.scale_um_per_px,
+        summary=summary,
+        coco_info=_coco_info(plan, summary),
+        driver_problems=plan.driver_problems,
+        unknown_image_ids=plan.unknown_image_ids,
+        notes=plan.notes,
+        max_buffered_images=options.max_buffered_images,
+        spool_dir=str(spool_dir),
+    )
+
+
+def _member_kinds(options: ExportOptions) -> dict[str, Any]:
+    return {
+        "originals": options.include_originals,
+        "visualizations": options.include_visualizations,
+        "visualization_format": options.visualization.format,
+        "annotations": list(options.annotations),
+        "metrics": list(options.metrics),
+        "docs": options.include_docs,
+    }
+
+
+def _coco_info(plan: ExportPlan, summary: ExportSummary) -> dict:
+    return {
+        "description": f"{plan.project.title} (ray_export)",
+        "version": __version__,
+        "year": plan.export_time.astimezone(timezone.utc).year,
+        "date_created": summary.export_time,
+        "project_id": plan.project.id,
+    }
