@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,9 +286,10 @@ class ExportOptions:
             _check_text("output", self.output)
         if under_job and (self.output is None or not (os.path.isabs(self.output) or is_uri(self.output))):
             raise OptionError("output", "under `ray job submit` the output must be given as an absolute path or URI")
-        for name in ("force", "shared_images_root", "include_originals", "include_visualizations", "include_docs"):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(_FIELD_OPTION_NAMES.get(name, name), f"{getattr(self, name)!r} is not true/false")
+        for option in _BOOLEAN_FIELDS:
+            value = getattr(self, option.attribute)
+            if not isinstance(value, bool):
+                raise OptionError(option.name, f"{value!r} is not true/false")
         if self.images_root is not None:
             _check_text("images_root", self.images_root)
         elif is_postgres_dsn(self.db):
@@ -334,33 +335,7 @@ class ExportOptions:
         Leaves out the database, paths, addresses, output, credentials and the resource hints (which
         never change the bytes). Selected image ids are listed sorted.
         """
-        viz = self.visualization
-        return {
-            "image_ids": None if self.image_ids is None else sorted(self.image_ids),
-            "originals": self.include_originals,
-            "visualizations": self.include_visualizations,
-            "annotations": list(self.annotations),
-            "metrics": list(self.metrics),
-            "docs": self.include_docs,
-            "scale": None if self.scale_um_per_px is None else float(self.scale_um_per_px),
-            "visualization": {
-                "external_color": viz.external_color,
-                "internal_color": viz.internal_color,
-                "stroke_width": viz.stroke_width,
-                "font_size": viz.font_size,
-                "fill_opacity": float(viz.fill_opacity),
-                "show_numbers": viz.show_numbers,
-                "format": viz.format,
-            },
-        }
-
-
-_FIELD_OPTION_NAMES = {
-    "include_originals": "originals",
-    "include_visualizations": "visualizations",
-    "include_docs": "docs",
-    "scale_um_per_px": "scale",
-}
+        return {option.key: option.plain(getattr(self, option.attribute)) for option in OPTION_FIELDS if option.content}
 
 
 def _is_number(value: object) -> bool:
@@ -384,41 +359,302 @@ def _check_formats(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Options files and merging (defaults < file < flags)
+# ---------------------------------------------------------------------------------------------------------
+# Converting given values (text from flags, values from files) into option values
 # ---------------------------------------------------------------------------------------------------------
 
-#: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).
-OPTION_KEYS: tuple[str, ...] = (
-    "db",
-    "project",
-    "image_ids",
-    "output",
-    "force",
-    "images_root",
-    "shared_images_root",
-    "address",
-    "originals",
-    "visualizations",
-    "docs",
-    "annotations",
-    "metrics",
-    "scale",
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise OptionError(name, f"{value!r} is not true/false")
+
+
+def _to_float(name: str, value: Any) -> float:
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise OptionError(name, f"{value!r} is not a number")
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise OptionError(name, f"{value!r} is not an integer")
+
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_BYTES_TEXT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A byte count: an integer, or text such as ``2GiB``, ``512MB``, ``1.5e9`` (SI and binary units)."""
+    if isinstance(value, str):
+        match = _BYTES_TEXT.match(value)
+        if not match or match.group(2).lower() not in _BYTE_UNITS:
+            raise OptionError(name, f"{value!r} is not a byte count (e.g. 2000000000, 2GB, 2GiB)")
+        number = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+        if not math.isfinite(number) or not number.is_integer():
+            raise OptionError(name, f"{value!r} is not a whole number of bytes")
+        return int(number)
+    return _to_int(name, value)
+
+
+def _optional_bytes(name: str, value: Any) -> int | None:
+    return None if value is None else parse_bytes(name, value)
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise OptionError(name, f"{value!r} is not a text")
+    return value
+
+
+def _as_given(name: str, value: Any) -> Any:
+    """The value unchanged (checked later by ``validate()``)."""
+    return value
+
+
+def _lower_text(name: str, value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _image_ids(name: str, value: Any) -> tuple[str, ...]:
+    items = _split_names(value)
+    if not isinstance(items, tuple) or not all(
+        isinstance(item, (str, int)) and not isinstance(item, bool) for item in items
+    ):
+        raise OptionError(name, f"{value!r} is not a list of ids or a comma-separated text")
+    return tuple(str(item) for item in items)
+
+
+def _formats(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _split_names(value)
+    if not isinstance(items, tuple) or not all(isinstance(item, str) for item in items):
+        raise OptionError(name, f"{value!r} is not a list of format names, a comma-separated text or none")
+    return items
+
+
+def _resources(name: str, value: Any) -> dict[str, float]:
+    raw = value or {}
+    if not isinstance(raw, Mapping):
+        raise OptionError(name, f"{raw!r} is not a mapping of name -> amount")
+    return {str(key): _to_float(f"{name}.{key}", amount) for key, amount in raw.items()}
+
+
+def _visualization(name: str, values: Mapping[str, Any]) -> VisualizationSettings:
+    kwargs: dict[str, Any] = {}
+    for option in VISUALIZATION_FIELDS:
+        value = values.get(option.key)
+        if value is not None:
+            kwargs[option.attribute] = option.convert(option.name, value)
+    return VisualizationSettings(**kwargs)
+
+
+def _stage(stage: str, values: Mapping[str, Any]) -> StageResources:
+    base = DEFAULT_STAGE_RESOURCES[stage]
+    kwargs = {option.attribute: getattr(base, option.attribute) for option in STAGE_FIELDS}
+    for option in STAGE_FIELDS:
+        if option.key in values:
+            kwargs[option.attribute] = option.convert(f"stages.{stage}.{option.key}", values[option.key])
+    return StageResources(**kwargs)
+
+
+def _stages(name: str, values: Mapping[str, Any]) -> dict[str, StageResources]:
+    stages = default_stages()
+    for stage, stage_values in values.items():
+        stages[stage] = _stage(stage, stage_values or {})
+    return stages
+
+
+def _sorted_or_none(ids: tuple[str, ...] | None) -> list[str] | None:
+    return None if ids is None else sorted(ids)
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _visualization_content(settings: VisualizationSettings) -> dict[str, Any]:
+    return {option.key: option.plain(getattr(settings, option.attribute)) for option in VISUALIZATION_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The option table: every option declared once
+# ---------------------------------------------------------------------------------------------------------
+
+SOURCE_GROUP, CONTENT_GROUP, VISUALIZATION_GROUP, RESOURCES_GROUP = (
+    "source and output",
+    "content",
     "visualization",
-    "stages",
-    "max_buffered_images",
+    "resources",
 )
-VISUALIZATION_KEYS: tuple[str, ...] = (
-    "external_color",
-    "internal_color",
-    "stroke_width",
-    "font_size",
-    "fill_opacity",
-    "show_numbers",
-    "format",
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One option: its key (in an options file, or in its nested mapping), the attribute it sets, how a
+    given value converts, and its command-line flag.
+
+    - ``convert(name, value)`` turns a file value or flag text into the attribute's value and raises
+      :class:`OptionError` naming the option; ``validate()`` of the options object checks the rest.
+    - ``flag_action``: ``value`` (``--x VALUE``), ``on`` (``--x`` sets true), ``off`` (``--no-x`` sets
+      false), ``append`` (repeatable, joined with commas) or ``stage`` (repeatable ``STAGE=VALUE``).
+    - ``label``: the option's name in messages and the flag's destination, when it differs from ``key``.
+    - ``required``: a text that must be given (checked once every required option is converted);
+      ``convert_none``: a given ``None`` is converted instead of leaving the default.
+    - ``content``: the option shapes the ZIP's content and is listed, as ``plain(value)``, in
+      :meth:`ExportOptions.content_options`.
+    """
+
+    key: str
+    attribute: str
+    convert: Callable[[str, Any], Any]
+    flag: str | None = None
+    flag_action: str = "value"
+    metavar: str | None = None
+    help: str = ""
+    group: str = SOURCE_GROUP
+    label: str | None = None
+    required: bool = False
+    convert_none: bool = False
+    content: bool = False
+    plain: Callable[[Any], Any] = _unchanged
+
+    @property
+    def name(self) -> str:
+        """The option's name in messages and the flag's destination."""
+        return self.label or self.key
+
+
+def _stage_help(what: str) -> str:
+    return f"{what} of a stage ({', '.join(STAGE_NAMES)})"
+
+
+#: The fields of :class:`StageResources` (``stages.<stage>.<key>`` in an options file).
+STAGE_FIELDS: tuple[OptionField, ...] = (
+    OptionField("num_cpus", "num_cpus", _to_float, "--num-cpus", "stage", "STAGE=X", _stage_help("CPUs per task"),
+                RESOURCES_GROUP),
+    OptionField("memory", "memory", _optional_bytes, "--memory", "stage", "STAGE=BYTES",
+                _stage_help("memory hint (e.g. 2GiB)"), RESOURCES_GROUP),
+    OptionField("resources", "resources", _resources, "--resource", "stage", "STAGE=NAME:AMOUNT",
+                _stage_help("custom Ray resource"), RESOURCES_GROUP, label="resource"),
+    OptionField("batch_size", "batch_size", _to_int, "--batch-size", "stage", "STAGE=N", _stage_help("batch size"),
+                RESOURCES_GROUP),
 )
-STAGE_KEYS: tuple[str, ...] = ("num_cpus", "memory", "resources", "batch_size")
+
+#: The fields of :class:`VisualizationSettings` (``visualization.<key>`` in an options file).
+VISUALIZATION_FIELDS: tuple[OptionField, ...] = (
+    OptionField("external_color", "external_color", _as_given, "--external-color", metavar="#RRGGBB",
+                help="outline and fill colour of objects (#FF0000)", group=VISUALIZATION_GROUP),
+    OptionField("internal_color", "internal_color", _as_given, "--internal-color", metavar="#RRGGBB",
+                help="outline colour of holes (#0000FF)", group=VISUALIZATION_GROUP),
+    OptionField("stroke_width", "stroke_width", _to_int, "--stroke-width", metavar="1-10",
+                help="outline width in pixels (2)", group=VISUALIZATION_GROUP),
+    OptionField("font_size", "font_size", _to_int, "--font-size", metavar="10-50",
+                help="object number font size (32)", group=VISUALIZATION_GROUP),
+    OptionField("fill_opacity", "fill_opacity", _to_float, "--fill-opacity", metavar="0-1",
+                help="fill opacity of objects (0.3)", group=VISUALIZATION_GROUP, plain=float),
+    OptionField("show_numbers", "show_numbers", _to_bool, "--no-numbers", "off",
+                help="do not draw object numbers", group=VISUALIZATION_GROUP),
+    OptionField("format", "format", _lower_text, "--viz-format", metavar="|".join(VIZ_FORMAT_EXTENSIONS),
+                help="visualization image format (default png)", group=VISUALIZATION_GROUP, label="viz_format"),
+)
+
+#: Every option of :class:`ExportOptions`, keyed as in an options file (top level).
+OPTION_FIELDS: tuple[OptionField, ...] = (
+    OptionField("db", "db", _optional_text, "--db", metavar="DSN_OR_PATH",
+                help="postgresql:// DSN, sqlite:///path or a SQLite file path", required=True),
+    OptionField("project", "project", _optional_text, "--project", metavar="ID_OR_TITLE",
+                help="project id or exact title", required=True),
+    OptionField("image_ids", "image_ids", _image_ids, "--image-ids", "append", "ID,...",
+                "export only these images (comma list, repeatable)", content=True, plain=_sorted_or_none),
+    OptionField("output", "output", _optional_text, "--out", metavar="FILE.zip",
+                help="output ZIP (default: <title>-<time>.zip)"),
+    OptionField("force", "force", _to_bool, "--force", "on", help="overwrite an existing output"),
+    OptionField("images_root", "images_root", _optional_text, "--images-root", metavar="DIR_OR_URI",
+                help="folder or pyarrow.fs URI the originalPath values are under"),
+    OptionField("shared_images_root", "shared_images_root", _to_bool, "--shared-images-root", "on",
+                help="the local images root is mounted at the same path on every node (copy may run on any node)"),
+    OptionField("address", "address", _optional_text, "--address", metavar="RAY_ADDRESS",
+                help="Ray cluster to use (default: RAY_ADDRESS or local)"),
+    OptionField("originals", "include_originals", _to_bool, "--no-originals", "off",
+                help="leave the original images out", group=CONTENT_GROUP, content=True),
+    OptionField("visualizations", "include_visualizations", _to_bool, "--no-visualizations", "off",
+                help="leave the visualizations out", group=CONTENT_GROUP, content=True),
+    OptionField("docs", "include_docs", _to_bool, "--no-docs", "off",
+                help="leave README.md, metrics_guide.md, metadata.json out (report stays)", group=CONTENT_GROUP,
+                content=True),
+    OptionField("annotations", "annotations", _formats, "--annotations", metavar=",".join(ANNOTATION_FORMATS) + "|none",
+                help="annotation formats (default: all)", group=CONTENT_GROUP, convert_none=True, content=True,
+                plain=list),
+    OptionField("metrics", "metrics", _formats, "--metrics", metavar=",".join(METRIC_FORMATS) + "|none",
+                help="metrics formats (default: all)", group=CONTENT_GROUP, convert_none=True, content=True,
+                plain=list),
+    OptionField("scale", "scale_um_per_px", _to_float, "--scale", metavar="UM_PER_PX",
+                help=f"scale in µm per pixel ({MIN_SCALE_UM_PER_PX:g}-{MAX_SCALE_UM_PER_PX:g})",
+                group=CONTENT_GROUP, content=True, plain=_float_or_none),
+    OptionField("visualization", "visualization", _visualization, content=True, plain=_visualization_content),
+    OptionField("stages", "stages", _stages),
+    OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
+                help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
+)
+
+#: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).
+OPTION_KEYS: tuple[str, ...] = tuple(option.key for option in OPTION_FIELDS)
+VISUALIZATION_KEYS: tuple[str, ...] = tuple(option.key for option in VISUALIZATION_FIELDS)
+STAGE_KEYS: tuple[str, ...] = tuple(option.key for option in STAGE_FIELDS)
 _NESTED_KEYS: dict[str, tuple[str, ...]] = {"visualization": VISUALIZATION_KEYS, "stages": STAGE_NAMES}
-_VIZ_OPTION_NAMES = {"format": "viz_format"}
+_BOOLEAN_FIELDS: tuple[OptionField, ...] = tuple(option for option in OPTION_FIELDS if option.convert is _to_bool)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options files and merging (defaults < file < flags)
+# ---------------------------------------------------------------------------------------------------------
 
 
 def check_option_keys(values: Mapping[str, Any], source: str = "options") -> None:
@@ -495,143 +731,6 @@ def merge_option_values(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
-_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
-
-
-def _to_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
-        return value.strip().lower() in _TRUE_WORDS
-    raise OptionError(name, f"{value!r} is not true/false")
-
-
-def _to_float(name: str, value: Any) -> float:
-    if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(number):
-                return number
-    raise OptionError(name, f"{value!r} is not a number")
-
-
-def _to_int(name: str, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise OptionError(name, f"{value!r} is not an integer")
-
-
-_BYTE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_BYTES_TEXT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_bytes(name: str, value: Any) -> int:
-    """A byte count: an integer, or text such as ``2GiB``, ``512MB``, ``1.5e9`` (SI and binary units)."""
-    if isinstance(value, str):
-        match = _BYTES_TEXT.match(value)
-        if not match or match.group(2).lower() not in _BYTE_UNITS:
-            raise OptionError(name, f"{value!r} is not a byte count (e.g. 2000000000, 2GB, 2GiB)")
-        number = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
-        if not math.isfinite(number) or not number.is_integer():
-            raise OptionError(name, f"{value!r} is not a whole number of bytes")
-        return int(number)
-    return _to_int(name, value)
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise OptionError(name, f"{value!r} is not a text")
-    return value
-
-
-def _image_ids(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    items = _split_names(value)
-    if not isinstance(items, tuple) or not all(
-        isinstance(item, (str, int)) and not isinstance(item, bool) for item in items
-    ):
-        raise OptionError("image_ids", f"{value!r} is not a list of ids or a comma-separated text")
-    return tuple(str(item) for item in items)
-
-
-def _formats(name: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = _split_names(value)
-    if not isinstance(items, tuple) or not all(isinstance(item, str) for item in items):
-        raise OptionError(name, f"{value!r} is not a list of format names, a comma-separated text or none")
-    return items
-
-
-def _visualization(values: Mapping[str, Any]) -> VisualizationSettings:
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        option = _VIZ_OPTION_NAMES.get(key, key)
-        if value is None:
-            continue
-        if key in ("stroke_width", "font_size"):
-            kwargs[key] = _to_int(option, value)
-        elif key == "fill_opacity":
-            kwargs[key] = _to_float(option, value)
-        elif key == "show_numbers":
-            kwargs[key] = _to_bool(option, value)
-        elif key == "format":
-            kwargs[key] = value.strip().lower() if isinstance(value, str) else value
-        else:
-            kwargs[key] = value
-    return VisualizationSettings(**kwargs)
-
-
-def _stage(stage: str, values: Mapping[str, Any]) -> StageResources:
-    base = DEFAULT_STAGE_RESOURCES[stage]
-    prefix = f"stages.{stage}"
-    num_cpus = _to_float(f"{prefix}.num_cpus", values["num_cpus"]) if "num_cpus" in values else base.num_cpus
-    batch_size = _to_int(f"{prefix}.batch_size", values["batch_size"]) if "batch_size" in values else base.batch_size
-    memory = base.memory
-    if "memory" in values:
-        memory = None if values["memory"] is None else parse_bytes(f"{prefix}.memory", values["memory"])
-    resources: Any = base.resources
-    if "resources" in values:
-        raw = values["resources"] or {}
-        if not isinstance(raw, Mapping):
-            raise OptionError(f"{prefix}.resources", f"{raw!r} is not a mapping of name -> amount")
-        resources = {str(k): _to_float(f"{prefix}.resources.{k}", v) for k, v in raw.items()}
-    return StageResources(num_cpus=num_cpus, memory=memory, resources=resources, batch_size=batch_size)
-
-
 def build_options(
     file_values: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None, under_job: bool = False
 ) -> ExportOptions:
@@ -644,38 +743,17 @@ def build_options(
         if layer is not None:
             check_option_keys(layer, source)
     values = merge_option_values(file_values, overrides)
-    db = _optional_text("db", values.get("db"))
-    project = _optional_text("project", values.get("project"))
-    _check_text("db", db)
-    _check_text("project", project)
-    kwargs: dict[str, Any] = {"db": db, "project": project}
-    if values.get("image_ids") is not None:
-        kwargs["image_ids"] = _image_ids(values["image_ids"])
-    for key in ("output", "images_root", "address"):
-        if values.get(key) is not None:
-            kwargs[key] = _optional_text(key, values[key])
-    for key, field_name in (
-        ("force", "force"),
-        ("shared_images_root", "shared_images_root"),
-        ("originals", "include_originals"),
-        ("visualizations", "include_visualizations"),
-        ("docs", "include_docs"),
-    ):
-        if values.get(key) is not None:
-            kwargs[field_name] = _to_bool(key, values[key])
-    for key in ("annotations", "metrics"):
-        if key in values:
-            kwargs[key] = _formats(key, values[key])
-    if values.get("scale") is not None:
-        kwargs["scale_um_per_px"] = _to_float("scale", values["scale"])
-    if values.get("visualization"):
-        kwargs["visualization"] = _visualization(values["visualization"])
-    stages = default_stages()
-    for stage, stage_values in (values.get("stages") or {}).items():
-        stages[stage] = _stage(stage, stage_values or {})
-    kwargs["stages"] = stages
-    if values.get("max_buffered_images") is not None:
-        kwargs["max_buffered_images"] = _to_int("max_buffered_images", values["max_buffered_images"])
+    required = [option for option in OPTION_FIELDS if option.required]
+    kwargs = {option.attribute: option.convert(option.name, values.get(option.key)) for option in required}
+    for option in required:
+        _check_text(option.name, kwargs[option.attribute])
+    for option in OPTION_FIELDS:
+        if option.required or option.key not in values:
+            continue
+        value = values.get(option.key)
+        if value is None and not option.convert_none:
+            continue
+        kwargs[option.attribute] = option.convert(option.name, value)
     options = ExportOptions(**kwargs)
     options.validate(under_job=under_job)
     return options
@@ -699,108 +777,77 @@ def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
     return bool(metadata.get("job_submission_id"))
 
 
-def _switch_off(group: Any, flag: str, dest: str, help_text: str) -> None:
-    """A ``--no-x`` flag that sets ``dest`` to False when given and leaves it None otherwise."""
-    group.add_argument(flag, dest=dest, action="store_const", const=False, default=None, help=help_text)
+_FLAG_ACTIONS: dict[str, dict[str, Any]] = {
+    "value": {},
+    "on": {"action": "store_const", "const": True},
+    "off": {"action": "store_const", "const": False},
+    "append": {"action": "append"},
+    "stage": {"action": "append"},
+}
+
+
+def _flag_fields() -> tuple[OptionField, ...]:
+    return tuple(option for option in (*OPTION_FIELDS, *VISUALIZATION_FIELDS, *STAGE_FIELDS) if option.flag)
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` command's flags. Every flag defaults to ``None``: only given flags override."""
-    source = parser.add_argument_group("source and output")
-    source.add_argument("--db", metavar="DSN_OR_PATH", help="postgresql:// DSN, sqlite:///path or a SQLite file path")
-    source.add_argument("--project", metavar="ID_OR_TITLE", help="project id or exact title")
-    source.add_argument(
-        "--images-root", metavar="DIR_OR_URI", help="folder or pyarrow.fs URI the originalPath values are under"
-    )
-    source.add_argument(
-        "--shared-images-root",
-        action="store_const",
-        const=True,
-        default=None,
-        help="the local images root is mounted at the same path on every node (copy may run on any node)",
-    )
-    source.add_argument("--out", dest="output", metavar="FILE.zip", help="output ZIP (default: <title>-<time>.zip)")
-    source.add_argument("--force", action="store_const", const=True, default=None, help="overwrite an existing output")
-    source.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to use (default: RAY_ADDRESS or local)")
-    source.add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
-    source.add_argument(
-        "--image-ids", action="append", metavar="ID,...", help="export only these images (comma list, repeatable)"
-    )
-
-    content = parser.add_argument_group("content")
-    content.add_argument("--annotations", metavar="coco,yolo,json|none", help="annotation formats (default: all)")
-    content.add_argument("--metrics", metavar="csv,xlsx,json,parquet|none", help="metrics formats (default: all)")
-    _switch_off(content, "--no-originals", "originals", "leave the original images out")
-    _switch_off(content, "--no-visualizations", "visualizations", "leave the visualizations out")
-    _switch_off(content, "--no-docs", "docs", "leave README.md, metrics_guide.md, metadata.json out (report stays)")
-    content.add_argument("--scale", metavar="UM_PER_PX", help="scale in µm per pixel (0.001-1000)")
-
-    viz = parser.add_argument_group("visualization")
-    viz.add_argument("--viz-format", metavar="png|jpeg|webp", help="visualization image format (default png)")
-    viz.add_argument("--external-color", metavar="#RRGGBB", help="outline and fill colour of objects (#FF0000)")
-    viz.add_argument("--internal-color", metavar="#RRGGBB", help="outline colour of holes (#0000FF)")
-    viz.add_argument("--stroke-width", metavar="1-10", help="outline width in pixels (2)")
-    viz.add_argument("--font-size", metavar="10-50", help="object number font size (32)")
-    viz.add_argument("--fill-opacity", metavar="0-1", help="fill opacity of objects (0.3)")
-    _switch_off(viz, "--no-numbers", "show_numbers", "do not draw object numbers")
-
-    run = parser.add_argument_group("resources")
-    stages = ",".join(STAGE_NAMES)
-    run.add_argument("--batch-size", action="append", metavar="STAGE=N", help=f"batch size of a stage ({stages})")
-    run.add_argument("--num-cpus", action="append", metavar="STAGE=X", help="CPUs per task/actor of a stage")
-    run.add_argument("--memory", action="append", metavar="STAGE=BYTES", help="memory hint of a stage (e.g. 2GiB)")
-    run.add_argument("--resource", action="append", metavar="STAGE=NAME:AMOUNT", help="custom Ray resource of a stage")
-    run.add_argument("--max-buffered-images", metavar="N", help="bound of the writer's reorder buffer (256)")
+    groups: dict[str, Any] = {}
+    for group in (SOURCE_GROUP, CONTENT_GROUP, VISUALIZATION_GROUP, RESOURCES_GROUP):
+        groups[group] = parser.add_argument_group(group)
+    groups[SOURCE_GROUP].add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
+    for option in _flag_fields():
+        extra = {"metavar": option.metavar} if option.metavar else {}
+        groups[option.group].add_argument(
+            option.flag, dest=option.name, default=None, help=option.help, **_FLAG_ACTIONS[option.flag_action], **extra
+        )
 
 
-_VIZ_FLAGS = (
-    ("viz_format", "format"),
-    ("external_color", "external_color"),
-    ("internal_color", "internal_color"),
-    ("stroke_width", "stroke_width"),
-    ("font_size", "font_size"),
-    ("fill_opacity", "fill_opacity"),
-    ("show_numbers", "show_numbers"),
-)
-_STAGE_FLAGS = (("batch_size", "batch_size", "N"), ("num_cpus", "num_cpus", "X"), ("memory", "memory", "BYTES"))
-
-
-def _stage_assignment(flag: str, field_name: str, text: str) -> tuple[str, str]:
+def _stage_assignment(flag: str, text: str) -> tuple[str, str]:
     stage, sep, value = str(text).partition("=")
     stage = stage.strip().lower()
     if not sep or not value.strip():
-        raise OptionError(f"--{flag.replace('_', '-')}", f"{text!r}: expected STAGE=VALUE")
+        raise OptionError(flag, f"{text!r}: expected STAGE=VALUE")
     if stage not in STAGE_NAMES:
         raise OptionError(f"stages.{stage}", f"unknown stage in {text!r}; expected one of {', '.join(STAGE_NAMES)}")
     return stage, value.strip()
 
 
+def _stage_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--num-cpus copy=2`` and the other stage flags as ``stages`` values."""
+    stages: dict[str, dict[str, Any]] = {}
+    for option in STAGE_FIELDS:
+        for text in getattr(args, option.name, None) or ():
+            stage, value = _stage_assignment(option.flag or option.key, text)
+            stage_values = stages.setdefault(stage, {})
+            if option.key != "resources":
+                stage_values[option.key] = value
+                continue
+            name, sep, amount = value.partition(":")
+            if not sep or not name.strip():
+                raise OptionError(option.flag or option.key, f"{text!r}: expected STAGE=NAME:AMOUNT")
+            stage_values.setdefault("resources", {})[name.strip()] = amount.strip()
+    return stages
+
+
+def _given_flags(args: argparse.Namespace, fields: tuple[OptionField, ...]) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for option in fields:
+        value = getattr(args, option.name, None) if option.flag else None
+        if option.flag_action == "append":
+            value = ",".join(value) if value else None
+        if value is not None:
+            given[option.key] = value
+    return given
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given on the command line, keyed as in an options file."""
-    overrides: dict[str, Any] = {}
-    # the flat keys; image_ids, visualization and stages are assembled below
-    for key in (k for k in OPTION_KEYS if k not in ("image_ids", "visualization", "stages")):
-        value = getattr(args, key, None)
-        if value is not None:
-            overrides[key] = value
-    image_ids = getattr(args, "image_ids", None)
-    if image_ids:
-        overrides["image_ids"] = ",".join(image_ids)
-    viz = {key: getattr(args, flag) for flag, key in _VIZ_FLAGS if getattr(args, flag, None) is not None}
-    if viz:
-        overrides["visualization"] = viz
-    stages: dict[str, dict[str, Any]] = {}
-    for flag, field_name, _ in _STAGE_FLAGS:
-        for text in getattr(args, flag, None) or ():
-            stage, value = _stage_assignment(flag, field_name, text)
-            stages.setdefault(stage, {})[field_name] = value
-    for text in getattr(args, "resource", None) or ():
-        stage, value = _stage_assignment("resource", "resources", text)
-        name, sep, amount = value.partition(":")
-        if not sep or not name.strip():
-            raise OptionError("--resource", f"{text!r}: expected STAGE=NAME:AMOUNT")
-        stage_values = stages.setdefault(stage, {})
-        stage_values.setdefault("resources", {})[name.strip()] = amount.strip()
+    overrides = _given_flags(args, OPTION_FIELDS)
+    visualization = _given_flags(args, VISUALIZATION_FIELDS)
+    if visualization:
+        overrides["visualization"] = visualization
+    stages = _stage_overrides(args)
     if stages:
         overrides["stages"] = stages
     return overrides

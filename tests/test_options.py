@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ import yaml
 
 from ray_export.options import (
     DEFAULT_STAGE_RESOURCES,
+    OPTION_FIELDS,
+    OPTION_KEYS,
+    STAGE_FIELDS,
     STAGE_NAMES,
+    VISUALIZATION_FIELDS,
     ExportOptions,
     OptionError,
     StageResources,
@@ -357,6 +362,36 @@ def test_help_lists_every_flag() -> None:
         "--db", "--project", "--images-root", "--out", "--force", "--address", "--options", "--image-ids",
         "--annotations", "--metrics", "--no-originals", "--no-visualizations", "--no-docs", "--scale",
         "--viz-format", "--external-color", "--internal-color", "--stroke-width", "--font-size", "--fill-opacity",
-        "--no-numbers", "--batch-size", "--num-cpus", "--memory", "--max-buffered-images",
+        "--no-numbers", "--batch-size", "--num-cpus", "--memory", "--resource", "--max-buffered-images",
+        "--shared-images-root",
     ):  # fmt: skip
         assert flag in text
+
+
+def test_option_table_declares_every_field_once() -> None:
+    def attributes(table: tuple) -> list[str]:
+        return sorted(option.attribute for option in table)
+
+    assert attributes(OPTION_FIELDS) == sorted(f.name for f in dataclasses.fields(ExportOptions))
+    assert attributes(VISUALIZATION_FIELDS) == sorted(f.name for f in dataclasses.fields(VisualizationSettings))
+    assert attributes(STAGE_FIELDS) == sorted(f.name for f in dataclasses.fields(StageResources))
+    assert OPTION_KEYS == (
+        "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
+        "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
+    )  # fmt: skip
+
+
+def test_every_flag_overrides_the_option_it_declares() -> None:
+    given = {"value": ["v"], "append": ["v"], "on": [], "off": []}
+    expected = {"value": "v", "append": "v", "on": True, "off": False}
+    for table, nest in ((OPTION_FIELDS, None), (VISUALIZATION_FIELDS, "visualization")):
+        for option in table:
+            if option.flag is None:
+                continue
+            overrides = overrides_from_args(parse(option.flag, *given[option.flag_action]))
+            value = expected[option.flag_action]
+            assert overrides == ({option.key: value} if nest is None else {nest: {option.key: value}}), option.flag
+    for option in STAGE_FIELDS:
+        text = "copy=slot:2" if option.key == "resources" else "copy=2"
+        value = {"slot": "2"} if option.key == "resources" else "2"
+        assert overrides_from_args(parse(option.flag, text)) == {"stages": {"copy": {option.key: value}}}
