@@ -230,3 +230,36 @@ def test_selected_image_ids_with_unknown_ones(broken_project, tmp_path):
     with pytest.raises(ExportError) as info:
         export(db=str(db), project="Broken", output=str(tmp_path / "none.zip"), image_ids="nope")
     assert info.value.exit_code == 2
+
+
+def test_size_only_in_the_file_is_read_without_originals(tmp_path):
+    root = tmp_path / "uploads"
+    _png(root / "sized.png")
+    _png(root / "unsized.png")
+    db = root / "project.db"
+    con = sqlite3.connect(db)
+    write_schema(con, "sqlite")
+    insert_rows(con, "sqlite", "projects", [{"id": "p2", "title": "Sizes", "createdAt": 1, "updatedAt": 1000}])
+    insert_rows(
+        con,
+        "sqlite",
+        "images",
+        [
+            {"id": i, "name": name, "originalPath": name, "projectId": "p2", "width": w, "height": h,
+             "displayOrder": k, "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000}
+            for k, (i, name, w, h) in enumerate([("a", "sized.png", 50, 40), ("b", "unsized.png", None, None)])
+        ],
+    )  # fmt: skip
+    con.commit()
+    con.close()
+    out = tmp_path / "sizes.zip"
+    export(db=str(db), project="p2", output=str(out), originals=False, visualizations=False, metrics="none",
+           annotations="json")  # fmt: skip
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        entries = json.loads(zf.read("annotations/json/segmentation_data.json"))["images"]
+        report = json.loads(zf.read("documentation/export_report.json"))
+    assert not any(n.startswith(("images/", "visualizations/")) for n in names)
+    sizes = [(e["file_name"], e["width"], e["height"]) for e in entries]
+    assert sizes == [("sized.png", 50, 40), ("unsized.png", 50, 40)]
+    assert report["images"] == []  # no problem: the size came from the file's header
