@@ -335,7 +335,8 @@ class ExportOptions:
         Leaves out the database, paths, addresses, output, credentials and the resource hints (which
         never change the bytes). Selected image ids are listed sorted.
         """
-        return {option.key: option.plain(getattr(self, option.attribute)) for option in OPTION_FIELDS if option.content}
+        content = (option for option in OPTION_FIELDS if option.content)
+        return {option.key: option.plain_value(getattr(self, option.attribute)) for option in content}
 
 
 def _is_number(value: object) -> bool:
@@ -515,7 +516,7 @@ def _float_or_none(value: float | None) -> float | None:
 
 
 def _visualization_content(settings: VisualizationSettings) -> dict[str, Any]:
-    return {option.key: option.plain(getattr(settings, option.attribute)) for option in VISUALIZATION_FIELDS}
+    return {option.key: option.plain_value(getattr(settings, option.attribute)) for option in VISUALIZATION_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -530,10 +531,6 @@ SOURCE_GROUP, CONTENT_GROUP, VISUALIZATION_GROUP, RESOURCES_GROUP = (
 )
 
 
-def _unchanged(value: Any) -> Any:
-    return value
-
-
 @dataclass(frozen=True)
 class OptionField:
     """One option: its key (in an options file, or in its nested mapping), the attribute it sets, how a
@@ -546,8 +543,8 @@ class OptionField:
     - ``label``: the option's name in messages and the flag's destination, when it differs from ``key``.
     - ``required``: a text that must be given (checked once every required option is converted);
       ``convert_none``: a given ``None`` is converted instead of leaving the default.
-    - ``content``: the option shapes the ZIP's content and is listed, as ``plain(value)``, in
-      :meth:`ExportOptions.content_options`.
+    - ``content``: the option shapes the ZIP's content and is listed in
+      :meth:`ExportOptions.content_options`, converted by ``plain`` when one is given.
     """
 
     key: str
@@ -562,7 +559,11 @@ class OptionField:
     required: bool = False
     convert_none: bool = False
     content: bool = False
-    plain: Callable[[Any], Any] = _unchanged
+    plain: Callable[[Any], Any] | None = None
+
+    def plain_value(self, value: Any) -> Any:
+        """An attribute value as an options file holds it (for :meth:`ExportOptions.content_options`)."""
+        return value if self.plain is None else self.plain(value)
 
     @property
     def name(self) -> str:
