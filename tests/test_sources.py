@@ -401,7 +401,6 @@ def test_light_query_reads_no_polygons(order_db: Path, monkeypatch: pytest.Monke
     statements = _traced_statements(monkeypatch)
     list_images(parse_db_target(str(order_db)), "p-alpha")
     assert statements and all("polygons" not in s for s in statements)
-    assert all("polygons" not in q for q in sources._LIGHT_QUERY.values())
 
 
 # --------------------------------------------------------------------------------------------------
