@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 #: code -> one-line description (documented in the ZIP's README and export_report.json docs).
 PROBLEM_CODES: dict[str, str] = {
     # polygon JSON (stage "parse")
@@ -69,3 +71,8 @@ class Problem:
     def to_dict(self) -> dict[str, str]:
         """JSON form used in export_report.json."""
         return {"code": self.code, "stage": self.stage, "message": self.message}
+
+
+#: Arrow type of one image's problems in the stage results.
+PROBLEM_TYPE = pa.struct([("code", pa.string()), ("stage", pa.string()), ("message", pa.string())])
+PROBLEMS_TYPE = pa.list_(PROBLEM_TYPE)

@@ -1,8 +1,10 @@
 """COCO instances (``annotations/coco/annotations.json``).
 
 The per-image part (:func:`coco_image_entry`, :func:`coco_annotations_for_image`) is a pure function of
-one image's polygons and size, so it can run in parallel; :class:`CocoWriter` numbers the annotations
-1..M in the order the images are added (index order) and streams the finished file from spools.
+one image's polygons and size, so it can run in parallel. The annotate stage stores each annotation as
+compact JSON without its ``id`` (:data:`PART`); :class:`CocoWriter` numbers the annotations 1..M in the
+order the images are added (index order) by splicing the id in front, and streams the finished file from
+spools.
 
 Masks follow pycocotools' own rasterisation: a hole-free object is stored as a polygon list, an object
 with holes as compressed RLE of the outer ring minus its holes, and ``area`` is always the pixel count
@@ -17,11 +19,15 @@ import tempfile
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from ..geometry import ring_bbox, ring_length
 from ..polygons import ImagePolygons, PolygonObject, Polyline
 from ..problems import Problem
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+
+MEMBER = "annotations/coco/annotations.json"
 
 STAGE = "annotate"
 CELL_CATEGORY_ID = 1
@@ -237,7 +243,13 @@ class JsonLineSpool:
         """Serialize ``value`` and append it."""
         if self._file is None:
             raise ValueError("spool is closed")
-        self._file.write(dumps_compact(value).encode("utf-8") + b"\n")
+        self.append_encoded(dumps_compact(value).encode("utf-8"))
+
+    def append_encoded(self, data: bytes) -> None:
+        """Append one value already serialised as compact JSON (no newline inside)."""
+        if self._file is None:
+            raise ValueError("spool is closed")
+        self._file.write(bytes(data) + b"\n")
         self.count += 1
 
     def write_array_items(self, out: IO[Any]) -> None:
@@ -288,17 +300,32 @@ class CocoWriter:
         """Annotations added so far (the last id given)."""
         return self._annotations.count
 
-    def add_image(self, image_entry: dict, annotations: list[dict]) -> None:
-        """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
+    def _add_image_entry(self, image_entry: dict) -> None:
         image_id = int(image_entry["id"])
         if self._last_image_id is not None and image_id <= self._last_image_id:
             raise ValueError(f"images must be added in increasing id order: {image_id} after {self._last_image_id}")
         self._last_image_id = image_id
         self._images.append(image_entry)
+
+    def add_image(self, image_entry: dict, annotations: list[dict]) -> None:
+        """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
+        self._add_image_entry(image_entry)
         for ann in annotations:
             if ann.get("category_id") == POLYLINE_CATEGORY_ID:
                 self.has_polylines = True
             self._annotations.append({"id": self._annotations.count + 1, **ann})
+
+    def add_encoded(self, image_entry: dict, annotations: list[dict]) -> None:
+        """Like :meth:`add_image`, with annotations as :data:`PART` values (``category_id``, ``annotation``:
+        compact JSON of the annotation without ``id``): the id is spliced in front without parsing."""
+        self._add_image_entry(image_entry)
+        for item in annotations:
+            encoded = bytes(item["annotation"])
+            if not encoded.startswith(b"{") or encoded == b"{}":
+                raise ValueError("an encoded COCO annotation must be a non-empty JSON object")
+            if item["category_id"] == POLYLINE_CATEGORY_ID:
+                self.has_polylines = True
+            self._annotations.append_encoded(b'{"id":%d,' % (self._annotations.count + 1) + encoded[1:])
 
     def categories(self) -> list[dict]:
         """``cell``, plus ``polyline`` when any polyline annotation was added."""
@@ -322,3 +349,86 @@ class CocoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------ the format
+
+
+def _image_annotations(image: ImageInput) -> tuple[list[dict] | None, list[Problem]]:
+    """The per-image part: each annotation's category and compact JSON (no ``id``); none for an unknown size."""
+    if image.width <= 0 or image.height <= 0:
+        return None, []
+    annotations, problems = coco_annotations_for_image(image.index, image.parsed, image.width, image.height)
+    encoded = [
+        {"category_id": int(ann["category_id"]), "annotation": dumps_compact(ann).encode("utf-8")}
+        for ann in annotations
+    ]
+    return encoded, problems
+
+
+PART = ImagePart(
+    stage="annotate",
+    column="coco_annotations",
+    type=pa.list_(pa.struct([("category_id", pa.int64()), ("annotation", pa.binary())])),
+    compute=_image_annotations,
+    label="COCO",
+)
+
+
+class CocoFormatWriter:
+    """Writer of :data:`MEMBER`: every image, its annotations numbered in index order."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        self.ctx = ctx
+        self.coco = CocoWriter(ctx.coco_info, spool_dir=str(ctx.spool))
+
+    def add(self, row: dict) -> None:
+        """List the image and its annotations."""
+        entry = coco_image_entry(row["index"], row["file_name"], row["width"], row["height"])
+        self.coco.add_encoded(entry, row["coco_annotations"] or [])
+
+    def finish(self, summary: Any) -> None:
+        """Write the COCO file."""
+        self.ctx.spool_member(MEMBER, self.coco.write)
+        self.coco.close()
+
+    def abort(self) -> None:
+        """Remove the spools."""
+        self.coco.close()
+
+
+def _readme_loading(summary: Any) -> list[str]:
+    return [
+        "### COCO (pycocotools)",
+        "",
+        "```python",
+        "from pycocotools.coco import COCO",
+        "",
+        f'coco = COCO("{MEMBER}")',
+        "for image in coco.loadImgs(coco.getImgIds()):",
+        '    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]], catIds=[1])):',
+        "        mask = coco.annToMask(ann)  # uint8 array (height, width); holes are 0",
+        '        number = ann["attributes"]["number"]  # the number drawn on the visualization',
+        "```",
+        "",
+        "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
+        "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
+        "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
+        "outer ring, `attributes` holds `number`, `confidence`, `holes` and `complete`. Category 2 "
+        "`polyline` (present only when there are polylines) holds open curves as zero-area rings with "
+        "`area` 0 and `attributes.length` in pixels; they decode to empty masks.",
+        "",
+    ]
+
+
+FORMAT = OutputFormat(
+    name="coco",
+    chosen_by="annotations",
+    choice="coco",
+    open_writer=CocoFormatWriter,
+    members=(MEMBER,),
+    part=PART,
+    describe=lambda summary: {MEMBER: "COCO instances: images, categories, one annotation per object and polyline"},
+    readme=(ReadmeSection("loading", 10, _readme_loading),),
+    option_rank=0,
+)

@@ -1,0 +1,55 @@
+"""The original image files, byte for byte: ``images/<file name>``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from .base import ImagePart, OutputFormat, WriterContext
+
+FOLDER = "images/"
+
+#: Filled by the copy stage: the file's bytes (null when not read or not kept).
+PART = ImagePart(stage="copy", column="original", type=pa.binary())
+
+
+def image_member(file_name: str) -> str:
+    """ZIP path of an original image."""
+    return f"{FOLDER}{file_name}"
+
+
+class OriginalsWriter:
+    """Stores each image's original file under ``images/``."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        self.ctx = ctx
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Store the original when it was read."""
+        if row["original"] is not None:
+            self.ctx.counts["images_with_files"] += 1
+            self.ctx.zip.add_bytes(image_member(row["file_name"]), row["original"])
+
+    def finish(self, summary: Any) -> None:
+        """Nothing after the last image."""
+
+    def abort(self) -> None:
+        """Nothing to remove."""
+
+
+def _describe(summary: Any) -> dict[str, str]:
+    return {FOLDER: "the original image files, byte for byte" + summary.files_note("images_with_files")}
+
+
+FORMAT = OutputFormat(
+    name="originals",
+    chosen_by="originals",
+    open_writer=OriginalsWriter,
+    folder=FOLDER,
+    folder_count="images_with_files",
+    part=PART,
+    describe=_describe,
+    counts=("images_with_files",),
+)
