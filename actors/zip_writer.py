@@ -61,8 +61,8 @@ class AssemblyPlan:
 
 #: Export totals, in the order they are reported.
 COUNT_NAMES = (
-    "images", "objects", "polylines_not_in_yolo", "problems", "images_with_files", "polylines", "metric_rows",
-    "visualizations",
+    "images", "objects", "polylines_not_in_yolo", "polylines_not_in_coco", "problems", "images_with_files",
+    "polylines", "metric_rows", "visualizations",
 )  # fmt: skip
 
 _BLOB_COLUMNS = ("original", "visualization")

@@ -22,6 +22,7 @@ PROBLEM_CODES: dict[str, str] = {
     "hole_parent_invalid": "a hole's parent_id names no valid external polygon; ownership was decided by containment",
     "hole_orphan": "a hole lies inside no external polygon; it is kept in the JSON export only",
     "polyline_not_in_yolo": "the image has polylines, which YOLO-seg cannot hold; they were left out of its labels",
+    "polyline_not_in_coco": "the image has polylines, which are not instance masks; they were left out of COCO",
     # image size and files (stages "read", "copy", "annotate")
     "image_size_unknown": "no width/height in the database and the image could not be decoded; no masks or labels",
     "image_size_mismatch": "the size stored in the database differs from the decoded image; the database wins",

@@ -219,7 +219,9 @@ def build_report() -> ExportReportWriter:
 def test_report_schema_and_ordering() -> None:
     writer = build_report()
     buffer = io.BytesIO()
-    returned = writer.write(buffer, {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "problems": 999})
+    returned = writer.write(
+        buffer, {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "polylines_not_in_coco": 2, "problems": 999}
+    )
     report = json.loads(buffer.getvalue())
     assert report == returned
     assert list(report) == ["images", "unknown_image_ids", "notes", "counts", "problem_codes"]
@@ -235,7 +237,9 @@ def test_report_schema_and_ordering() -> None:
         {"code": "scale_pixels", "message": "images have different pixelSizeUm"},
         {"code": "unknown_image_ids", "message": "2 ids were not exported"},
     ]
-    assert report["counts"] == {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "problems": 4}
+    assert report["counts"] == {
+        "images": 9, "objects": 12, "polylines_not_in_yolo": 1, "polylines_not_in_coco": 2, "problems": 4,
+    }  # fmt: skip
     assert report["problem_codes"] == PROBLEM_CODES
     assert writer.problem_count == 4 and writer.image_count == 2
 
@@ -262,7 +266,9 @@ def test_report_bytes_independent_of_add_order() -> None:
 def test_empty_report() -> None:
     report = json.loads(_report_bytes(ExportReportWriter(), {}))
     assert report["images"] == [] and report["unknown_image_ids"] == [] and report["notes"] == []
-    assert report["counts"] == {"images": 0, "objects": 0, "polylines_not_in_yolo": 0, "problems": 0}
+    assert report["counts"] == {
+        "images": 0, "objects": 0, "polylines_not_in_yolo": 0, "polylines_not_in_coco": 0, "problems": 0,
+    }  # fmt: skip
 
 
 def test_problem_rejects_unknown_code() -> None:

@@ -49,15 +49,15 @@ def test_spliced_annotation_ids_give_the_bytes_of_numbered_dicts():
     for index, made in per_image.items():
         entry = coco_image_entry(index, f"{index}.png", 20, 12)
         as_dicts.add_image(entry, made)
-        encoded = [{"category_id": a["category_id"], "annotation": dumps_compact(a).encode()} for a in made]
+        encoded = [dumps_compact(a).encode() for a in made]
         spliced.add_encoded(entry, encoded)
     first, second = io.BytesIO(), io.BytesIO()
     as_dicts.write(first)
     spliced.write(second)
     assert first.getvalue() == second.getvalue()
     document = json.loads(second.getvalue())
-    assert [a["id"] for a in document["annotations"]] == [1, 2, 3, 4, 5, 6]
-    assert [c["id"] for c in document["categories"]] == [1, 2]
+    assert [a["id"] for a in document["annotations"]] == [1, 2, 3, 4]
+    assert [c["id"] for c in document["categories"]] == [1]
 
 
 # ------------------------------------------------------------------------------- an added format

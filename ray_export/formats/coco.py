@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from ..geometry import ring_bbox, ring_length
-from ..polygons import ImagePolygons, PolygonObject, Polyline
+from ..geometry import ring_bbox
+from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
 from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
 
@@ -31,9 +31,7 @@ MEMBER = "annotations/coco/annotations.json"
 
 STAGE = "annotate"
 CELL_CATEGORY_ID = 1
-POLYLINE_CATEGORY_ID = 2
 CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"}
-POLYLINE_CATEGORY = {"id": POLYLINE_CATEGORY_ID, "name": "polyline", "supercategory": "polyline"}
 
 #: Rings reaching further outside the image than its own size (at least this many pixels) are clipped
 #: to that grown box before rasterising: pixels of the image are unaffected, and pycocotools' work (which
@@ -172,51 +170,35 @@ def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) 
     }
 
 
-def _polyline_annotation(index: int, line: Polyline, width: int, height: int) -> dict:
-    there_and_back = np.concatenate([line.points, line.points[::-1]], axis=0)
-    ring = _rasterisable_ring(there_and_back, width, height)
-    segmentation: Any = [_flat(ring)]
-    if len(ring) < 3:  # wholly outside the grown image box: an empty mask that annToMask still decodes
-        empty = _empty_rle(width, height)["counts"].decode("ascii")
-        segmentation = {"size": [int(height), int(width)], "counts": empty}
-    return {
-        "image_id": int(index),
-        "category_id": POLYLINE_CATEGORY_ID,
-        "segmentation": segmentation,
-        "area": 0.0,
-        "bbox": list(ring_bbox(line.points)),
-        "iscrowd": 0,
-        "attributes": {
-            "number": int(line.number),
-            "length": ring_length(line.points, closed=False),
-            "confidence": line.confidence,
-            "part_class": line.part_class,
-            "instance_id": line.instance_id,
-        },
-    }
-
-
 def _failure(kind: str, number: int, exc: BaseException) -> Problem:
     message = f"COCO: {kind} {number} could not be converted: {type(exc).__name__}: {exc}"
     return Problem("annotation_failed", STAGE, message[:300])
 
 
+def polylines_left_out(parsed: ImagePolygons) -> list[Problem]:
+    """The ``polyline_not_in_coco`` problem of an image with polylines (none without)."""
+    if not parsed.polylines:
+        return []
+    count = len(parsed.polylines)
+    return [Problem("polyline_not_in_coco", STAGE, f"{count} polyline(s) not in the COCO annotations")]
+
+
 def coco_annotations_for_image(
     index: int, parsed: ImagePolygons, width: int, height: int
 ) -> tuple[list[dict], list[Problem]]:
-    """COCO annotations of one image, without ``id``: closed objects by number, then polylines by number.
+    """COCO annotations of one image's closed objects by number, without ``id``.
 
-    With an unknown image size (0 or missing) no annotation can be rasterised: none are returned and one
+    Polylines are not instance masks and are left out (see :func:`polylines_left_out`). With an unknown
+    image size (0 or missing) no annotation can be rasterised: none are returned and one
     ``annotation_failed`` problem says so. A single object that fails is reported and left out.
     """
     width = int(width or 0)
     height = int(height or 0)
-    if not parsed.objects and not parsed.polylines:
-        return [], []
+    if not parsed.objects:
+        return [], polylines_left_out(parsed)
     if width <= 0 or height <= 0:
-        count = len(parsed.objects) + len(parsed.polylines)
-        message = f"COCO: image size unknown, {count} object(s)/polyline(s) left out of the annotations"
-        return [], [Problem("annotation_failed", STAGE, message)]
+        message = f"COCO: image size unknown, {len(parsed.objects)} object(s) left out of the annotations"
+        return [], [Problem("annotation_failed", STAGE, message), *polylines_left_out(parsed)]
     annotations: list[dict] = []
     problems: list[Problem] = []
     for obj in parsed.objects:
@@ -224,12 +206,7 @@ def coco_annotations_for_image(
             annotations.append(_object_annotation(index, obj, width, height))
         except Exception as exc:
             problems.append(_failure("object", obj.number, exc))
-    for line in parsed.polylines:
-        try:
-            annotations.append(_polyline_annotation(index, line, width, height))
-        except Exception as exc:
-            problems.append(_failure("polyline", line.number, exc))
-    return annotations, problems
+    return annotations, problems + polylines_left_out(parsed)
 
 
 class JsonLineSpool:
@@ -287,7 +264,6 @@ class CocoWriter:
         self.info = info
         self._images = JsonLineSpool(spool_dir)
         self._annotations = JsonLineSpool(spool_dir)
-        self.has_polylines = False
         self._last_image_id: int | None = None
 
     @property
@@ -311,25 +287,21 @@ class CocoWriter:
         """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
         self._add_image_entry(image_entry)
         for ann in annotations:
-            if ann.get("category_id") == POLYLINE_CATEGORY_ID:
-                self.has_polylines = True
             self._annotations.append({"id": self._annotations.count + 1, **ann})
 
-    def add_encoded(self, image_entry: dict, annotations: list[dict]) -> None:
-        """Like :meth:`add_image`, with annotations as :data:`PART` values (``category_id``, ``annotation``:
-        compact JSON of the annotation without ``id``): the id is spliced in front without parsing."""
+    def add_encoded(self, image_entry: dict, annotations: list[bytes]) -> None:
+        """Like :meth:`add_image`, with annotations as :data:`PART` values (compact JSON of each annotation
+        without ``id``): the id is spliced in front without parsing."""
         self._add_image_entry(image_entry)
         for item in annotations:
-            encoded = bytes(item["annotation"])
+            encoded = bytes(item)
             if not encoded.startswith(b"{") or encoded == b"{}":
                 raise ValueError("an encoded COCO annotation must be a non-empty JSON object")
-            if item["category_id"] == POLYLINE_CATEGORY_ID:
-                self.has_polylines = True
             self._annotations.append_encoded(b'{"id":%d,' % (self._annotations.count + 1) + encoded[1:])
 
     def categories(self) -> list[dict]:
-        """``cell``, plus ``polyline`` when any polyline annotation was added."""
-        return [dict(CELL_CATEGORY), dict(POLYLINE_CATEGORY)] if self.has_polylines else [dict(CELL_CATEGORY)]
+        """The one category ``cell``."""
+        return [dict(CELL_CATEGORY)]
 
     def write(self, fileobj: IO[Any]) -> None:
         """Write the complete JSON document to a binary (UTF-8) or text file object."""
@@ -354,22 +326,18 @@ class CocoWriter:
 # ------------------------------------------------------------------------------------ the format
 
 
-def _image_annotations(image: ImageInput) -> tuple[list[dict] | None, list[Problem]]:
-    """The per-image part: each annotation's category and compact JSON (no ``id``); none for an unknown size."""
+def _image_annotations(image: ImageInput) -> tuple[list[bytes] | None, list[Problem]]:
+    """The per-image part: each annotation as compact JSON without ``id``; none for an unknown size."""
     if image.width <= 0 or image.height <= 0:
-        return None, []
+        return None, polylines_left_out(image.parsed)
     annotations, problems = coco_annotations_for_image(image.index, image.parsed, image.width, image.height)
-    encoded = [
-        {"category_id": int(ann["category_id"]), "annotation": dumps_compact(ann).encode("utf-8")}
-        for ann in annotations
-    ]
-    return encoded, problems
+    return [dumps_compact(ann).encode("utf-8") for ann in annotations], problems
 
 
 PART = ImagePart(
     stage="annotate",
     column="coco_annotations",
-    type=pa.list_(pa.struct([("category_id", pa.int64()), ("annotation", pa.binary())])),
+    type=pa.list_(pa.binary()),
     compute=_image_annotations,
     label="COCO",
 )
@@ -386,6 +354,7 @@ class CocoFormatWriter:
         """List the image and its annotations."""
         entry = coco_image_entry(row["index"], row["file_name"], row["width"], row["height"])
         self.coco.add_encoded(entry, row["coco_annotations"] or [])
+        self.ctx.counts["polylines_not_in_coco"] += int(row["n_polylines"])
 
     def finish(self, summary: Any) -> None:
         """Write the COCO file."""
@@ -414,9 +383,9 @@ def _readme_loading(summary: Any) -> list[str]:
         "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
         "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
         "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
-        "outer ring, `attributes` holds `number`, `confidence`, `holes` and `complete`. Category 2 "
-        "`polyline` (present only when there are polylines) holds open curves as zero-area rings with "
-        "`area` 0 and `attributes.length` in pixels; they decode to empty masks.",
+        "outer ring, `attributes` holds `number`, `confidence`, `holes` and "
+        "`complete`. Polylines are open curves, not instance masks: they are not in "
+        "the COCO file (only in the JSON export) and are counted in the report (`polylines_not_in_coco`).",
         "",
     ]
 
@@ -428,7 +397,8 @@ FORMAT = OutputFormat(
     open_writer=CocoFormatWriter,
     members=(MEMBER,),
     part=PART,
-    describe=lambda summary: {MEMBER: "COCO instances: images, categories, one annotation per object and polyline"},
+    describe=lambda summary: {MEMBER: "COCO instances: images, category `cell`, one annotation per closed object"},
     readme=(ReadmeSection("loading", 10, _readme_loading),),
+    counts=("polylines_not_in_coco",),
     option_rank=0,
 )
