@@ -191,7 +191,7 @@ def test_coco_holes_are_empty_and_attributes(tmp_path, first_image):
     disc_mask = coco.annToMask(coco.anns[disc["id"]])
     assert disc_mask[75, 255] == 0  # hole centre
     assert disc_mask[80, 200] == 1  # ring between hole and outer edge
-    assert disc["attributes"] == {"number": 2, "confidence": 0.8, "holes": 1, "complete": True}
+    assert disc["attributes"] == {"number": 2, "model_confidence": 0.8, "holes": 1, "complete": True}
     assert disc["image_id"] == 3
 
     rect = anns[(1, 3)]
@@ -206,7 +206,7 @@ def test_coco_holes_are_empty_and_attributes(tmp_path, first_image):
     first = anns[(1, 1)]
     assert first["segmentation"] == [[20.0, 20.0, 120.0, 25.0, 110.0, 100.0, 60.0, 120.0, 15.0, 90.0]]
     assert first["bbox"] == [15.0, 20.0, 105.0, 100.0]
-    assert first["attributes"] == {"number": 1, "confidence": 0.9, "holes": 0, "complete": True}
+    assert first["attributes"] == {"number": 1, "model_confidence": 0.9, "holes": 0, "complete": True}
 
     cut = anns[(1, 4)]
     assert cut["attributes"]["complete"] is False
@@ -466,3 +466,14 @@ def test_json_export_same_input_same_bytes(tmp_path):
     two = _write_json_export(tmp_path, [(1, "i", "a.png", parse_polygons(_first_image_json()))])
     assert one == two
     assert b"NaN" not in one
+
+
+#: Fields of common loaders' label classes (FiftyOne's Detection; supervision and Datumaro use a subset).
+LOADER_LABEL_FIELDS = {"label", "bounding_box", "mask", "confidence", "index", "attributes", "tags", "id", "class_id"}
+
+
+def test_coco_attribute_names_collide_with_no_loader_label_field(first_image, second_image):
+    for index, parsed in ((1, first_image), (2, second_image)):
+        for ann in coco_annotations_for_image(index, parsed, WIDTH, HEIGHT)[0]:
+            assert set(ann["attributes"]) == {"number", "model_confidence", "holes", "complete"}
+            assert not set(ann["attributes"]) & LOADER_LABEL_FIELDS

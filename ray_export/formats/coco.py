@@ -163,7 +163,7 @@ def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) 
         "iscrowd": 0,
         "attributes": {
             "number": int(obj.number),
-            "confidence": obj.confidence,
+            "model_confidence": obj.confidence,
             "holes": len(obj.holes),
             "complete": bool(obj.complete),
         },
@@ -383,8 +383,9 @@ def _readme_loading(summary: Any) -> list[str]:
         "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
         "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
         "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
-        "outer ring, `attributes` holds `number`, `confidence`, `holes` and "
-        "`complete`. Polylines are open curves, not instance masks: they are not in "
+        "outer ring, `attributes` holds `number`, `model_confidence` (the segmentation "
+        "model's confidence, or null; named so that it collides with no loader's own `confidence` field), "
+        "`holes` and `complete`. Polylines are open curves, not instance masks: they are not in "
         "the COCO file (only in the JSON export) and are counted in the report (`polylines_not_in_coco`).",
         "",
     ]
