@@ -313,3 +313,10 @@ def test_report_note_forms() -> None:
         {"code": "scale_pixels", "message": NOTE_CODES["scale_pixels"]},
         {"code": "custom", "message": "text"},
     ]
+
+
+def test_readme_loads_coco_from_the_standard_layout() -> None:
+    text = readme_markdown(make_summary())
+    assert COCO_MEMBER == "annotations/instances_default.json"
+    assert f'coco = COCO("{COCO_MEMBER}")' in text and f"| `{COCO_MEMBER}` |" in text
+    assert "annotations/instances_<subset>.json" in text and "annotations/coco/" not in text

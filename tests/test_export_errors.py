@@ -85,7 +85,7 @@ def test_broken_images_are_reported_and_the_rest_exported(broken_project, tmp_pa
         assert "images/missing.png" not in zf.namelist()
         assert "visualizations/good_viz.png" in zf.namelist()
         report = json.loads(zf.read("documentation/export_report.json"))
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
     codes = {img["image_name"]: {p["code"] for p in img["problems"]} for img in report["images"]}
     assert "file_missing" in codes["missing.png"]
     assert "image_decode_failed" in codes["corrupt.png"]
@@ -221,7 +221,7 @@ def test_selected_image_ids_with_unknown_ones(broken_project, tmp_path):
     assert result.counts["images"] == 2
     with zipfile.ZipFile(out) as zf:
         report = json.loads(zf.read("documentation/export_report.json"))
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         assert zf.read("images/good.png") == good
     assert report["unknown_image_ids"] == ["nope"]
     assert [n["code"] for n in report["notes"]] == ["scale_pixels", "unknown_image_ids"]

@@ -141,7 +141,7 @@ def test_a_registered_format_reaches_the_zip_its_readme_and_metadata(tmp_path: P
         assert zf.read(COUNTS_MEMBER) == b"file_name,objects\na.png,2\nb.png,0\n"
         readme = zf.read("documentation/README.md").decode()
         metadata = json.loads(zf.read("documentation/metadata.json"))
-    assert names.index(COUNTS_MEMBER) == names.index("annotations/coco/annotations.json") + 1
+    assert names.index(COUNTS_MEMBER) == names.index("annotations/instances_default.json") + 1
     assert f"| `{COUNTS_MEMBER}` | object count of every image |" in readme
     assert "### Object counts" in readme and "| object_count_lines | 2 |" in readme
     assert metadata["options"]["annotations"] == ["coco", "object_counts"]

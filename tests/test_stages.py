@@ -214,7 +214,7 @@ def test_assembler_reorders_and_writes_in_index_order(tmp_path):
         names = zf.namelist()
         assert names[:4] == ["images/f1.png", "labels/f1.txt", "images/f2.png", "labels/f2.txt"]
         assert names[-1] == "documentation/export_report.json"
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         assert [i["id"] for i in coco["images"]] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip"]  # spools removed
 

@@ -1,4 +1,4 @@
-"""COCO instances (``annotations/coco/annotations.json``).
+"""COCO instances (``annotations/instances_default.json``).
 
 The per-image part (:func:`coco_image_entry`, :func:`coco_annotations_for_image`) is a pure function of
 one image's polygons and size, so it can run in parallel. The annotate stage stores each annotation as
@@ -27,7 +27,7 @@ from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
 from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
 
-MEMBER = "annotations/coco/annotations.json"
+MEMBER = "annotations/instances_default.json"
 
 STAGE = "annotate"
 CELL_CATEGORY_ID = 1
@@ -380,6 +380,9 @@ def _readme_loading(summary: Any) -> list[str]:
         '        number = ann["attributes"]["number"]  # the number drawn on the visualization',
         "```",
         "",
+        f"`{MEMBER}` follows the COCO dataset layout (`images/` beside `annotations/instances_<subset>.json`, "
+        "subset `default`), so the unzipped folder itself is a COCO dataset for loaders that look for that "
+        "layout (Datumaro, CVAT, FiftyOne). "
         "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
         "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
         "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
