@@ -111,8 +111,8 @@ def assign_member_names(names: Sequence[str]) -> list[MemberName]:
     """Sanitize ``names`` (in export order) and make their stems unique.
 
     A stem whose key (:func:`stem_key`) an earlier member already uses takes ``stem_2``, ``stem_3``, ...:
-    the first candidate whose key is not used yet. ``renamed`` is true when sanitizing changed the name
-    (the ``_N`` suffix alone does not count).
+    the first candidate whose key is not used yet. ``renamed`` is true when the member name differs from
+    the original name, whether sanitizing or the ``_N`` suffix changed it.
     """
     used: set[str] = set()
     members: list[MemberName] = []
@@ -133,7 +133,7 @@ def assign_member_names(names: Sequence[str]) -> list[MemberName]:
                 file_name=f"{stem}{extension}",
                 stem=stem,
                 extension=extension,
-                renamed=sanitized != original,
+                renamed=f"{stem}{extension}" != original,
             )
         )
     return members

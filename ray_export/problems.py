@@ -31,7 +31,8 @@ PROBLEM_CODES: dict[str, str] = {
     "path_outside_root": "originalPath escapes the images root (directly or through a symlink); not read",
     "image_decode_failed": "the original file could not be decoded as an image",
     # naming
-    "member_renamed": "the file name was changed to make a valid ZIP member name",
+    "member_renamed": "the file name was changed (made safe, or given a `_N` suffix to keep stems unique); "
+    "the message names both",
     # metrics and rendering
     "metric_undefined": "a metric is undefined for this object (zero area, perimeter or Feret width); left empty",
     "annotation_failed": "an object could not be converted to an annotation and was left out of it",
