@@ -102,6 +102,7 @@ class ExportAssembler:
             viz_extension=plan.viz_extension,
             coco_info=plan.coco_info,
             counts=self.counts,
+            selection=plan.selection(),
             unknown_image_ids=tuple(plan.unknown_image_ids),
             notes=tuple(plan.notes),
         )

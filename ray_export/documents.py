@@ -43,8 +43,10 @@ def aggregated_member_names(selection: Selection) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 COUNT_DESCRIPTIONS: dict[str, str] = {
-    "images": "selected images (rows in COCO `images` and in the JSON export)",
-    "images_with_files": "original files read and stored under `images/`",
+    "images": "selected images (rows in the JSON export)",
+    "images_with_files": "original files read, decodable and stored under `images/`",
+    "unreadable_files": "original files read but not decodable, stored under `unreadable/`",
+    "coco_images": "images listed in COCO `images`",
     "visualizations": "visualizations drawn",
     "objects": "closed objects (external polygons), incomplete ones included",
     "incomplete_objects": "objects marked `complete: false` (no metrics row)",
@@ -120,7 +122,11 @@ class ExportSummary:
 def _members_from_kinds(kinds: Mapping[str, Any], counts: Mapping[str, int]) -> tuple[str, ...]:
     """Member list from include flags and formats; a folder whose count is known to be 0 is left out."""
     formats = registry.selected_formats(Selection.from_kinds(kinds))
-    folders = [fmt.folder for fmt in formats if fmt.folder and int(counts.get(fmt.folder_count, 1) or 0) > 0]
+    folders = [
+        fmt.folder
+        for fmt in formats
+        if fmt.folder and int(counts.get(fmt.folder_count, int(fmt.folder_expected)) or 0) > 0
+    ]
     return tuple(folders + [member for fmt in formats for member in fmt.members])
 
 
@@ -482,8 +488,10 @@ def _report_section() -> list[str]:
         "```",
         "",
         "Only images with at least one problem are listed, in index order. A problem never stops the "
-        "export: the image keeps its index and stays in COCO and the JSON export with whatever could be "
-        "read. Paths in messages are relative to the images root. Problem codes:",
+        "export: the image keeps its index and stays in the JSON export with whatever could be read. When "
+        "the originals are exported, an image whose file is missing (`file_missing`), outside the images "
+        "root (`path_outside_root`), unreadable (`file_unreadable`) or not decodable (`image_decode_failed`) "
+        "is left out of COCO and `labels/`. Paths in messages are relative to the images root. Problem codes:",
         "",
         "| code | meaning |",
         "|---|---|",

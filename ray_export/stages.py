@@ -14,15 +14,20 @@ seg_width, seg_height, polygons``.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import posixpath
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+from PIL import Image
 
 from .formats.base import STAGE_ORDER, ImageInput, OutputFormat, Selection
 from .formats.metrics_files import PART as METRIC_ROWS_PART
@@ -132,19 +137,47 @@ def _size_or_none(value: Any) -> int | None:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
-    """Read each original once (``original`` bytes) and settle the image size (``width``, ``height``).
+#: How the copy stage checks that a file it read decodes (``decodable``): not at all, by its header
+#: (a real decode follows in the visualize stage, and when the header cannot be read), or by a decode.
+CHECKS = ("none", "header", "decode")
+
+
+def image_decodes(data: bytes) -> bool:
+    """Whether OpenCV (reduced-size decode, cheap for JPEG) or Pillow (full load) decodes the data."""
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if decoded is not None and decoded.size > 0:
+            return True
+    except cv2.error:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                return img.width > 0 and img.height > 0
+    except Exception:
+        return False
+
+
+def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str = "none") -> pa.Table:
+    """Read each original once (``original`` bytes), settle the image size (``width``, ``height``) and
+    whether the file decodes (``decodable``; null when not read or ``check`` is ``none``).
 
     Size: segmentations.imageWidth/Height, else images.width/height, else the file's header;
     unknown -> 0 x 0 and an ``image_size_unknown`` problem. Files are read when ``read_files`` is set
-    (originals or visualizations requested) or when the size is only in the file.
+    (originals or visualizations requested) or when the size is only in the file. A file found not to
+    decode gets an ``image_decode_failed`` problem.
     """
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}")
     n = table.num_rows
     seg_widths, seg_heights = _values(table, "seg_width"), _values(table, "seg_height")
     db_widths, db_heights = _values(table, "db_width"), _values(table, "db_height")
     paths = _values(table, "original_path")
     fs, base, is_local = ImagesRoot(images_root).open_filesystem()
     originals: list[bytes | None] = []
+    decodable: list[bool | None] = []
     widths: list[int] = []
     heights: list[int] = []
     new_problems: list[list[Problem]] = []
@@ -185,7 +218,14 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
                         f"database says {stored[0]}x{stored[1]}, the file is {header[0]}x{header[1]}",
                     )
                 )
+        decodes: bool | None = None
+        if data is not None and check != "none":
+            decodes = (check == "header" and header is not None) or image_decodes(data)
+            if not decodes:
+                message = "the file is not a decodable image; it is kept under unreadable/, not in COCO or YOLO"
+                found.append(Problem("image_decode_failed", "copy", message))
         originals.append(data if read_files else None)
+        decodable.append(decodes)
         widths.append(size[0])
         heights.append(size[1])
         new_problems.append(found)
@@ -197,6 +237,7 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
             ORIGINAL_PART.column: pa.array(originals, type=ORIGINAL_PART.type),
             "width": pa.array(widths, type=pa.int64()),
             "height": pa.array(heights, type=pa.int64()),
+            "decodable": pa.array(decodable, type=pa.bool_()),
             "problems": problems,
         },
     )
@@ -206,26 +247,36 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
 
 
 def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_originals: bool) -> pa.Table:
-    """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed)."""
+    """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed).
+
+    An image already known not to decode is skipped; one that fails to decode here is marked so in
+    ``decodable``.
+    """
     originals = _values(table, ORIGINAL_PART.column)
     texts = _polygon_texts(table)
+    known = _values(table, "decodable") if "decodable" in table.column_names else [None] * table.num_rows
     out: list[bytes | None] = []
+    decodable: list[bool | None] = []
     new_problems: list[list[Problem]] = []
-    for data, text in zip(originals, texts, strict=True):
+    for data, text, decodes in zip(originals, texts, known, strict=True):
         found: list[Problem] = []
         encoded = None
-        if data is not None:
+        if data is not None and decodes is not False:
             parsed = _parse(text, "visualize")  # its problems are reported once, by the annotate stage
             try:
                 encoded, _size, found = render_visualization(data, parsed, settings)
             except Exception as exc:  # a renderer bug must not sink the export
                 found = [Problem("render_failed", "visualize", f"{type(exc).__name__}: {exc}")]
+            if any(p.code == "image_decode_failed" for p in found):
+                decodes = False
         out.append(encoded)
+        decodable.append(decodes)
         new_problems.append(found)
     table = _replace_columns(
         table,
         {
             VISUALIZATION_PART.column: pa.array(out, type=VISUALIZATION_PART.type),
+            "decodable": pa.array(decodable, type=pa.bool_()),
             "problems": _problems_array(_problem_lists(table), new_problems),
         },
     )
@@ -351,7 +402,12 @@ def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float
     arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
         "copy": (
             copy_stage,
-            {"images_root": images_root, "read_files": options.include_originals or options.include_visualizations},
+            {
+                "images_root": images_root,
+                "read_files": options.include_originals or options.include_visualizations,
+                # with originals exported, COCO and YOLO reference only files that decode
+                "check": ("header" if "visualize" in needed else "decode") if options.include_originals else "none",
+            },
         ),
         "visualize": (
             visualize_stage,

@@ -190,8 +190,8 @@ def _result_rows(indices: list[int], drop: str = "") -> pa.Table:
     """Results of images without objects, in the result schema of ``_plan``'s formats."""
     rows = [
         {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "stem": f"f{i}", "width": 1, "height": 1,
-         "n_objects": 0, "n_polylines": 0, "problems": [], "original": b"IMG%d" % i, "visualization": None,
-         "coco_annotations": [], "json_entry": json.dumps(
+         "decodable": True, "n_objects": 0, "n_polylines": 0, "problems": [], "original": b"IMG%d" % i,
+         "visualization": None, "coco_annotations": [], "json_entry": json.dumps(
              {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "width": 1, "height": 1, "objects": [],
               "polylines": [], "orphan_holes": []}).encode(), "yolo_label": "", "metric_rows": []}
         for i in indices
@@ -342,7 +342,7 @@ def test_stage_chain_follows_the_selected_formats(root):
     everything = build_options(None, {"db": "x.db", "project": "p"})
     chain = stages.stage_chain(everything, str(root), 0.5)
     assert [step.name for step in chain] == ["copy", "visualize", "annotate", "metrics"]
-    assert chain[0].kwargs == {"images_root": str(root), "read_files": True}
+    assert chain[0].kwargs == {"images_root": str(root), "read_files": True, "check": "header"}
     assert chain[2].kwargs == {"formats": ("coco", "yolo", "json")}
     assert chain[3].kwargs == {"scale_um_per_px": 0.5}
     lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
@@ -350,6 +350,9 @@ def test_stage_chain_follows_the_selected_formats(root):
     chain = stages.stage_chain(lean, str(root), None)
     assert [step.name for step in chain] == ["copy", "annotate"]
     assert chain[0].kwargs["read_files"] is False and chain[1].kwargs == {"formats": ("json",)}
+    assert chain[0].kwargs["check"] == "none"
+    no_drawings = build_options(None, {"db": "x.db", "project": "p", "visualizations": False})
+    assert stages.stage_chain(no_drawings, str(root), None)[0].kwargs["check"] == "decode"
 
 
 def test_chained_stages_match_the_writer_schema(root):

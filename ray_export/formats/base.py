@@ -104,9 +104,16 @@ class WriterContext:
     coco_info: dict
     #: export totals; writers add to the counts they own (see ``OutputFormat.counts``)
     counts: dict[str, int]
+    #: the content options that chose the formats
+    selection: Selection = field(default_factory=Selection)
     #: export-level data for the report: requested ids that are unknown, notes
     unknown_image_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+    def in_dataset(self, row: Mapping[str, Any]) -> bool:
+        """Whether the dataset formats (COCO, YOLO) reference this image: with originals exported only
+        when its file is stored under ``images/`` (read and decodable)."""
+        return bool(row["decodable"]) if self.selection.originals else True
 
     def spool_member(self, member: str, write: Callable[[Any], None]) -> None:
         """Write ``member`` through a spool file (``write`` gets a binary file object) and add it."""
@@ -180,6 +187,8 @@ class OutputFormat:
     members: tuple[str, ...] = ()
     folder: str = ""
     folder_count: str = ""
+    #: whether the folder is listed when ``folder_count`` was not recorded (it usually gets files)
+    folder_expected: bool = True
     part: ImagePart | None = None
     describe: Callable[[Any], Mapping[str, str]] = field(default=lambda summary: {})
     readme: Sequence[ReadmeSection] = ()

@@ -351,10 +351,14 @@ class CocoFormatWriter:
         self.coco = CocoWriter(ctx.coco_info, spool_dir=str(ctx.spool))
 
     def add(self, row: dict) -> None:
-        """List the image and its annotations."""
+        """List the image and its annotations when its size is known and it is in the dataset (with
+        originals exported: stored under ``images/``)."""
+        self.ctx.counts["polylines_not_in_coco"] += int(row["n_polylines"])
+        if row["width"] <= 0 or row["height"] <= 0 or not self.ctx.in_dataset(row):
+            return
         entry = coco_image_entry(row["index"], row["file_name"], row["width"], row["height"])
         self.coco.add_encoded(entry, row["coco_annotations"] or [])
-        self.ctx.counts["polylines_not_in_coco"] += int(row["n_polylines"])
+        self.ctx.counts["coco_images"] += 1
 
     def finish(self, summary: Any) -> None:
         """Write the COCO file."""
@@ -383,7 +387,10 @@ def _readme_loading(summary: Any) -> list[str]:
         f"`{MEMBER}` follows the COCO dataset layout (`images/` beside `annotations/instances_<subset>.json`, "
         "subset `default`), so the unzipped folder itself is a COCO dataset for loaders that look for that "
         "layout (Datumaro, CVAT, FiftyOne). "
-        "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
+        "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. When the "
+        "originals are exported, only images stored under `images/` are listed (a file that is missing, "
+        "outside the images root or not decodable is left out and named in the report); without them, "
+        "every image of known size is. Category 1 "
         "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
         "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
         "outer ring, `attributes` holds `number`, `model_confidence` (the segmentation "
@@ -403,6 +410,6 @@ FORMAT = OutputFormat(
     part=PART,
     describe=lambda summary: {MEMBER: "COCO instances: images, category `cell`, one annotation per closed object"},
     readme=(ReadmeSection("loading", 10, _readme_loading),),
-    counts=("polylines_not_in_coco",),
+    counts=("coco_images", "polylines_not_in_coco"),
     option_rank=0,
 )

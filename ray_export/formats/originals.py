@@ -1,4 +1,5 @@
-"""The original image files, byte for byte: ``images/<file name>``."""
+"""The original image files, byte for byte: ``images/<file name>`` (only files that decode; see
+:mod:`.unreadable` for the others)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ class OriginalsWriter:
         self.ctx = ctx
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Store the original when it was read."""
-        if row["original"] is not None:
+        """Store the original when it was read and decodes."""
+        if row["original"] is not None and row["decodable"]:
             self.ctx.counts["images_with_files"] += 1
             self.ctx.zip.add_bytes(image_member(row["file_name"]), row["original"])
 
@@ -40,7 +41,10 @@ class OriginalsWriter:
 
 
 def _describe(summary: Any) -> dict[str, str]:
-    return {FOLDER: "the original image files, byte for byte" + summary.files_note("images_with_files")}
+    return {
+        FOLDER: "the original image files, byte for byte" + summary.files_note("images_with_files")
+        + "; COCO and `labels/` reference exactly these images"
+    }
 
 
 FORMAT = OutputFormat(

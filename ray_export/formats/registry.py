@@ -26,6 +26,7 @@ from . import (
     metrics_xlsx,
     originals,
     readme,
+    unreadable,
     visualizations,
     yolo,
 )
@@ -33,6 +34,7 @@ from .base import OutputFormat, Selection
 
 FORMATS: list[OutputFormat] = [
     originals.FORMAT,
+    unreadable.FORMAT,
     visualizations.FORMAT,
     coco.FORMAT,
     json_export.FORMAT,
@@ -55,6 +57,8 @@ BASE_RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("stem", pa.string()),
     pa.field("width", pa.int64()),
     pa.field("height", pa.int64()),
+    # true when the original was read and decodes; null when it was not read
+    pa.field("decodable", pa.bool_()),
     pa.field("n_objects", pa.int64()),
     pa.field("n_polylines", pa.int64()),
     pa.field("problems", PROBLEMS_TYPE),

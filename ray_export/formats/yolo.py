@@ -115,9 +115,11 @@ class YoloFormatWriter:
         self.ctx = ctx
 
     def add(self, row: dict) -> None:
-        """The image's label file (empty without objects)."""
-        self.ctx.zip.add_bytes(label_member(row["stem"]), (row["yolo_label"] or "").encode("utf-8"))
+        """The image's label file (empty without objects), when the image is in the dataset (with
+        originals exported: stored under ``images/``)."""
         self.ctx.counts["polylines_not_in_yolo"] += int(row["n_polylines"])
+        if self.ctx.in_dataset(row):
+            self.ctx.zip.add_bytes(label_member(row["stem"]), (row["yolo_label"] or "").encode("utf-8"))
 
     def finish(self, summary: Any) -> None:
         """The dataset file."""
@@ -142,7 +144,8 @@ def _readme_loading(summary: Any) -> list[str]:
         "the image width and height, clamped to 0..1, six decimals. Holes are joined to the outer ring "
         "by zero-width bridges, so filling the ring leaves them empty. Polylines cannot be expressed "
         "and are left out (counted in the report). Ultralytics pairs `images/<stem>.<ext>` with "
-        "`labels/<stem>.txt`, so training needs the originals in the archive; `train` and `val` both "
+        "`labels/<stem>.txt`, so training needs the originals in the archive; with them, only images "
+        "stored under `images/` get a label file. `train` and `val` both "
         "point at `images` — split the data yourself for a real validation.",
         "",
     ]
@@ -158,7 +161,10 @@ FORMAT = OutputFormat(
     folder_count="images",
     part=PART,
     describe=lambda summary: {
-        LABELS_FOLDER: "`<stem>.txt`: YOLO-seg labels, one file per image (empty when it has no objects)",
+        LABELS_FOLDER: (
+            "`<stem>.txt`: YOLO-seg labels, one file per image (empty when it has no objects; with the "
+            "originals exported, only for images under `images/`)"
+        ),
         DATA_YAML_MEMBER: "YOLO dataset file (`train: images`, `val: images`, one class `cell`)",
     },
     readme=(ReadmeSection("loading", 20, _readme_loading),),
