@@ -48,16 +48,6 @@ class AssemblyPlan:
     #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
     max_buffered_images: int = 256
 
-    def selection(self) -> Selection:
-        """The content options that choose the formats."""
-        return Selection(
-            originals=self.include_originals,
-            visualizations=self.include_visualizations,
-            annotations=tuple(self.annotations),
-            metrics=tuple(self.metrics),
-            docs=self.include_docs,
-        )
-
 
 #: Export totals, in the order they are reported.
 COUNT_NAMES = (
@@ -78,7 +68,7 @@ class ExportAssembler:
         # an output given as a pyarrow.fs URI (s3://…, gs://…, file://…) rather than a path
         self.remote_output = plan.output if is_uri(plan.output) else None
         self.spool = Path(plan.spool_dir)
-        self.formats = selected_formats(plan.selection())
+        self.formats = selected_formats(Selection.of(plan))
         self.schema = result_schema(self.formats)
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         for fmt in self.formats:
@@ -102,7 +92,7 @@ class ExportAssembler:
             viz_extension=plan.viz_extension,
             coco_info=plan.coco_info,
             counts=self.counts,
-            selection=plan.selection(),
+            selection=Selection.of(plan),
             unknown_image_ids=tuple(plan.unknown_image_ids),
             notes=tuple(plan.notes),
         )

@@ -378,17 +378,6 @@ class StageStep:
     kwargs: dict[str, Any]
 
 
-def content_selection(options: ExportOptions) -> Selection:
-    """The content options that choose the formats."""
-    return Selection(
-        originals=options.include_originals,
-        visualizations=options.include_visualizations,
-        annotations=tuple(options.annotations),
-        metrics=tuple(options.metrics),
-        docs=options.include_docs,
-    )
-
-
 def _annotate_formats(formats: list[OutputFormat]) -> tuple[str, ...]:
     made_here = [fmt for fmt in formats if fmt.part is not None and fmt.part.stage == "annotate"]
     return tuple(fmt.name for fmt in sorted(made_here, key=lambda fmt: fmt.option_rank))
@@ -397,7 +386,7 @@ def _annotate_formats(formats: list[OutputFormat]) -> tuple[str, ...]:
 def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float | None) -> list[StageStep]:
     """The ordered stages an export runs for its options: copy and annotate always, visualize and
     metrics when a selected format has its part made there."""
-    formats = selected_formats(content_selection(options))
+    formats = selected_formats(Selection.of(options))
     needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
     arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
         "copy": (

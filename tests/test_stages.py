@@ -361,7 +361,7 @@ def test_chained_stages_match_the_writer_schema(root):
                       "original_path": "sub/a.png", "polygons": SQUARE}])
     for step in stages.stage_chain(options, str(root), None):
         table = step.fn(table, **step.kwargs)
-    schema = result_schema(selected_formats(stages.content_selection(options)))
+    schema = result_schema(selected_formats(Selection.of(options)))
     assert [table.schema.field(name).type for name in schema.names] == list(schema.types)
 
 

@@ -43,6 +43,18 @@ class Selection:
     docs: bool = True
 
     @classmethod
+    def of(cls, source: Any) -> Selection:
+        """From an object with ``include_originals``, ``include_visualizations``, ``annotations``,
+        ``metrics`` and ``include_docs`` (export options, an assembly plan)."""
+        return cls(
+            originals=bool(source.include_originals),
+            visualizations=bool(source.include_visualizations),
+            annotations=tuple(source.annotations),
+            metrics=tuple(source.metrics),
+            docs=bool(source.include_docs),
+        )
+
+    @classmethod
     def from_kinds(cls, kinds: Mapping[str, Any]) -> Selection:
         """From a mapping with those keys (missing flags default to on, missing lists to empty)."""
         return cls(

@@ -21,17 +21,20 @@ def image_member(file_name: str) -> str:
     return f"{FOLDER}{file_name}"
 
 
-class OriginalsWriter:
-    """Stores each image's original file under ``images/``."""
+class StoredFileWriter:
+    """Stores each original that was read under ``folder`` when whether it decodes is ``decodable``."""
 
-    def __init__(self, ctx: WriterContext) -> None:
+    def __init__(self, ctx: WriterContext, folder: str, decodable: bool, count: str) -> None:
         self.ctx = ctx
+        self.folder = folder
+        self.decodable = decodable
+        self.count = count
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Store the original when it was read and decodes."""
-        if row["original"] is not None and row["decodable"]:
-            self.ctx.counts["images_with_files"] += 1
-            self.ctx.zip.add_bytes(image_member(row["file_name"]), row["original"])
+        """Store the original when it was read and its decoding matches."""
+        if row["original"] is not None and bool(row["decodable"]) == self.decodable:
+            self.ctx.counts[self.count] += 1
+            self.ctx.zip.add_bytes(f"{self.folder}{row['file_name']}", row["original"])
 
     def finish(self, summary: Any) -> None:
         """Nothing after the last image."""
@@ -50,7 +53,7 @@ def _describe(summary: Any) -> dict[str, str]:
 FORMAT = OutputFormat(
     name="originals",
     chosen_by="originals",
-    open_writer=OriginalsWriter,
+    open_writer=lambda ctx: StoredFileWriter(ctx, FOLDER, decodable=True, count="images_with_files"),
     folder=FOLDER,
     folder_count="images_with_files",
     part=PART,

@@ -6,37 +6,12 @@ instead, and left out of COCO and YOLO (the JSON export still lists its row).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from .base import OutputFormat, WriterContext
-from .originals import PART
+from .base import OutputFormat
+from .originals import PART, StoredFileWriter
 
 FOLDER = "unreadable/"
-
-
-def unreadable_member(file_name: str) -> str:
-    """ZIP path of an original that does not decode."""
-    return f"{FOLDER}{file_name}"
-
-
-class UnreadableWriter:
-    """Stores each original that was read but does not decode."""
-
-    def __init__(self, ctx: WriterContext) -> None:
-        self.ctx = ctx
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        """Store the original when it was read and does not decode."""
-        if row["original"] is not None and not row["decodable"]:
-            self.ctx.counts["unreadable_files"] += 1
-            self.ctx.zip.add_bytes(unreadable_member(row["file_name"]), row["original"])
-
-    def finish(self, summary: Any) -> None:
-        """Nothing after the last image."""
-
-    def abort(self) -> None:
-        """Nothing to remove."""
 
 
 def _describe(summary: Any) -> dict[str, str]:
@@ -50,7 +25,7 @@ def _describe(summary: Any) -> dict[str, str]:
 FORMAT = OutputFormat(
     name="unreadable",
     chosen_by="originals",
-    open_writer=UnreadableWriter,
+    open_writer=lambda ctx: StoredFileWriter(ctx, FOLDER, decodable=False, count="unreadable_files"),
     folder=FOLDER,
     folder_count="unreadable_files",
     folder_expected=False,
