@@ -357,10 +357,10 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     CPU seconds above wall seconds mean a library (OpenCV) used more than one core.
     """
     from actors.zip_writer import ExportAssembler
-    from ray_export import stages
     from ray_export.options import build_options
     from ray_export.planning import assembly_plan, plan_export
     from ray_export.run import make_spool_dir
+    from ray_export.stages import finish_stage, stage_chain
 
     spent: dict[str, float] = {}
 
@@ -375,23 +375,16 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     options = build_options(options_values)
     plan = timed("plan", plan_export, options)
     assembler = timed("write", ExportAssembler, assembly_plan(options, plan, make_spool_dir(plan.output)))
-    read_files = options.include_originals or options.include_visualizations
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
     batches = _read_batches(plan, batch_size)
     try:
         while True:
             table = timed("read", next, batches, None)
             if table is None:
                 break
-            table = timed("copy", stages.copy_stage, table, images_root=plan.images_root, read_files=read_files)
-            if options.include_visualizations:
-                table = timed(
-                    "visualize", stages.visualize_stage, table,
-                    settings=options.visualization, keep_originals=options.include_originals,
-                )
-            table = timed("annotate", stages.annotate_stage, table, formats=tuple(options.annotations))
-            if options.metrics:
-                table = timed("metrics", stages.metrics_stage, table, scale_um_per_px=plan.scale_um_per_px)
-            table = stages.finish_stage(table)
+            for step in chain:
+                table = timed(step.name, step.fn, table, **step.kwargs)
+            table = finish_stage(table)
             timed("write", assembler.add_batch, table)
         timed("write", assembler.finish)
     except BaseException:

@@ -80,11 +80,10 @@ def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, pr
 
 
 def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
-    from . import stages
     from .datasource import read_project_images
+    from .stages import stage_chain
 
     placement = place_stages(options, plan.images_root, driver_node)
-    read_files = options.include_originals or options.include_visualizations
     read_hints = options.stages["read"]
     rows_per_task = rows_per_read_task(len(plan.rows), cluster_cpus(), read_hints.batch_size)
     # SQLite: the datasource itself pins its reads to the driver's node (it has the only copy of the file).
@@ -96,28 +95,15 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         rows_per_task=rows_per_task,
         ray_remote_args=read_hints.ray_remote_args(),
     )
-    chain: list[tuple[str, Callable, dict[str, Any]]] = [
-        ("copy", stages.copy_stage, {"images_root": plan.images_root, "read_files": read_files})
-    ]
-    if options.include_visualizations:
-        chain.append(
-            (
-                "visualize",
-                stages.visualize_stage,
-                {"settings": options.visualization, "keep_originals": options.include_originals},
-            )
-        )
-    chain.append(("annotate", stages.annotate_stage, {"formats": tuple(options.annotations)}))
-    if options.metrics:
-        chain.append(("metrics", stages.metrics_stage, {"scale_um_per_px": plan.scale_um_per_px}))
-    for position, (name, fn, kwargs) in enumerate(chain):
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
+    for position, step in enumerate(chain):
         ds = ds.map_batches(
-            _tracked(fn, name, progress, finish=position == len(chain) - 1),
+            _tracked(step.fn, step.name, progress, finish=position == len(chain) - 1),
             batch_format="pyarrow",
             # never coalesce read blocks: a batch larger than a block would merge blocks and cut parallelism
-            batch_size=min(options.stages[name].batch_size, rows_per_task),
-            fn_kwargs=kwargs,
+            batch_size=min(options.stages[step.name].batch_size, rows_per_task),
+            fn_kwargs=step.kwargs,
             zero_copy_batch=True,
-            **_remote_args(options, name, placement[name]),
+            **_remote_args(options, step.name, placement[step.name]),
         )
     return ds

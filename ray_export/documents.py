@@ -13,33 +13,15 @@ import math
 import platform
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from . import __version__
-from .options import METRIC_FORMATS, VISUALIZATION_KEYS, ExportOptions
+from .formats import export_report, registry
+from .formats.base import OutputFormat, ReadmeGroup, Selection
+from .options import VISUALIZATION_KEYS
 from .problems import PROBLEM_CODES, Problem
-
-# ---------------------------------------------------------------------------------------------------------
-# Member names of the aggregated documents and the ZIP's table of contents
-# ---------------------------------------------------------------------------------------------------------
-
-DATA_YAML_MEMBER = "data.yaml"
-COCO_MEMBER = "annotations/coco/annotations.json"
-JSON_EXPORT_MEMBER = "annotations/json/segmentation_data.json"
-METRICS_MEMBERS: dict[str, str] = {fmt: f"metrics/metrics.{fmt}" for fmt in METRIC_FORMATS}
-README_MEMBER = "documentation/README.md"
-METRICS_GUIDE_MEMBER = "documentation/metrics_guide.md"
-METADATA_MEMBER = "documentation/metadata.json"
-REPORT_MEMBER = "documentation/export_report.json"
-
-IMAGES_FOLDER = "images/"
-VISUALIZATIONS_FOLDER = "visualizations/"
-LABELS_FOLDER = "labels/"
-
-#: Where the scale of lengths and areas came from.
-SCALE_SOURCES = ("option", "database", "pixels")
 
 #: Export-level note codes of ``export_report.json`` (``notes``); other codes are allowed as well.
 NOTE_CODES: dict[str, str] = {
@@ -51,20 +33,9 @@ NOTE_CODES: dict[str, str] = {
 }
 
 
-def aggregated_member_names(annotations: Sequence[str], metrics: Sequence[str], include_docs: bool) -> list[str]:
+def aggregated_member_names(selection: Selection) -> list[str]:
     """The aggregated members an export writes, in ZIP order (after all per-image members)."""
-    names: list[str] = []
-    if "coco" in annotations:
-        names.append(COCO_MEMBER)
-    if "json" in annotations:
-        names.append(JSON_EXPORT_MEMBER)
-    if "yolo" in annotations:
-        names.append(DATA_YAML_MEMBER)
-    names.extend(METRICS_MEMBERS[fmt] for fmt in METRIC_FORMATS if fmt in metrics)
-    if include_docs:
-        names.extend([README_MEMBER, METRICS_GUIDE_MEMBER, METADATA_MEMBER])
-    names.append(REPORT_MEMBER)
-    return names
+    return [member for fmt in registry.selected_formats(selection) for member in fmt.members]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -72,13 +43,16 @@ def aggregated_member_names(annotations: Sequence[str], metrics: Sequence[str], 
 # ---------------------------------------------------------------------------------------------------------
 
 COUNT_DESCRIPTIONS: dict[str, str] = {
-    "images": "selected images (rows in COCO `images` and in the JSON export)",
-    "images_with_files": "original files read and stored under `images/`",
+    "images": "selected images (rows in the JSON export)",
+    "images_with_files": "original files read, decodable and stored under `images/`",
+    "unreadable_files": "original files read but not decodable, stored under `unreadable/`",
+    "coco_images": "images listed in COCO `images`",
     "visualizations": "visualizations drawn",
     "objects": "closed objects (external polygons), incomplete ones included",
     "incomplete_objects": "objects marked `complete: false` (no metrics row)",
     "polylines": "open polylines",
     "polylines_not_in_yolo": "polylines left out of the YOLO labels",
+    "polylines_not_in_coco": "polylines left out of the COCO annotations (they are in the JSON export)",
     "orphan_holes": "holes inside no object (JSON export only)",
     "metric_rows": "rows in the metrics tables",
     "problems": "per-image problems in `export_report.json`",
@@ -87,36 +61,15 @@ COUNT_DESCRIPTIONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class ExportCounts:
-    """Totals of one export (see :data:`COUNT_DESCRIPTIONS`)."""
-
-    images: int = 0
-    images_with_files: int = 0
-    visualizations: int = 0
-    objects: int = 0
-    incomplete_objects: int = 0
-    polylines: int = 0
-    polylines_not_in_yolo: int = 0
-    orphan_holes: int = 0
-    metric_rows: int = 0
-    problems: int = 0
-    unknown_image_ids: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        """Counts in field order as plain ints."""
-        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
-
-
-@dataclass(frozen=True)
 class ExportSummary:
     """What README.md and metadata.json say about one export.
 
-    ``content_options`` is :meth:`ExportOptions.content_options` (any other key in it is ignored, so a
+    ``content_options`` is ``ExportOptions.content_options()`` (any other key in it is ignored, so a
     path or DSN passed by mistake never reaches a document). ``counts`` maps count names (see
-    :data:`COUNT_DESCRIPTIONS`) to ints; an :class:`ExportCounts` is accepted too. ``members`` says what
-    the ZIP holds: either the member paths and per-image folders (``images/``, ...; see
-    :func:`zip_contents`), or a mapping of kinds (``originals``, ``visualizations``, ``visualization_format``,
-    ``annotations``, ``metrics``, ``docs``), or empty to derive it from ``content_options``.
+    :data:`COUNT_DESCRIPTIONS`) to ints. ``members`` says what the ZIP holds: either the member paths and
+    per-image folders (``images/``, ...), or a mapping of kinds (``originals``, ``visualizations``,
+    ``visualization_format``, ``annotations``, ``metrics``, ``docs``), or empty to derive it from
+    ``content_options``.
     ``software_versions`` maps package names to versions (see :func:`software_versions`).
     """
 
@@ -130,10 +83,6 @@ class ExportSummary:
     scale_source: str
     members: Sequence[str] | Mapping[str, Any] = ()
     software_versions: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.counts, ExportCounts):
-            object.__setattr__(self, "counts", self.counts.to_dict())
 
     @property
     def length_unit(self) -> str:
@@ -149,6 +98,18 @@ class ExportSummary:
         """One count (0 when not recorded)."""
         return int(self.counts.get(name, 0) or 0)
 
+    def files_note(self, count_name: str) -> str:
+        """`` (N files)`` when the count is recorded, else empty."""
+        return f" ({self.count(count_name)} files)" if count_name in self.counts else ""
+
+    def selection(self) -> Selection:
+        """The content options that chose the formats."""
+        return Selection.from_kinds(self.members if isinstance(self.members, Mapping) else self.content_options)
+
+    def formats(self) -> list[OutputFormat]:
+        """The formats the export writes."""
+        return registry.selected_formats(self.selection())
+
     def member_list(self) -> tuple[str, ...]:
         """Member paths and per-image folders present in the ZIP, in ZIP order."""
         if isinstance(self.members, Mapping):
@@ -160,23 +121,13 @@ class ExportSummary:
 
 def _members_from_kinds(kinds: Mapping[str, Any], counts: Mapping[str, int]) -> tuple[str, ...]:
     """Member list from include flags and formats; a folder whose count is known to be 0 is left out."""
-    annotations = tuple(kinds.get("annotations") or ())
-    metrics = tuple(kinds.get("metrics") or ())
-    folders: list[str] = []
-    if kinds.get("originals", True) and int(counts.get("images_with_files", 1) or 0) > 0:
-        folders.append(IMAGES_FOLDER)
-    if kinds.get("visualizations", True) and int(counts.get("visualizations", 1) or 0) > 0:
-        folders.append(VISUALIZATIONS_FOLDER)
-    if "yolo" in annotations and int(counts.get("images", 1) or 0) > 0:
-        folders.append(LABELS_FOLDER)
-    return tuple(folders + aggregated_member_names(annotations, metrics, bool(kinds.get("docs", True))))
-
-
-def zip_contents(options: ExportOptions, counts: ExportCounts | Mapping[str, int]) -> tuple[str, ...]:
-    """Per-image folders that got files, then the aggregated members (usable as ``ExportSummary.members``)."""
-    if isinstance(counts, ExportCounts):
-        counts = counts.to_dict()
-    return _members_from_kinds(options.content_options(), counts)
+    formats = registry.selected_formats(Selection.from_kinds(kinds))
+    folders = [
+        fmt.folder
+        for fmt in formats
+        if fmt.folder and int(counts.get(fmt.folder_count, int(fmt.folder_expected)) or 0) > 0
+    ]
+    return tuple(folders + [member for fmt in formats for member in fmt.members])
 
 
 def format_export_time(moment: datetime) -> str:
@@ -348,14 +299,11 @@ class ExportReportWriter:
                 "images": int(counts.get("images", 0)),
                 "objects": int(counts.get("objects", 0)),
                 "polylines_not_in_yolo": int(counts.get("polylines_not_in_yolo", 0)),
+                "polylines_not_in_coco": int(counts.get("polylines_not_in_coco", 0)),
                 "problems": self.problem_count,
             },
             "problem_codes": dict(PROBLEM_CODES),
         }
-
-    def to_bytes(self, counts: Mapping[str, Any]) -> bytes:
-        """The report as UTF-8 JSON bytes (indent 2, trailing newline, fixed key order)."""
-        return _dump_bytes(self.report(counts), sort_keys=False)
 
     def write(self, fileobj: IO[bytes], counts: Mapping[str, Any]) -> dict[str, Any]:
         """Write the report to a binary file object and return it as a mapping."""
@@ -382,34 +330,10 @@ def _format_number(value: float) -> str:
 
 
 def _member_descriptions(summary: ExportSummary) -> dict[str, str]:
-    viz = summary.content_options.get("visualization")
-    kinds = summary.members if isinstance(summary.members, Mapping) else {}
-    viz_format = str(kinds.get("visualization_format") or (viz or {}).get("format") or "png")
-    viz_ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(viz_format, viz_format)
-
-    def files(count_name: str) -> str:
-        return f" ({summary.count(count_name)} files)" if count_name in summary.counts else ""
-
-    return {
-        IMAGES_FOLDER: "the original image files, byte for byte" + files("images_with_files"),
-        VISUALIZATIONS_FOLDER: (
-            f"`<stem>_viz.{viz_ext}`: each image with its objects drawn and numbered"
-            + files("visualizations")
-            + "; images without objects or polylines, or that did not decode, have none"
-        ),
-        LABELS_FOLDER: "`<stem>.txt`: YOLO-seg labels, one file per image (empty when it has no objects)",
-        DATA_YAML_MEMBER: "YOLO dataset file (`train: images`, `val: images`, one class `cell`)",
-        COCO_MEMBER: "COCO instances: images, categories, one annotation per object and polyline",
-        JSON_EXPORT_MEMBER: "every image with its exact polygon geometry (schema below)",
-        METRICS_MEMBERS["csv"]: "metrics table, one row per complete object, units in the header",
-        METRICS_MEMBERS["xlsx"]: "metrics workbook: sheets `Polygon Metrics` and `Summary`",
-        METRICS_MEMBERS["json"]: "metrics rows with a `units` object",
-        METRICS_MEMBERS["parquet"]: "metrics table, units in the schema metadata",
-        README_MEMBER: "this file",
-        METRICS_GUIDE_MEMBER: "the formula and unit of every metric",
-        METADATA_MEMBER: "project, export time, content options, counts and software versions (machine-readable)",
-        REPORT_MEMBER: "every problem found, per image, and export-level notes (always present)",
-    }
+    descriptions: dict[str, str] = {}
+    for fmt in registry.FORMATS:
+        descriptions.update(fmt.describe(summary))
+    return descriptions
 
 
 def _contents_section(summary: ExportSummary) -> list[str]:
@@ -506,131 +430,31 @@ def _options_section(summary: ExportSummary) -> list[str]:
     return lines
 
 
-def _loading_section(summary: ExportSummary) -> list[str]:
-    members = set(summary.member_list())
-    lines = ["## Loading the data", "", "Unzip the archive and run these from its top folder.", ""]
-    if COCO_MEMBER in members:
-        lines += [
-            "### COCO (pycocotools)",
-            "",
-            "```python",
-            "from pycocotools.coco import COCO",
-            "",
-            f'coco = COCO("{COCO_MEMBER}")',
-            "for image in coco.loadImgs(coco.getImgIds()):",
-            '    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]], catIds=[1])):',
-            "        mask = coco.annToMask(ann)  # uint8 array (height, width); holes are 0",
-            '        number = ann["attributes"]["number"]  # the number drawn on the visualization',
-            "```",
-            "",
-            "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. Category 1 "
-            "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
-            "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
-            "outer ring, `attributes` holds `number`, `confidence`, `holes` and `complete`. Category 2 "
-            "`polyline` (present only when there are polylines) holds open curves as zero-area rings with "
-            "`area` 0 and `attributes.length` in pixels; they decode to empty masks.",
-            "",
-        ]
-    if DATA_YAML_MEMBER in members:
-        lines += [
-            "### YOLO-seg (Ultralytics)",
-            "",
-            "```python",
-            "from ultralytics import YOLO",
-            "",
-            'model = YOLO("yolov8n-seg.pt")',
-            f'model.train(data="{DATA_YAML_MEMBER}", epochs=100, imgsz=640)',
-            "```",
-            "",
-            "Line k of `labels/<stem>.txt` is object number k: `0 x1 y1 ... xn yn`, coordinates divided by "
-            "the image width and height, clamped to 0..1, six decimals. Holes are joined to the outer ring "
-            "by zero-width bridges, so filling the ring leaves them empty. Polylines cannot be expressed "
-            "and are left out (counted in the report). Ultralytics pairs `images/<stem>.<ext>` with "
-            "`labels/<stem>.txt`, so training needs the originals in the archive; `train` and `val` both "
-            "point at `images` — split the data yourself for a real validation.",
-            "",
-        ]
-    metric_members = [METRICS_MEMBERS[fmt] for fmt in METRIC_FORMATS if METRICS_MEMBERS[fmt] in members]
-    if metric_members:
-        lines += ["### Metrics", "", "```python", "import pandas as pd", ""]
-        if METRICS_MEMBERS["csv"] in members:
-            lines.append(f'csv_table = pd.read_csv("{METRICS_MEMBERS["csv"]}")  # empty cells are undefined values')
-        if METRICS_MEMBERS["xlsx"] in members:
-            lines += [
-                "# pd.read_excel needs openpyxl",
-                f'xlsx_table = pd.read_excel("{METRICS_MEMBERS["xlsx"]}", sheet_name="Polygon Metrics")',
-                f'xlsx_summary = pd.read_excel("{METRICS_MEMBERS["xlsx"]}", sheet_name="Summary")',
-            ]
-        if METRICS_MEMBERS["parquet"] in members:
-            lines += [
-                f'parquet_table = pd.read_parquet("{METRICS_MEMBERS["parquet"]}")',
-                "import pyarrow.parquet as pq",
-                f'schema_metadata = pq.read_schema("{METRICS_MEMBERS["parquet"]}").metadata  # units',
-            ]
-        if METRICS_MEMBERS["json"] in members:
-            lines += [
-                "import json",
-                f'json_metrics = json.load(open("{METRICS_MEMBERS["json"]}", encoding="utf-8"))',
-            ]
-        lines += [
-            "```",
-            "",
-            "One row per closed object whose `complete` is not `false`, in (image index, object number) "
-            "order, keyed by `image_id`, `image_name` (= the COCO `file_name`) and `number`. Values are "
-            "unrounded float64 computed from the exact polygons. CSV and XLSX headers carry the unit, e.g. "
-            f"`area ({summary.area_unit})`; JSON and Parquet use the bare column names and give the units "
-            "beside them. A value that is undefined (zero area, perimeter or Feret width) is empty in CSV "
-            "and XLSX and null in JSON and Parquet. `metrics_guide.md` gives every formula.",
-            "",
-        ]
-    if JSON_EXPORT_MEMBER in members:
-        lines += [
-            "### JSON export",
-            "",
-            "```python",
-            "import json",
-            "",
-            f'data = json.load(open("{JSON_EXPORT_MEMBER}", encoding="utf-8"))',
-            'for image in data["images"]:',
-            '    for obj in image["objects"]:',
-            '        print(image["file_name"], obj["number"], obj["area"])',
-            "```",
-            "",
-        ]
+def _format_sections(summary: ExportSummary, part: str) -> list[str]:
+    """The README sections of ``part`` of the formats written, by order; a group's head and tail go around
+    its consecutive sections."""
+    sections = sorted(
+        (section for fmt in summary.formats() for section in fmt.readme if section.part == part),
+        key=lambda section: section.order,
+    )
+    lines: list[str] = []
+    open_group: ReadmeGroup | None = None
+    for section in sections:
+        if section.group is not open_group:
+            if open_group is not None:
+                lines += open_group.tail(summary)
+            if section.group is not None:
+                lines += section.group.head(summary)
+            open_group = section.group
+        lines += section.lines(summary)
+    if open_group is not None:
+        lines += open_group.tail(summary)
     return lines
 
 
-def _json_schema_section(summary: ExportSummary) -> list[str]:
-    if JSON_EXPORT_MEMBER not in summary.member_list():
-        return []
-    return [
-        "## JSON export schema",
-        "",
-        f'`{JSON_EXPORT_MEMBER}` is one object `{{"export_time": ..., "images": [...]}}`; all values are '
-        "in original-image pixels.",
-        "",
-        "| field | meaning |",
-        "|---|---|",
-        "| `images[].index` | export index, 1-based (= COCO image id) |",
-        "| `images[].image_id` | the image's id in the database |",
-        "| `images[].file_name` | member name under `images/` |",
-        "| `images[].width`, `height` | image size in pixels (0 when unknown) |",
-        "| `objects[].number` | object number (see below) |",
-        "| `objects[].outer` | outer ring `[[x, y], ...]`, not closed (last point != first) |",
-        "| `objects[].holes` | list of hole rings, same form |",
-        "| `objects[].area` | outer ring area minus hole areas (shoelace), px² |",
-        "| `objects[].perimeter` | length of the outer ring, px |",
-        "| `objects[].bbox` | `[min x, min y, width, height]` of the outer ring |",
-        "| `objects[].centroid` | `[x, y]` area centroid, or null when the area is not positive |",
-        "| `objects[].confidence` | model confidence, or null |",
-        "| `objects[].complete` | false when the object is cut by the image border |",
-        "| `polylines[].number` | 1-based number among the image's polylines |",
-        "| `polylines[].points` | open curve `[[x, y], ...]` |",
-        "| `polylines[].length` | curve length, px |",
-        "| `polylines[].part_class`, `instance_id` | labels from the segmentation, or null |",
-        "| `orphan_holes` | hole rings that lie inside no object (not in masks or metrics) |",
-        "",
-    ]
+def _loading_section(summary: ExportSummary) -> list[str]:
+    lines = ["## Loading the data", "", "Unzip the archive and run these from its top folder.", ""]
+    return lines + _format_sections(summary, "loading")
 
 
 def _numbering_section() -> list[str]:
@@ -652,19 +476,22 @@ def _report_section() -> list[str]:
     lines = [
         "## Export report",
         "",
-        "`documentation/export_report.json` is always written:",
+        f"`{export_report.MEMBER}` is always written:",
         "",
         "```json",
         '{"images": [{"index": 3, "image_id": "...", "image_name": "...",',
         '             "problems": [{"code": "...", "stage": "...", "message": "..."}]}],',
         ' "unknown_image_ids": [], "notes": [{"code": "...", "message": "..."}],',
-        ' "counts": {"images": 0, "objects": 0, "polylines_not_in_yolo": 0, "problems": 0},',
+        ' "counts": {"images": 0, "objects": 0, "polylines_not_in_yolo": 0, "polylines_not_in_coco": 0,',
+        '            "problems": 0},',
         ' "problem_codes": {"code": "description"}}',
         "```",
         "",
         "Only images with at least one problem are listed, in index order. A problem never stops the "
-        "export: the image keeps its index and stays in COCO and the JSON export with whatever could be "
-        "read. Paths in messages are relative to the images root. Problem codes:",
+        "export: the image keeps its index and stays in the JSON export with whatever could be read. When "
+        "the originals are exported, an image whose file is missing (`file_missing`), outside the images "
+        "root (`path_outside_root`), unreadable (`file_unreadable`) or not decodable (`image_decode_failed`) "
+        "is left out of COCO and `labels/`. Paths in messages are relative to the images root. Problem codes:",
         "",
         "| code | meaning |",
         "|---|---|",
@@ -706,7 +533,7 @@ def readme_markdown(summary: ExportSummary) -> str:
     lines += _units_section(summary)
     lines += _options_section(summary)
     lines += _loading_section(summary)
-    lines += _json_schema_section(summary)
+    lines += _format_sections(summary, "schema")
     lines += _numbering_section()
     lines += _report_section()
     lines += _determinism_section(summary)

@@ -1,4 +1,4 @@
-"""ZIP member names (SPEC 3 "Member names").
+"""ZIP member names of the per-image members.
 
 Every selected image gets one file name, fixed on the driver before the first ZIP entry is written.
 The original, visualization and label members all derive from the same stem, so the stems are made
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .problems import Problem
+from .formats.originals import image_member
+from .formats.visualizations import visualization_member
+from .formats.yolo import label_member
 
 #: Longest stem kept (characters); the extension is kept in full.
 MAX_STEM_LENGTH = 100
@@ -109,8 +111,8 @@ def assign_member_names(names: Sequence[str]) -> list[MemberName]:
     """Sanitize ``names`` (in export order) and make their stems unique.
 
     A stem whose key (:func:`stem_key`) an earlier member already uses takes ``stem_2``, ``stem_3``, ...:
-    the first candidate whose key is not used yet. ``renamed`` is true when sanitizing changed the name
-    (the ``_N`` suffix alone does not count).
+    the first candidate whose key is not used yet. ``renamed`` is true when the member name differs from
+    the original name, whether sanitizing or the ``_N`` suffix changed it.
     """
     used: set[str] = set()
     members: list[MemberName] = []
@@ -131,32 +133,10 @@ def assign_member_names(names: Sequence[str]) -> list[MemberName]:
                 file_name=f"{stem}{extension}",
                 stem=stem,
                 extension=extension,
-                renamed=sanitized != original,
+                renamed=f"{stem}{extension}" != original,
             )
         )
     return members
-
-
-def renamed_problem(member: MemberName) -> Problem | None:
-    """The ``member_renamed`` report entry for a member whose name was changed, else ``None``."""
-    if not member.renamed:
-        return None
-    return Problem("member_renamed", "naming", f"{member.original!r} is stored as {member.file_name!r}")
-
-
-def image_member(file_name: str) -> str:
-    """ZIP path of an original image."""
-    return f"images/{file_name}"
-
-
-def visualization_member(stem: str, extension: str) -> str:
-    """ZIP path of a visualization; ``extension`` includes the dot (``.png``, ``.jpg``, ``.webp``)."""
-    return f"visualizations/{stem}_viz{extension}"
-
-
-def label_member(stem: str) -> str:
-    """ZIP path of a YOLO label file."""
-    return f"labels/{stem}.txt"
 
 
 def sanitize_title(title: str) -> str:

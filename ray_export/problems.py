@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 #: code -> one-line description (documented in the ZIP's README and export_report.json docs).
 PROBLEM_CODES: dict[str, str] = {
     # polygon JSON (stage "parse")
@@ -20,6 +22,7 @@ PROBLEM_CODES: dict[str, str] = {
     "hole_parent_invalid": "a hole's parent_id names no valid external polygon; ownership was decided by containment",
     "hole_orphan": "a hole lies inside no external polygon; it is kept in the JSON export only",
     "polyline_not_in_yolo": "the image has polylines, which YOLO-seg cannot hold; they were left out of its labels",
+    "polyline_not_in_coco": "the image has polylines, which are not instance masks; they were left out of COCO",
     # image size and files (stages "read", "copy", "annotate")
     "image_size_unknown": "no width/height in the database and the image could not be decoded; no masks or labels",
     "image_size_mismatch": "the size stored in the database differs from the decoded image; the database wins",
@@ -28,7 +31,8 @@ PROBLEM_CODES: dict[str, str] = {
     "path_outside_root": "originalPath escapes the images root (directly or through a symlink); not read",
     "image_decode_failed": "the original file could not be decoded as an image",
     # naming
-    "member_renamed": "the file name was changed to make a valid ZIP member name",
+    "member_renamed": "the file name was changed (made safe, or given a `_N` suffix to keep stems unique); "
+    "the message names both",
     # metrics and rendering
     "metric_undefined": "a metric is undefined for this object (zero area, perimeter or Feret width); left empty",
     "annotation_failed": "an object could not be converted to an annotation and was left out of it",
@@ -69,3 +73,8 @@ class Problem:
     def to_dict(self) -> dict[str, str]:
         """JSON form used in export_report.json."""
         return {"code": self.code, "stage": self.stage, "message": self.message}
+
+
+#: Arrow type of one image's problems in the stage results.
+PROBLEM_TYPE = pa.struct([("code", pa.string()), ("stage", pa.string()), ("message", pa.string())])
+PROBLEMS_TYPE = pa.list_(PROBLEM_TYPE)

@@ -1,8 +1,11 @@
-"""Batch stages of the export: pure functions ``pyarrow.Table -> pyarrow.Table``.
+"""Batch stages of the export: functions ``pyarrow.Table -> pyarrow.Table``.
 
-Each stage takes a batch of many images and returns it with its own columns added. Image bytes stay
-encoded; every per-image failure becomes a problem in the ``problems`` column (JSON text) and never an
-exception. Nothing here knows about Ray: :mod:`ray_export.pipeline` wires these into ``map_batches``.
+Each stage takes a batch of many images, reads only the columns it needs and returns the batch with its
+own columns added. Image bytes stay encoded; every per-image failure becomes a problem in the
+``problems`` column (``list<struct<code, stage, message>>``) and never an exception. The copy stage
+reads the original files; the others are pure. Nothing here knows about Ray: :func:`stage_chain` gives
+the ordered stages that :mod:`ray_export.dataset` wires into ``map_batches`` (and the benchmark runs in
+one process). The columns each format's part fills are declared in :mod:`ray_export.formats`.
 
 Columns read from the source: ``index, image_id, file_name, stem, original_path, db_width, db_height,
 seg_width, seg_height, polygons``.
@@ -11,32 +14,48 @@ seg_width, seg_height, polygons``.
 from __future__ import annotations
 
 import functools
-import json
+import io
 import os
 import posixpath
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+from PIL import Image
 
-from .formats.coco import coco_annotations_for_image, dumps_compact
-from .formats.json_export import json_image_entry
-from .formats.yolo import yolo_label_text
+from .formats.base import STAGE_ORDER, ImageInput, OutputFormat, Selection
+from .formats.metrics_files import PART as METRIC_ROWS_PART
+from .formats.originals import PART as ORIGINAL_PART
+from .formats.registry import format_named, selected_formats
+from .formats.visualizations import PART as VISUALIZATION_PART
 from .metrics import image_metric_rows
-from .options import VisualizationSettings, is_remote_uri, local_path
+from .options import ExportOptions, VisualizationSettings, is_remote_uri, local_path
 from .polygons import ImagePolygons, parse_polygons
-from .problems import FAILURE_CODES, Problem
+from .problems import FAILURE_CODES, PROBLEMS_TYPE, Problem
 from .visualize import image_size_from_header, render_visualization
 
 
-def _problems_in(batch: dict[str, list], i: int) -> list[dict]:
-    text = batch.get("problems", [None] * (i + 1))[i]
-    return json.loads(text) if text else []
+def _values(table: pa.Table, name: str) -> list[Any]:
+    """One column as Python values."""
+    return table.column(name).to_pylist()
 
 
-def _with_problems(existing: list[dict], new: list[Problem]) -> str:
-    return dumps_compact(existing + [p.to_dict() for p in new])
+def _problem_lists(table: pa.Table) -> list[list[dict]]:
+    """Each image's problems so far (as dicts); empty lists before the first stage."""
+    if "problems" not in table.column_names:
+        return [[] for _ in range(table.num_rows)]
+    return [value or [] for value in _values(table, "problems")]
+
+
+def _problems_array(existing: list[list[dict]], new: list[list[Problem]]) -> pa.Array:
+    merged = [old + [p.to_dict() for p in found] for old, found in zip(existing, new, strict=True)]
+    return pa.array(merged, type=PROBLEMS_TYPE)
 
 
 def _replace_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
@@ -60,11 +79,12 @@ def _parse_text(text: str) -> ImagePolygons:
     return parse_polygons(text)
 
 
-def _parse(batch: dict[str, list], i: int, stage: str) -> ImagePolygons:
+def _polygon_texts(table: pa.Table) -> list[Any]:
+    return _values(table, "polygons") if "polygons" in table.column_names else [None] * table.num_rows
+
+
+def _parse(raw: Any, stage: str) -> ImagePolygons:
     """The image's polygons; an unexpected parser error becomes a problem, never an exception."""
-    if "polygons" not in batch:
-        return ImagePolygons()
-    raw = batch["polygons"][i]
     try:
         return _parse_text(raw) if isinstance(raw, str) else parse_polygons(raw)
     except Exception as exc:
@@ -117,27 +137,57 @@ def _size_or_none(value: Any) -> int | None:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
-    """Read each original once (``original`` bytes) and settle the image size (``width``, ``height``).
+#: How the copy stage checks that a file it read decodes (``decodable``): not at all, by its header
+#: (a real decode follows in the visualize stage, and when the header cannot be read), or by a decode.
+CHECKS = ("none", "header", "decode")
+
+
+def image_decodes(data: bytes) -> bool:
+    """Whether OpenCV (reduced-size decode, cheap for JPEG) or Pillow (full load) decodes the data."""
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if decoded is not None and decoded.size > 0:
+            return True
+    except cv2.error:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                return img.width > 0 and img.height > 0
+    except Exception:
+        return False
+
+
+def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str = "none") -> pa.Table:
+    """Read each original once (``original`` bytes), settle the image size (``width``, ``height``) and
+    whether the file decodes (``decodable``; null when not read or ``check`` is ``none``).
 
     Size: segmentations.imageWidth/Height, else images.width/height, else the file's header;
     unknown -> 0 x 0 and an ``image_size_unknown`` problem. Files are read when ``read_files`` is set
-    (originals or visualizations requested) or when the size is only in the file.
+    (originals or visualizations requested) or when the size is only in the file. A file found not to
+    decode gets an ``image_decode_failed`` problem.
     """
-    batch = table.to_pydict()
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}")
     n = table.num_rows
+    seg_widths, seg_heights = _values(table, "seg_width"), _values(table, "seg_height")
+    db_widths, db_heights = _values(table, "db_width"), _values(table, "db_height")
+    paths = _values(table, "original_path")
     fs, base, is_local = ImagesRoot(images_root).open_filesystem()
     originals: list[bytes | None] = []
+    decodable: list[bool | None] = []
     widths: list[int] = []
     heights: list[int] = []
-    problems: list[str] = []
+    new_problems: list[list[Problem]] = []
     for i in range(n):
         found: list[Problem] = []
-        seg_size = (_size_or_none(batch["seg_width"][i]), _size_or_none(batch["seg_height"][i]))
-        db_size = (_size_or_none(batch["db_width"][i]), _size_or_none(batch["db_height"][i]))
+        seg_size = (_size_or_none(seg_widths[i]), _size_or_none(seg_heights[i]))
+        db_size = (_size_or_none(db_widths[i]), _size_or_none(db_heights[i]))
         stored = seg_size if None not in seg_size else db_size if None not in db_size else None
         data: bytes | None = None
-        rel = batch["original_path"][i]
+        rel = paths[i]
         if (read_files or stored is None) and not rel:
             found.append(Problem("file_missing", "copy", "the image row has no originalPath"))
         elif read_files or stored is None:
@@ -168,18 +218,27 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
                         f"database says {stored[0]}x{stored[1]}, the file is {header[0]}x{header[1]}",
                     )
                 )
+        decodes: bool | None = None
+        if data is not None and check != "none":
+            decodes = (check == "header" and header is not None) or image_decodes(data)
+            if not decodes:
+                message = "the file is not a decodable image; it is kept under unreadable/, not in COCO or YOLO"
+                found.append(Problem("image_decode_failed", "copy", message))
         originals.append(data if read_files else None)
+        decodable.append(decodes)
         widths.append(size[0])
         heights.append(size[1])
-        problems.append(_with_problems(_problems_in(batch, i), found))
+        new_problems.append(found)
+    problems = _problems_array(_problem_lists(table), new_problems)
     table = _drop(table, ["original_path", "db_width", "db_height", "seg_width", "seg_height"])
     return _replace_columns(
         table,
         {
-            "original": pa.array(originals, type=pa.binary()),
+            ORIGINAL_PART.column: pa.array(originals, type=ORIGINAL_PART.type),
             "width": pa.array(widths, type=pa.int64()),
             "height": pa.array(heights, type=pa.int64()),
-            "problems": pa.array(problems, type=pa.string()),
+            "decodable": pa.array(decodable, type=pa.bool_()),
+            "problems": problems,
         },
     )
 
@@ -188,129 +247,162 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool) -> pa.Table:
 
 
 def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_originals: bool) -> pa.Table:
-    """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed)."""
-    batch = table.to_pydict()
+    """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed).
+
+    An image already known not to decode is skipped; one that fails to decode here is marked so in
+    ``decodable``.
+    """
+    originals = _values(table, ORIGINAL_PART.column)
+    texts = _polygon_texts(table)
+    known = _values(table, "decodable") if "decodable" in table.column_names else [None] * table.num_rows
     out: list[bytes | None] = []
-    problems: list[str] = []
-    for i in range(table.num_rows):
-        data = batch["original"][i]
+    decodable: list[bool | None] = []
+    new_problems: list[list[Problem]] = []
+    for data, text, decodes in zip(originals, texts, known, strict=True):
         found: list[Problem] = []
         encoded = None
-        if data is not None:
-            parsed = _parse(batch, i, "visualize")  # its problems are reported once, by the annotate stage
+        if data is not None and decodes is not False:
+            parsed = _parse(text, "visualize")  # its problems are reported once, by the annotate stage
             try:
                 encoded, _size, found = render_visualization(data, parsed, settings)
             except Exception as exc:  # a renderer bug must not sink the export
                 found = [Problem("render_failed", "visualize", f"{type(exc).__name__}: {exc}")]
+            if any(p.code == "image_decode_failed" for p in found):
+                decodes = False
         out.append(encoded)
-        problems.append(_with_problems(_problems_in(batch, i), found))
+        decodable.append(decodes)
+        new_problems.append(found)
     table = _replace_columns(
         table,
-        {"visualization": pa.array(out, type=pa.binary()), "problems": pa.array(problems, type=pa.string())},
+        {
+            VISUALIZATION_PART.column: pa.array(out, type=VISUALIZATION_PART.type),
+            "decodable": pa.array(decodable, type=pa.bool_()),
+            "problems": _problems_array(_problem_lists(table), new_problems),
+        },
     )
-    return table if keep_originals else _drop(table, ["original"])
+    return table if keep_originals else _drop(table, [ORIGINAL_PART.column])
 
 
 # ----------------------------------------------------------------------------------------- annotate
 
 
 def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
-    """Per-image annotation parts: COCO annotations (JSON, ids added by the writer), YOLO text, JSON entry."""
-    batch = table.to_pydict()
-    coco: list[str | None] = []
-    yolo: list[str | None] = []
-    entries: list[str | None] = []
+    """Object counts, the polygon problems, and the per-image part of each named format made here.
+
+    ``formats`` names registered formats whose part is computed by this stage, in the order their
+    problems are reported. One format failing for an image does not take the others with it.
+    """
+    parts = [format_named(name).part for name in formats]
+    parts = [part for part in parts if part is not None and part.compute is not None]
+    indices, image_ids = _values(table, "index"), _values(table, "image_id")
+    file_names, widths, heights = _values(table, "file_name"), _values(table, "width"), _values(table, "height")
+    texts = _polygon_texts(table)
+    values: list[list[Any]] = [[] for _ in parts]
     n_objects: list[int] = []
     n_polylines: list[int] = []
-    problems: list[str] = []
+    new_problems: list[list[Problem]] = []
     for i in range(table.num_rows):
-        parsed = _parse(batch, i, "annotate")
+        parsed = _parse(texts[i], "annotate")
         found = list(parsed.problems)
-        width, height = int(batch["width"][i]), int(batch["height"][i])
-        coco_text = yolo_text = entry_text = None
-        # one format failing for an image must not take the others with it
-        if "coco" in formats and width > 0 and height > 0:
+        image = ImageInput(int(indices[i]), image_ids[i], file_names[i], int(widths[i]), int(heights[i]), parsed)
+        for part, column in zip(parts, values, strict=True):
             try:
-                annotations, coco_problems = coco_annotations_for_image(batch["index"][i], parsed, width, height)
-                found.extend(coco_problems)
-                coco_text = dumps_compact(annotations)
+                value, part_problems = part.compute(image)
+                found.extend(part_problems)
             except Exception as exc:
-                found.append(Problem("stage_failed", "annotate", f"COCO: {type(exc).__name__}: {exc}"))
-        if "yolo" in formats:
-            try:
-                yolo_text = yolo_label_text(parsed, width, height)
-            except Exception as exc:
-                yolo_text = ""
-                found.append(Problem("stage_failed", "annotate", f"YOLO: {type(exc).__name__}: {exc}"))
-            if parsed.polylines:
-                found.append(
-                    Problem(
-                        "polyline_not_in_yolo",
-                        "annotate",
-                        f"{len(parsed.polylines)} polyline(s) not in the YOLO labels",
-                    )
-                )
-        if "json" in formats:
-            index, image_id, file_name = batch["index"][i], batch["image_id"][i], batch["file_name"][i]
-            try:
-                entry_text = dumps_compact(json_image_entry(index, image_id, file_name, width, height, parsed))
-            except Exception as exc:
-                found.append(Problem("stage_failed", "annotate", f"JSON export: {type(exc).__name__}: {exc}"))
-                # the image is still listed, without its objects
-                empty = ImagePolygons(orphan_holes=[])
-                entry_text = dumps_compact(json_image_entry(index, image_id, file_name, width, height, empty))
-        coco.append(coco_text)
-        yolo.append(yolo_text)
-        entries.append(entry_text)
+                found.append(Problem("stage_failed", "annotate", f"{part.label}: {type(exc).__name__}: {exc}"))
+                value = part.on_failure(image) if part.on_failure is not None else None
+            column.append(value)
         n_objects.append(len(parsed.objects))
         n_polylines.append(len(parsed.polylines))
-        problems.append(_with_problems(_problems_in(batch, i), found))
-    return _replace_columns(
-        table,
-        {
-            "coco_annotations": pa.array(coco, type=pa.string()),
-            "yolo_label": pa.array(yolo, type=pa.string()),
-            "json_entry": pa.array(entries, type=pa.string()),
-            "n_objects": pa.array(n_objects, type=pa.int64()),
-            "n_polylines": pa.array(n_polylines, type=pa.int64()),
-            "problems": pa.array(problems, type=pa.string()),
-        },
-    )
+        new_problems.append(found)
+    columns = {part.column: pa.array(column, type=part.type) for part, column in zip(parts, values, strict=True)}
+    columns["n_objects"] = pa.array(n_objects, type=pa.int64())
+    columns["n_polylines"] = pa.array(n_polylines, type=pa.int64())
+    columns["problems"] = _problems_array(_problem_lists(table), new_problems)
+    return _replace_columns(table, columns)
 
 
 # ------------------------------------------------------------------------------------------ metrics
 
 
 def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
-    """Per-object metric rows of each image (``metric_rows``: JSON list, exact floats)."""
-    batch = table.to_pydict()
-    rows_out: list[str] = []
-    problems: list[str] = []
-    for i in range(table.num_rows):
-        parsed = _parse(batch, i, "metrics")  # its problems are reported once, by the annotate stage
+    """Per-object metric rows of each image (``metric_rows``: a list of structs, exact floats)."""
+    image_ids, file_names, texts = _values(table, "image_id"), _values(table, "file_name"), _polygon_texts(table)
+    rows_out: list[list[dict]] = []
+    new_problems: list[list[Problem]] = []
+    for image_id, file_name, text in zip(image_ids, file_names, texts, strict=True):
+        parsed = _parse(text, "metrics")  # its problems are reported once, by the annotate stage
         try:
-            rows, found = image_metric_rows(batch["image_id"][i], batch["file_name"][i], parsed, scale_um_per_px)
-            text = dumps_compact(rows)
+            rows, found = image_metric_rows(image_id, file_name, parsed, scale_um_per_px)
+            pa.array([rows], type=METRIC_ROWS_PART.type)  # a value Arrow cannot hold fails this image only
         except Exception as exc:
-            text, found = "[]", [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
-        rows_out.append(text)
-        problems.append(_with_problems(_problems_in(batch, i), found))
+            rows, found = [], [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
+        rows_out.append(rows)
+        new_problems.append(found)
     return _replace_columns(
         table,
-        {"metric_rows": pa.array(rows_out, type=pa.string()), "problems": pa.array(problems, type=pa.string())},
+        {
+            METRIC_ROWS_PART.column: pa.array(rows_out, type=METRIC_ROWS_PART.type),
+            "problems": _problems_array(_problem_lists(table), new_problems),
+        },
     )
 
 
 def failed_in_stage(before: pa.Table, after: pa.Table) -> int:
     """Images that gained a failure problem (see ``FAILURE_CODES``) between two batches of a stage."""
-    old = before.column("problems").to_pylist() if "problems" in before.column_names else [None] * after.num_rows
+    if "problems" in before.column_names:
+        old = pc.fill_null(pc.list_value_length(before.column("problems")), 0).to_pylist()
+    else:
+        old = [0] * after.num_rows
     failed = 0
-    for previous, current in zip(old, after.column("problems").to_pylist(), strict=True):
-        new = (json.loads(current) if current else [])[len(json.loads(previous)) if previous else 0 :]
-        failed += any(p["code"] in FAILURE_CODES for p in new)
+    for known, current in zip(old, _values(after, "problems"), strict=True):
+        failed += any(p["code"] in FAILURE_CODES for p in (current or [])[known:])
     return failed
 
 
 def finish_stage(table: pa.Table) -> pa.Table:
     """Drop the polygon text once every stage that needs it has run."""
     return _drop(table, ["polygons"])
+
+
+# --------------------------------------------------------------------------------------- the chain
+
+
+@dataclass(frozen=True)
+class StageStep:
+    """One stage of the chain: its name, its batch function and the keyword arguments it is called with."""
+
+    name: str
+    fn: Callable[..., pa.Table]
+    kwargs: dict[str, Any]
+
+
+def _annotate_formats(formats: list[OutputFormat]) -> tuple[str, ...]:
+    made_here = [fmt for fmt in formats if fmt.part is not None and fmt.part.stage == "annotate"]
+    return tuple(fmt.name for fmt in sorted(made_here, key=lambda fmt: fmt.option_rank))
+
+
+def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float | None) -> list[StageStep]:
+    """The ordered stages an export runs for its options: copy and annotate always, visualize and
+    metrics when a selected format has its part made there."""
+    formats = selected_formats(Selection.of(options))
+    needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
+    arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
+        "copy": (
+            copy_stage,
+            {
+                "images_root": images_root,
+                "read_files": options.include_originals or options.include_visualizations,
+                # with originals exported, COCO and YOLO reference only files that decode
+                "check": ("header" if "visualize" in needed else "decode") if options.include_originals else "none",
+            },
+        ),
+        "visualize": (
+            visualize_stage,
+            {"settings": options.visualization, "keep_originals": options.include_originals},
+        ),
+        "annotate": (annotate_stage, {"formats": _annotate_formats(formats)}),
+        "metrics": (metrics_stage, {"scale_um_per_px": scale_um_per_px}),
+    }
+    return [StageStep(name, *arguments[name]) for name in STAGE_ORDER if name in needed]

@@ -114,7 +114,7 @@ def _write_coco(tmp_path, images, info=None) -> tuple[bytes, str]:
     ) as w:
         for index, name, parsed, width, height in images:
             anns, problems = coco_annotations_for_image(index, parsed, width, height)
-            assert problems == []
+            assert [p.code for p in problems] == ["polyline_not_in_coco"] * bool(parsed.polylines)
             w.add_image(coco_image_entry(index, name, width, height), anns)
         with open(path, "wb") as f:
             w.write(f)
@@ -159,13 +159,12 @@ def test_coco_file_loads_and_masks_decode(tmp_path, first_image, second_image):
         {"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT},
         {"id": 2, "file_name": "b.png", "width": WIDTH, "height": HEIGHT},
     ]
-    assert [c["id"] for c in doc["categories"]] == [1, 2]
-    assert doc["categories"][1]["name"] == "polyline"
+    assert doc["categories"] == [{"id": 1, "name": "cell", "supercategory": "cell"}]  # no polyline category
 
     anns = doc["annotations"]
     assert [a["id"] for a in anns] == list(range(1, len(anns) + 1))
     order = [(a["image_id"], a["category_id"], a["attributes"]["number"]) for a in anns]
-    assert order == [(1, 1, 1), (1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 1, 5), (1, 2, 1), (2, 1, 1), (2, 1, 2)]
+    assert order == [(1, 1, 1), (1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 1, 5), (2, 1, 1), (2, 1, 2)]
 
     for ann in anns:
         mask = coco.annToMask(coco.anns[ann["id"]])
@@ -173,17 +172,13 @@ def test_coco_file_loads_and_masks_decode(tmp_path, first_image, second_image):
         assert ann["iscrowd"] == 0
         assert isinstance(ann["area"], float)
         assert ann["area"] == float(mask.sum())
-        if ann["category_id"] == 2:
-            assert mask.sum() == 0
-            assert ann["area"] == 0.0
-        else:
-            assert mask.sum() > 0
+        assert mask.sum() > 0
         holes = ann["attributes"].get("holes", 0)
         if holes:
             assert isinstance(ann["segmentation"], dict)
             assert isinstance(ann["segmentation"]["counts"], str)
             assert ann["segmentation"]["size"] == [HEIGHT, WIDTH]
-        elif ann["category_id"] == 1:
+        else:
             assert isinstance(ann["segmentation"], list) and len(ann["segmentation"]) == 1
 
 
@@ -196,7 +191,7 @@ def test_coco_holes_are_empty_and_attributes(tmp_path, first_image):
     disc_mask = coco.annToMask(coco.anns[disc["id"]])
     assert disc_mask[75, 255] == 0  # hole centre
     assert disc_mask[80, 200] == 1  # ring between hole and outer edge
-    assert disc["attributes"] == {"number": 2, "confidence": 0.8, "holes": 1, "complete": True}
+    assert disc["attributes"] == {"number": 2, "model_confidence": 0.8, "holes": 1, "complete": True}
     assert disc["image_id"] == 3
 
     rect = anns[(1, 3)]
@@ -211,7 +206,7 @@ def test_coco_holes_are_empty_and_attributes(tmp_path, first_image):
     first = anns[(1, 1)]
     assert first["segmentation"] == [[20.0, 20.0, 120.0, 25.0, 110.0, 100.0, 60.0, 120.0, 15.0, 90.0]]
     assert first["bbox"] == [15.0, 20.0, 105.0, 100.0]
-    assert first["attributes"] == {"number": 1, "confidence": 0.9, "holes": 0, "complete": True}
+    assert first["attributes"] == {"number": 1, "model_confidence": 0.9, "holes": 0, "complete": True}
 
     cut = anns[(1, 4)]
     assert cut["attributes"]["complete"] is False
@@ -221,16 +216,7 @@ def test_coco_holes_are_empty_and_attributes(tmp_path, first_image):
     over = anns[(1, 5)]
     assert over["area"] == (WIDTH - 520) * (HEIGHT - 320)
 
-    line = anns[(2, 1)]
-    assert line["bbox"] == [300.0, 200.0, 80.0, 20.0]
-    assert line["segmentation"] == [
-        [300.0, 200.0, 340.0, 220.0, 380.0, 210.0, 380.0, 210.0, 340.0, 220.0, 300.0, 200.0]
-    ]
-    assert line["attributes"]["length"] == pytest.approx(math.hypot(40, 20) + math.hypot(40, 10))
-    assert line["attributes"]["part_class"] == "tail"
-    assert line["attributes"]["instance_id"] == 7
-    assert line["attributes"]["confidence"] == 0.5
-    assert line["area"] == 0.0
+    assert {category for category, _ in anns} == {1}  # the image's polyline is not in COCO
 
 
 def test_coco_rle_equals_outer_minus_holes_pixelwise(first_image):
@@ -267,8 +253,8 @@ def test_categories_without_polylines(tmp_path, second_image):
 def test_coco_unknown_size_gives_problem_and_no_annotations(first_image):
     anns, problems = coco_annotations_for_image(1, first_image, 0, 0)
     assert anns == []
-    assert [p.code for p in problems] == ["annotation_failed"]
-    assert "size unknown" in problems[0].message
+    assert [p.code for p in problems] == ["annotation_failed", "polyline_not_in_coco"]
+    assert "size unknown" in problems[0].message and "1 polyline(s)" in problems[1].message
     assert coco_annotations_for_image(1, parse_polygons(None), 0, 0) == ([], [])
 
 
@@ -283,8 +269,8 @@ def test_coco_far_out_vertices_are_clipped_not_expanded():
         )
     )
     anns, problems = coco_annotations_for_image(1, parsed, WIDTH, HEIGHT)
-    assert problems == []
-    assert len(anns) == 3
+    assert [p.code for p in problems] == ["polyline_not_in_coco"]
+    assert len(anns) == 2 and {a["category_id"] for a in anns} == {1}
     expected = mask_utils.decode(mask_utils.frPyObjects([[10, 10, 601, 10, 601, 50, 10, 50]], HEIGHT, WIDTH)[0])
     rle0 = mask_utils.merge(mask_utils.frPyObjects(anns[0]["segmentation"], HEIGHT, WIDTH))
     assert np.array_equal(mask_utils.decode(rle0), expected)
@@ -292,8 +278,6 @@ def test_coco_far_out_vertices_are_clipped_not_expanded():
     assert anns[0]["bbox"] == [10.0, 10.0, 1e9 - 10, 40.0]
     assert anns[1]["area"] == 0.0
     assert mask_utils.area(_ann_rle(anns[1])) == 0
-    assert anns[2]["area"] == 0.0
-    assert mask_utils.area(_ann_rle(anns[2])) == 0
 
 
 def test_clip_ring_to_box_matches_shapely():
@@ -312,8 +296,9 @@ def test_coco_object_failure_is_reported_not_raised(first_image):
     first_image.objects[1].holes.append(np.zeros((0, 2)))  # malformed hole from a broken caller
     first_image.objects[0].outer = np.array([[np.nan, 1.0], [2.0, 3.0], [4.0, 5.0]])
     anns, problems = coco_annotations_for_image(1, first_image, WIDTH, HEIGHT)
-    assert all(p.code == "annotation_failed" and p.stage == "annotate" for p in problems)
-    assert len(anns) + len(problems) == len(first_image.objects) + len(first_image.polylines)
+    failures = [p for p in problems if p.code == "annotation_failed"]
+    assert all(p.stage == "annotate" for p in problems) and problems[-1].code == "polyline_not_in_coco"
+    assert len(anns) + len(failures) == len(first_image.objects) and len(problems) == len(failures) + 1
 
 
 def test_coco_writer_rejects_out_of_order_images():
@@ -481,3 +466,14 @@ def test_json_export_same_input_same_bytes(tmp_path):
     two = _write_json_export(tmp_path, [(1, "i", "a.png", parse_polygons(_first_image_json()))])
     assert one == two
     assert b"NaN" not in one
+
+
+#: Fields of common loaders' label classes (FiftyOne's Detection; supervision and Datumaro use a subset).
+LOADER_LABEL_FIELDS = {"label", "bounding_box", "mask", "confidence", "index", "attributes", "tags", "id", "class_id"}
+
+
+def test_coco_attribute_names_collide_with_no_loader_label_field(first_image, second_image):
+    for index, parsed in ((1, first_image), (2, second_image)):
+        for ann in coco_annotations_for_image(index, parsed, WIDTH, HEIGHT)[0]:
+            assert set(ann["attributes"]) == {"number", "model_confidence", "holes", "complete"}
+            assert not set(ann["attributes"]) & LOADER_LABEL_FIELDS

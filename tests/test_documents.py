@@ -11,17 +11,7 @@ import numpy as np
 import pytest
 
 from ray_export.documents import (
-    COCO_MEMBER,
-    DATA_YAML_MEMBER,
-    IMAGES_FOLDER,
-    JSON_EXPORT_MEMBER,
-    LABELS_FOLDER,
-    METADATA_MEMBER,
     NOTE_CODES,
-    README_MEMBER,
-    REPORT_MEMBER,
-    VISUALIZATIONS_FOLDER,
-    ExportCounts,
     ExportReportWriter,
     ExportSummary,
     aggregated_member_names,
@@ -30,8 +20,16 @@ from ray_export.documents import (
     metadata_json,
     readme_markdown,
     software_versions,
-    zip_contents,
 )
+from ray_export.formats.base import Selection
+from ray_export.formats.coco import MEMBER as COCO_MEMBER
+from ray_export.formats.export_report import MEMBER as REPORT_MEMBER
+from ray_export.formats.json_export import MEMBER as JSON_EXPORT_MEMBER
+from ray_export.formats.metadata import MEMBER as METADATA_MEMBER
+from ray_export.formats.originals import FOLDER as IMAGES_FOLDER
+from ray_export.formats.readme import MEMBER as README_MEMBER
+from ray_export.formats.visualizations import FOLDER as VISUALIZATIONS_FOLDER
+from ray_export.formats.yolo import DATA_YAML_MEMBER, LABELS_FOLDER
 from ray_export.options import build_options
 from ray_export.problems import PROBLEM_CODES, Problem
 
@@ -61,10 +59,10 @@ def make_summary(**option_overrides: object) -> ExportSummary:
         },
         {},
     )
-    counts = ExportCounts(
-        images=4, images_with_files=3, visualizations=2, objects=9, polylines=1, polylines_not_in_yolo=1,
-        metric_rows=8, problems=2,
-    )  # fmt: skip
+    counts = {
+        "images": 4, "images_with_files": 3, "visualizations": 2, "objects": 9, "polylines": 1,
+        "polylines_not_in_yolo": 1, "metric_rows": 8, "problems": 2,
+    }  # fmt: skip
     # The caller passes content options; extra keys (even secrets) must never reach the documents.
     leaky_options = {
         **options.content_options(),
@@ -83,7 +81,7 @@ def make_summary(**option_overrides: object) -> ExportSummary:
         counts=counts,
         scale_um_per_px=options.scale_um_per_px,
         scale_source="option",
-        members=zip_contents(options, counts),
+        members=(),
         software_versions=PINNED_SOFTWARE,
     )
 
@@ -166,8 +164,9 @@ def test_readme_full_export_describes_every_format() -> None:
     assert text.endswith("\n") and not text.endswith("\n\n")
 
 
-def test_zip_contents_and_aggregated_order() -> None:
-    assert aggregated_member_names(("coco", "yolo", "json"), ("csv", "xlsx", "json", "parquet"), True) == [
+def test_member_list_and_aggregated_order() -> None:
+    everything = Selection(annotations=("coco", "yolo", "json"), metrics=("csv", "xlsx", "json", "parquet"))
+    assert aggregated_member_names(everything) == [
         COCO_MEMBER,
         JSON_EXPORT_MEMBER,
         DATA_YAML_MEMBER,
@@ -180,10 +179,13 @@ def test_zip_contents_and_aggregated_order() -> None:
         METADATA_MEMBER,
         REPORT_MEMBER,
     ]
-    assert aggregated_member_names((), (), False) == [REPORT_MEMBER]
+    assert aggregated_member_names(Selection(originals=False, visualizations=False, docs=False)) == [REPORT_MEMBER]
     options = build_options({"db": "x.db", "project": "p"}, {})
-    members = zip_contents(options, ExportCounts(images=2, images_with_files=0, visualizations=1))
-    assert members[:2] == (VISUALIZATIONS_FOLDER, LABELS_FOLDER)
+    summary = dataclasses.replace(
+        make_summary(), content_options=options.content_options(),
+        counts={"images": 2, "images_with_files": 0, "visualizations": 1},
+    )  # fmt: skip
+    assert summary.member_list()[:3] == (VISUALIZATIONS_FOLDER, LABELS_FOLDER, COCO_MEMBER)
 
 
 def test_format_export_time() -> None:
@@ -217,7 +219,9 @@ def build_report() -> ExportReportWriter:
 def test_report_schema_and_ordering() -> None:
     writer = build_report()
     buffer = io.BytesIO()
-    returned = writer.write(buffer, {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "problems": 999})
+    returned = writer.write(
+        buffer, {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "polylines_not_in_coco": 2, "problems": 999}
+    )
     report = json.loads(buffer.getvalue())
     assert report == returned
     assert list(report) == ["images", "unknown_image_ids", "notes", "counts", "problem_codes"]
@@ -233,9 +237,17 @@ def test_report_schema_and_ordering() -> None:
         {"code": "scale_pixels", "message": "images have different pixelSizeUm"},
         {"code": "unknown_image_ids", "message": "2 ids were not exported"},
     ]
-    assert report["counts"] == {"images": 9, "objects": 12, "polylines_not_in_yolo": 1, "problems": 4}
+    assert report["counts"] == {
+        "images": 9, "objects": 12, "polylines_not_in_yolo": 1, "polylines_not_in_coco": 2, "problems": 4,
+    }  # fmt: skip
     assert report["problem_codes"] == PROBLEM_CODES
     assert writer.problem_count == 4 and writer.image_count == 2
+
+
+def _report_bytes(writer: ExportReportWriter, counts: dict) -> bytes:
+    out = io.BytesIO()
+    writer.write(out, counts)
+    return out.getvalue()
 
 
 def test_report_bytes_independent_of_add_order() -> None:
@@ -247,14 +259,16 @@ def test_report_bytes_independent_of_add_order() -> None:
         forward.add_image(*entry)
     for entry in reversed(entries):
         backward.add_image(*entry)
-    assert forward.to_bytes(counts) == backward.to_bytes(counts)
-    assert forward.to_bytes(counts).endswith(b"\n")
+    assert _report_bytes(forward, counts) == _report_bytes(backward, counts)
+    assert _report_bytes(forward, counts).endswith(b"\n")
 
 
 def test_empty_report() -> None:
-    report = json.loads(ExportReportWriter().to_bytes({}))
+    report = json.loads(_report_bytes(ExportReportWriter(), {}))
     assert report["images"] == [] and report["unknown_image_ids"] == [] and report["notes"] == []
-    assert report["counts"] == {"images": 0, "objects": 0, "polylines_not_in_yolo": 0, "problems": 0}
+    assert report["counts"] == {
+        "images": 0, "objects": 0, "polylines_not_in_yolo": 0, "polylines_not_in_coco": 0, "problems": 0,
+    }  # fmt: skip
 
 
 def test_problem_rejects_unknown_code() -> None:
@@ -294,8 +308,15 @@ def test_report_note_forms() -> None:
     writer.add_note("scale: images have no common pixelSizeUm")
     writer.add_note("scale_pixels")
     writer.add_note("custom", "text")
-    assert json.loads(writer.to_bytes({}))["notes"] == [
+    assert json.loads(_report_bytes(writer, {}))["notes"] == [
         {"code": "note", "message": "scale: images have no common pixelSizeUm"},
         {"code": "scale_pixels", "message": NOTE_CODES["scale_pixels"]},
         {"code": "custom", "message": "text"},
     ]
+
+
+def test_readme_loads_coco_from_the_standard_layout() -> None:
+    text = readme_markdown(make_summary())
+    assert COCO_MEMBER == "annotations/instances_default.json"
+    assert f'coco = COCO("{COCO_MEMBER}")' in text and f"| `{COCO_MEMBER}` |" in text
+    assert "annotations/instances_<subset>.json" in text and "annotations/coco/" not in text

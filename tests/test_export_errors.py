@@ -85,7 +85,7 @@ def test_broken_images_are_reported_and_the_rest_exported(broken_project, tmp_pa
         assert "images/missing.png" not in zf.namelist()
         assert "visualizations/good_viz.png" in zf.namelist()
         report = json.loads(zf.read("documentation/export_report.json"))
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
     codes = {img["image_name"]: {p["code"] for p in img["problems"]} for img in report["images"]}
     assert "file_missing" in codes["missing.png"]
     assert "image_decode_failed" in codes["corrupt.png"]
@@ -93,14 +93,9 @@ def test_broken_images_are_reported_and_the_rest_exported(broken_project, tmp_pa
     assert "path_outside_root" in codes["escape.png"]
     assert {"file_missing", "image_size_unknown"} <= codes["nosize.png"]
     assert "good.png" not in codes
-    # every row is listed in COCO, with its objects even when the file is missing
-    assert [i["file_name"] for i in coco["images"]] == [
-        "good.png", "missing.png", "corrupt.png", "broken_json.png", "escape.png", "nosize.png"
-    ]
-    per_image = {}
-    for ann in coco["annotations"]:
-        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
-    assert per_image == {1: 1, 2: 1, 3: 1, 5: 1}
+    # with originals exported, COCO lists only the images stored under images/
+    assert [i["file_name"] for i in coco["images"]] == ["good.png", "broken_json.png"]
+    assert [ann["image_id"] for ann in coco["annotations"]] == [1]
     # paths in messages are relative to the images root
     text = json.dumps(report)
     assert str(_root) not in text
@@ -168,9 +163,9 @@ def test_progress_counts_failures_and_problems_live(broken_project, tmp_path):
     result = handle.wait(timeout=300)
     snap = handle.progress()
     assert snap["state"] == "succeeded"
-    # missing.png, escape.png and nowhere.png are not read; corrupt.png does not decode
-    assert snap["failed"]["copy"] == 3
-    assert snap["failed"]["visualize"] == 1
+    # missing.png, escape.png and nowhere.png are not read; corrupt.png does not decode (found while copying)
+    assert snap["failed"]["copy"] == 4
+    assert snap["failed"]["visualize"] == 0
     assert snap["failed"]["annotate"] == 1  # the broken polygon JSON
     assert snap["problems"] == result.counts["problems"] > 0
 
@@ -221,7 +216,7 @@ def test_selected_image_ids_with_unknown_ones(broken_project, tmp_path):
     assert result.counts["images"] == 2
     with zipfile.ZipFile(out) as zf:
         report = json.loads(zf.read("documentation/export_report.json"))
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         assert zf.read("images/good.png") == good
     assert report["unknown_image_ids"] == ["nope"]
     assert [n["code"] for n in report["notes"]] == ["scale_pixels", "unknown_image_ids"]

@@ -17,14 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_export.formats import metrics_files
-from ray_export.formats.metrics_files import (
-    MetricsCsvWriter,
-    MetricsJsonWriter,
-    MetricsParquetWriter,
-    MetricsXlsxWriter,
-    summary_statistics,
-)
+from ray_export.formats import metrics_xlsx
+from ray_export.formats.metrics_csv import MetricsCsvWriter
+from ray_export.formats.metrics_files import summary_statistics
+from ray_export.formats.metrics_json import MetricsJsonWriter
+from ray_export.formats.metrics_parquet import MetricsParquetWriter
+from ray_export.formats.metrics_xlsx import MetricsXlsxWriter
 from ray_export.metrics import KEY_COLUMNS, METRIC_COLUMNS, header_name, image_metric_rows, metric_units
 from ray_export.polygons import parse_polygons
 
@@ -294,7 +292,7 @@ def test_xlsx_created_timezone_is_utc():
 
 
 def test_xlsx_overflow_continues_on_new_sheet(monkeypatch):
-    monkeypatch.setattr(metrics_files, "XLSX_ROWS_PER_SHEET", 3)
+    monkeypatch.setattr(metrics_xlsx, "XLSX_ROWS_PER_SHEET", 3)
     rows = _sample_rows()[:7]
     sheets = _read_xlsx(_write(MetricsXlsxWriter, [rows], False, CREATED))
     assert list(sheets) == ["Polygon Metrics", "Polygon Metrics (2)", "Polygon Metrics (3)", "Summary"]

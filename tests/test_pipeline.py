@@ -44,7 +44,7 @@ def test_zip_has_every_member_and_originals_are_verbatim(demo_zip, demo_project)
         names = zf.namelist()
         assert zf.testzip() is None
         for member in [
-            "annotations/coco/annotations.json",
+            "annotations/instances_default.json",
             "annotations/json/segmentation_data.json",
             "data.yaml",
             "metrics/metrics.csv",
@@ -69,10 +69,10 @@ def test_zip_has_every_member_and_originals_are_verbatim(demo_zip, demo_project)
                 on_disk[hashlib.sha256(path.read_bytes()).hexdigest()] = rel
         in_zip = {hashlib.sha256(zf.read(n)).hexdigest() for n in images}
         assert in_zip == set(on_disk)
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         assert [img["id"] for img in coco["images"]] == list(range(1, len(db["images"]) + 1))
         # ordering: per-image members first in index order, aggregated members after
-        first_aggregate = names.index("annotations/coco/annotations.json")
+        first_aggregate = names.index("annotations/instances_default.json")
         assert all(n.startswith(("images/", "visualizations/", "labels/")) for n in names[:first_aggregate])
         # compression policy
         for info in zf.infolist():
@@ -85,7 +85,7 @@ def test_zip_has_every_member_and_originals_are_verbatim(demo_zip, demo_project)
 def test_object_numbers_agree_across_formats(demo_zip):
     out, result = demo_zip
     with zipfile.ZipFile(out) as zf:
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         seg = json.loads(zf.read("annotations/json/segmentation_data.json"))
         rows = list(csv.DictReader(io.StringIO(zf.read("metrics/metrics.csv").decode("utf-8"))))
         by_index = {img["index"]: img for img in seg["images"]}

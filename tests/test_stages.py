@@ -17,6 +17,8 @@ import pytest
 from actors.zip_writer import AssemblyPlan, ExportAssembler
 from ray_export import stages
 from ray_export.documents import ExportSummary
+from ray_export.formats.base import Selection
+from ray_export.formats.registry import ResultSchemaError, result_schema, selected_formats
 from ray_export.options import VisualizationSettings, build_options
 from ray_export.planning import _decide_scale
 
@@ -61,7 +63,11 @@ def root(tmp_path) -> Path:
 
 
 def _problems(table: pa.Table) -> list[set[str]]:
-    return [{p["code"] for p in json.loads(t)} for t in table.column("problems").to_pylist()]
+    return [{p["code"] for p in problems} for problems in table.column("problems").to_pylist()]
+
+
+def _coco(table: pa.Table, row: int) -> list[dict]:
+    return [json.loads(item) for item in table.column("coco_annotations")[row].as_py()]
 
 
 def test_copy_stage_reads_bytes_refuses_escapes_and_settles_sizes(root):
@@ -111,17 +117,18 @@ def test_stages_chain_produces_every_part(root):
     viz = t.column("visualization")[0].as_py()
     assert viz.startswith(b"\x89PNG")
     t = stages.annotate_stage(t, ("coco", "yolo", "json"))
-    coco = json.loads(t.column("coco_annotations")[0].as_py())
-    assert [a["category_id"] for a in coco] == [1, 2]
-    assert coco[0]["image_id"] == 3 and coco[0]["iscrowd"] == 0 and "counts" in coco[0]["segmentation"]
+    coco = _coco(t, 0)
+    assert [a["category_id"] for a in coco] == [1]  # the polyline is not in COCO
+    assert coco[0]["image_id"] == 3 and "id" not in coco[0]
+    assert coco[0]["iscrowd"] == 0 and "counts" in coco[0]["segmentation"]
     assert coco[0]["area"] == pytest.approx(32 * 24 - 12 * 10, rel=0.05)
     assert len(t.column("yolo_label")[0].as_py().splitlines()) == 1
     entry = json.loads(t.column("json_entry")[0].as_py())
     assert entry["index"] == 3 and entry["objects"][0]["area"] == 32 * 24 - 12 * 10
     assert t.column("n_objects").to_pylist() == [1] and t.column("n_polylines").to_pylist() == [1]
-    assert "polyline_not_in_yolo" in _problems(t)[0]
+    assert {"polyline_not_in_yolo", "polyline_not_in_coco"} <= _problems(t)[0]
     t = stages.metrics_stage(t, 0.5)
-    (row,) = json.loads(t.column("metric_rows")[0].as_py())
+    (row,) = t.column("metric_rows")[0].as_py()
     assert row["number"] == 1 and row["image_name"] == "a.png"
     assert row["area"] == pytest.approx((32 * 24 - 12 * 10) * 0.25)
     assert row["perimeter"] == pytest.approx(2 * (32 + 24) * 0.5)
@@ -134,7 +141,7 @@ def test_annotate_without_formats_still_reports_parse_problems():
     t = stages.copy_stage(table, "/nonexistent-root", read_files=False)
     t = stages.annotate_stage(t, ())
     assert "polygons_invalid_json" in _problems(t)[0]
-    assert t.column("coco_annotations").to_pylist() == [None]
+    assert "coco_annotations" not in t.column_names and t.column("n_objects").to_pylist() == [0]
 
 
 def test_broken_stage_input_becomes_a_problem(monkeypatch):
@@ -142,7 +149,7 @@ def test_broken_stage_input_becomes_a_problem(monkeypatch):
         raise RuntimeError("renderer exploded")
 
     monkeypatch.setattr(stages, "render_visualization", boom)
-    table = pa.table({"index": [1], "original": [b"x"], "polygons": [SQUARE], "problems": ["[]"]})
+    table = pa.table({"index": [1], "original": [b"x"], "polygons": [SQUARE]})
     out = stages.visualize_stage(table, VisualizationSettings(), keep_originals=True)
     assert out.column("visualization").to_pylist() == [None]
     assert _problems(out) == [{"render_failed"}]
@@ -171,21 +178,28 @@ def _plan(tmp_path: Path, total: int) -> AssemblyPlan:
     summary = ExportSummary(project_id="p", project_title="T", project_type="spheroid",
                             export_time="2024-05-06T07:08:09.000000Z", content_options={}, counts={},
                             scale_um_per_px=None, scale_source="pixels")
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
     return AssemblyPlan(output=str(tmp_path / "out.zip"), export_time=when, total_images=total,
                         include_originals=True, include_visualizations=True, annotations=("coco", "yolo", "json"),
                         metrics=("csv",), include_docs=False, viz_extension=".png", scale_um_per_px=None,
-                        summary=summary, coco_info={"description": "T"})
+                        summary=summary, coco_info={"description": "T"}, spool_dir=str(spool))
 
 
-def _result_rows(indices: list[int]) -> pa.Table:
-    return pa.Table.from_pylist([
-        {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "stem": f"f{i}", "original": b"IMG%d" % i,
-         "visualization": None, "yolo_label": "", "coco_annotations": "[]", "json_entry": json.dumps(
+def _result_rows(indices: list[int], drop: str = "") -> pa.Table:
+    """Results of images without objects, in the result schema of ``_plan``'s formats."""
+    rows = [
+        {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "stem": f"f{i}", "width": 1, "height": 1,
+         "decodable": True, "n_objects": 0, "n_polylines": 0, "problems": [], "original": b"IMG%d" % i,
+         "visualization": None, "coco_annotations": [], "json_entry": json.dumps(
              {"index": i, "image_id": f"id{i}", "file_name": f"f{i}.png", "width": 1, "height": 1, "objects": [],
-              "polylines": [], "orphan_holes": []}),
-         "metric_rows": "[]", "problems": "[]", "width": 1, "height": 1, "n_objects": 0, "n_polylines": 0}
+              "polylines": [], "orphan_holes": []}).encode(), "yolo_label": "", "metric_rows": []}
         for i in indices
-    ])
+    ]
+    schema = result_schema(selected_formats(Selection(annotations=("coco", "yolo", "json"), metrics=("csv",),
+                                                      docs=False)))
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.drop_columns([drop]) if drop else table
 
 
 def test_assembler_reorders_and_writes_in_index_order(tmp_path):
@@ -200,7 +214,7 @@ def test_assembler_reorders_and_writes_in_index_order(tmp_path):
         names = zf.namelist()
         assert names[:4] == ["images/f1.png", "labels/f1.txt", "images/f2.png", "labels/f2.txt"]
         assert names[-1] == "documentation/export_report.json"
-        coco = json.loads(zf.read("annotations/coco/annotations.json"))
+        coco = json.loads(zf.read("annotations/instances_default.json"))
         assert [i["id"] for i in coco["images"]] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip"]  # spools removed
 
@@ -290,23 +304,9 @@ def test_hostile_polygon_json_never_escapes_a_stage(root):
     entry = json.loads(t.column("json_entry")[0].as_py())
     assert len(entry["objects"]) == 1 and entry["objects"][0]["confidence"] is None
     assert entry["polylines"][0]["part_class"] is None and entry["polylines"][0]["instance_id"] == [None, 1]
-    coco = json.loads(t.column("coco_annotations")[0].as_py())
-    assert [a["category_id"] for a in coco] == [1, 2]
-    assert len(json.loads(t.column("metric_rows")[0].as_py())) == 1
+    assert [a["category_id"] for a in _coco(t, 0)] == [1]
+    assert len(t.column("metric_rows")[0].as_py()) == 1
     assert all(text is not None for text in t.column("json_entry").to_pylist())
-
-
-def test_polyline_outside_the_image_still_decodes():
-    from pycocotools import mask as mask_utils
-
-    from ray_export.formats.coco import coco_annotations_for_image
-    from ray_export.polygons import parse_polygons
-
-    far = [{"geometry": "polyline", "points": [{"x": 5000, "y": 5000}, {"x": 6000, "y": 5200}]}]
-    (ann,), _ = coco_annotations_for_image(1, parse_polygons(far), 40, 30)
-    seg = ann["segmentation"]
-    rles = mask_utils.frPyObjects(seg, 30, 40) if isinstance(seg, list) else [seg]
-    assert mask_utils.decode(rles).sum() == 0
 
 
 def test_failed_in_stage_counts_images_that_gained_a_failure(root):
@@ -319,3 +319,58 @@ def test_failed_in_stage_counts_images_that_gained_a_failure(root):
     assert stages.failed_in_stage(table, copied) == 1
     annotated = stages.annotate_stage(copied, ("yolo",))
     assert stages.failed_in_stage(copied, annotated) == 0
+
+
+@pytest.mark.parametrize("column", ["yolo_label", "problems", "coco_annotations", "metric_rows"])
+def test_assembler_refuses_results_without_a_needed_column(tmp_path, column):
+    assembler = ExportAssembler(_plan(tmp_path, 1))
+    with pytest.raises(ResultSchemaError, match=column):
+        assembler.add_batch(_result_rows([1], drop=column))
+    assembler.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_assembler_refuses_a_result_column_of_another_type(tmp_path):
+    assembler = ExportAssembler(_plan(tmp_path, 1))
+    table = _result_rows([1])
+    as_text = pa.array(["[]"], type=pa.string())
+    table = table.set_column(table.column_names.index("problems"), "problems", as_text)
+    with pytest.raises(ResultSchemaError, match=r"problems.*type"):
+        assembler.add_batch(table)
+    assembler.abort()
+
+
+def test_stage_chain_follows_the_selected_formats(root):
+    everything = build_options(None, {"db": "x.db", "project": "p"})
+    chain = stages.stage_chain(everything, str(root), 0.5)
+    assert [step.name for step in chain] == ["copy", "visualize", "annotate", "metrics"]
+    assert chain[0].kwargs == {"images_root": str(root), "read_files": True, "check": "header"}
+    assert chain[2].kwargs == {"formats": ("coco", "yolo", "json")}
+    assert chain[3].kwargs == {"scale_um_per_px": 0.5}
+    lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
+                                "annotations": "json", "metrics": "none"})
+    chain = stages.stage_chain(lean, str(root), None)
+    assert [step.name for step in chain] == ["copy", "annotate"]
+    assert chain[0].kwargs["read_files"] is False and chain[1].kwargs == {"formats": ("json",)}
+    assert chain[0].kwargs["check"] == "none"
+    no_drawings = build_options(None, {"db": "x.db", "project": "p", "visualizations": False})
+    assert stages.stage_chain(no_drawings, str(root), None)[0].kwargs["check"] == "decode"
+
+
+def test_chained_stages_match_the_writer_schema(root):
+    options = build_options(None, {"db": "x.db", "project": "p", "metrics": "csv"})
+    table = _source([{"index": 1, "image_id": "img-1", "file_name": "a.png", "stem": "a",
+                      "original_path": "sub/a.png", "polygons": SQUARE}])
+    for step in stages.stage_chain(options, str(root), None):
+        table = step.fn(table, **step.kwargs)
+    schema = result_schema(selected_formats(Selection.of(options)))
+    assert [table.schema.field(name).type for name in schema.names] == list(schema.types)
+
+
+def test_stages_leave_image_bytes_untouched_where_they_do_not_use_them(root):
+    table = _source([{"index": 1, "image_id": "img-1", "file_name": "a.png", "stem": "a",
+                      "original_path": "sub/a.png", "polygons": SQUARE}])
+    copied = stages.copy_stage(table, str(root), read_files=True)
+    address = copied.column("original").chunk(0).buffers()[2].address
+    later = stages.metrics_stage(stages.annotate_stage(copied, ("coco", "yolo", "json")), None)
+    assert later.column("original").chunk(0).buffers()[2].address == address  # passed on, not rebuilt

@@ -82,7 +82,7 @@ def _write(path: Path, timestamp: datetime = EXPORT_TIME) -> int:
         ("images/a.JPEG", ZIP_STORED),
         ("visualizations/a_viz.webp", ZIP_STORED),
         ("labels/a.txt", ZIP_DEFLATED),
-        ("annotations/coco/annotations.json", ZIP_DEFLATED),
+        ("annotations/instances_default.json", ZIP_DEFLATED),
         ("metrics/metrics.csv", ZIP_DEFLATED),
         ("images/a.bmp", ZIP_DEFLATED),
         ("images/noextension", ZIP_DEFLATED),

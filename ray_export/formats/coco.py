@@ -1,8 +1,10 @@
-"""COCO instances (``annotations/coco/annotations.json``).
+"""COCO instances (``annotations/instances_default.json``).
 
 The per-image part (:func:`coco_image_entry`, :func:`coco_annotations_for_image`) is a pure function of
-one image's polygons and size, so it can run in parallel; :class:`CocoWriter` numbers the annotations
-1..M in the order the images are added (index order) and streams the finished file from spools.
+one image's polygons and size, so it can run in parallel. The annotate stage stores each annotation as
+compact JSON without its ``id`` (:data:`PART`); :class:`CocoWriter` numbers the annotations 1..M in the
+order the images are added (index order) by splicing the id in front, and streams the finished file from
+spools.
 
 Masks follow pycocotools' own rasterisation: a hole-free object is stored as a polygon list, an object
 with holes as compressed RLE of the outer ring minus its holes, and ``area`` is always the pixel count
@@ -17,17 +19,19 @@ import tempfile
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from ..geometry import ring_bbox, ring_length
-from ..polygons import ImagePolygons, PolygonObject, Polyline
+from ..geometry import ring_bbox
+from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+
+MEMBER = "annotations/instances_default.json"
 
 STAGE = "annotate"
 CELL_CATEGORY_ID = 1
-POLYLINE_CATEGORY_ID = 2
 CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"}
-POLYLINE_CATEGORY = {"id": POLYLINE_CATEGORY_ID, "name": "polyline", "supercategory": "polyline"}
 
 #: Rings reaching further outside the image than its own size (at least this many pixels) are clipped
 #: to that grown box before rasterising: pixels of the image are unaffected, and pycocotools' work (which
@@ -159,33 +163,9 @@ def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) 
         "iscrowd": 0,
         "attributes": {
             "number": int(obj.number),
-            "confidence": obj.confidence,
+            "model_confidence": obj.confidence,
             "holes": len(obj.holes),
             "complete": bool(obj.complete),
-        },
-    }
-
-
-def _polyline_annotation(index: int, line: Polyline, width: int, height: int) -> dict:
-    there_and_back = np.concatenate([line.points, line.points[::-1]], axis=0)
-    ring = _rasterisable_ring(there_and_back, width, height)
-    segmentation: Any = [_flat(ring)]
-    if len(ring) < 3:  # wholly outside the grown image box: an empty mask that annToMask still decodes
-        empty = _empty_rle(width, height)["counts"].decode("ascii")
-        segmentation = {"size": [int(height), int(width)], "counts": empty}
-    return {
-        "image_id": int(index),
-        "category_id": POLYLINE_CATEGORY_ID,
-        "segmentation": segmentation,
-        "area": 0.0,
-        "bbox": list(ring_bbox(line.points)),
-        "iscrowd": 0,
-        "attributes": {
-            "number": int(line.number),
-            "length": ring_length(line.points, closed=False),
-            "confidence": line.confidence,
-            "part_class": line.part_class,
-            "instance_id": line.instance_id,
         },
     }
 
@@ -195,22 +175,30 @@ def _failure(kind: str, number: int, exc: BaseException) -> Problem:
     return Problem("annotation_failed", STAGE, message[:300])
 
 
+def polylines_left_out(parsed: ImagePolygons) -> list[Problem]:
+    """The ``polyline_not_in_coco`` problem of an image with polylines (none without)."""
+    if not parsed.polylines:
+        return []
+    count = len(parsed.polylines)
+    return [Problem("polyline_not_in_coco", STAGE, f"{count} polyline(s) not in the COCO annotations")]
+
+
 def coco_annotations_for_image(
     index: int, parsed: ImagePolygons, width: int, height: int
 ) -> tuple[list[dict], list[Problem]]:
-    """COCO annotations of one image, without ``id``: closed objects by number, then polylines by number.
+    """COCO annotations of one image's closed objects by number, without ``id``.
 
-    With an unknown image size (0 or missing) no annotation can be rasterised: none are returned and one
+    Polylines are not instance masks and are left out (see :func:`polylines_left_out`). With an unknown
+    image size (0 or missing) no annotation can be rasterised: none are returned and one
     ``annotation_failed`` problem says so. A single object that fails is reported and left out.
     """
     width = int(width or 0)
     height = int(height or 0)
-    if not parsed.objects and not parsed.polylines:
-        return [], []
+    if not parsed.objects:
+        return [], polylines_left_out(parsed)
     if width <= 0 or height <= 0:
-        count = len(parsed.objects) + len(parsed.polylines)
-        message = f"COCO: image size unknown, {count} object(s)/polyline(s) left out of the annotations"
-        return [], [Problem("annotation_failed", STAGE, message)]
+        message = f"COCO: image size unknown, {len(parsed.objects)} object(s) left out of the annotations"
+        return [], [Problem("annotation_failed", STAGE, message), *polylines_left_out(parsed)]
     annotations: list[dict] = []
     problems: list[Problem] = []
     for obj in parsed.objects:
@@ -218,12 +206,7 @@ def coco_annotations_for_image(
             annotations.append(_object_annotation(index, obj, width, height))
         except Exception as exc:
             problems.append(_failure("object", obj.number, exc))
-    for line in parsed.polylines:
-        try:
-            annotations.append(_polyline_annotation(index, line, width, height))
-        except Exception as exc:
-            problems.append(_failure("polyline", line.number, exc))
-    return annotations, problems
+    return annotations, problems + polylines_left_out(parsed)
 
 
 class JsonLineSpool:
@@ -237,7 +220,13 @@ class JsonLineSpool:
         """Serialize ``value`` and append it."""
         if self._file is None:
             raise ValueError("spool is closed")
-        self._file.write(dumps_compact(value).encode("utf-8") + b"\n")
+        self.append_encoded(dumps_compact(value).encode("utf-8"))
+
+    def append_encoded(self, data: bytes) -> None:
+        """Append one value already serialised as compact JSON (no newline inside)."""
+        if self._file is None:
+            raise ValueError("spool is closed")
+        self._file.write(bytes(data) + b"\n")
         self.count += 1
 
     def write_array_items(self, out: IO[Any]) -> None:
@@ -275,7 +264,6 @@ class CocoWriter:
         self.info = info
         self._images = JsonLineSpool(spool_dir)
         self._annotations = JsonLineSpool(spool_dir)
-        self.has_polylines = False
         self._last_image_id: int | None = None
 
     @property
@@ -288,21 +276,32 @@ class CocoWriter:
         """Annotations added so far (the last id given)."""
         return self._annotations.count
 
-    def add_image(self, image_entry: dict, annotations: list[dict]) -> None:
-        """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
+    def _add_image_entry(self, image_entry: dict) -> None:
         image_id = int(image_entry["id"])
         if self._last_image_id is not None and image_id <= self._last_image_id:
             raise ValueError(f"images must be added in increasing id order: {image_id} after {self._last_image_id}")
         self._last_image_id = image_id
         self._images.append(image_entry)
+
+    def add_image(self, image_entry: dict, annotations: list[dict]) -> None:
+        """Add one image (calls in index order) and its annotations, which get ids continuing from 1."""
+        self._add_image_entry(image_entry)
         for ann in annotations:
-            if ann.get("category_id") == POLYLINE_CATEGORY_ID:
-                self.has_polylines = True
             self._annotations.append({"id": self._annotations.count + 1, **ann})
 
+    def add_encoded(self, image_entry: dict, annotations: list[bytes]) -> None:
+        """Like :meth:`add_image`, with annotations as :data:`PART` values (compact JSON of each annotation
+        without ``id``): the id is spliced in front without parsing."""
+        self._add_image_entry(image_entry)
+        for item in annotations:
+            encoded = bytes(item)
+            if not encoded.startswith(b"{") or encoded == b"{}":
+                raise ValueError("an encoded COCO annotation must be a non-empty JSON object")
+            self._annotations.append_encoded(b'{"id":%d,' % (self._annotations.count + 1) + encoded[1:])
+
     def categories(self) -> list[dict]:
-        """``cell``, plus ``polyline`` when any polyline annotation was added."""
-        return [dict(CELL_CATEGORY), dict(POLYLINE_CATEGORY)] if self.has_polylines else [dict(CELL_CATEGORY)]
+        """The one category ``cell``."""
+        return [dict(CELL_CATEGORY)]
 
     def write(self, fileobj: IO[Any]) -> None:
         """Write the complete JSON document to a binary (UTF-8) or text file object."""
@@ -322,3 +321,95 @@ class CocoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------ the format
+
+
+def _image_annotations(image: ImageInput) -> tuple[list[bytes] | None, list[Problem]]:
+    """The per-image part: each annotation as compact JSON without ``id``; none for an unknown size."""
+    if image.width <= 0 or image.height <= 0:
+        return None, polylines_left_out(image.parsed)
+    annotations, problems = coco_annotations_for_image(image.index, image.parsed, image.width, image.height)
+    return [dumps_compact(ann).encode("utf-8") for ann in annotations], problems
+
+
+PART = ImagePart(
+    stage="annotate",
+    column="coco_annotations",
+    type=pa.list_(pa.binary()),
+    compute=_image_annotations,
+    label="COCO",
+)
+
+
+class CocoFormatWriter:
+    """Writer of :data:`MEMBER`: every image, its annotations numbered in index order."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        self.ctx = ctx
+        self.coco = CocoWriter(ctx.coco_info, spool_dir=str(ctx.spool))
+
+    def add(self, row: dict) -> None:
+        """List the image and its annotations when its size is known and it is in the dataset (with
+        originals exported: stored under ``images/``)."""
+        self.ctx.counts["polylines_not_in_coco"] += int(row["n_polylines"])
+        if row["width"] <= 0 or row["height"] <= 0 or not self.ctx.in_dataset(row):
+            return
+        entry = coco_image_entry(row["index"], row["file_name"], row["width"], row["height"])
+        self.coco.add_encoded(entry, row["coco_annotations"] or [])
+        self.ctx.counts["coco_images"] += 1
+
+    def finish(self, summary: Any) -> None:
+        """Write the COCO file."""
+        self.ctx.spool_member(MEMBER, self.coco.write)
+        self.coco.close()
+
+    def abort(self) -> None:
+        """Remove the spools."""
+        self.coco.close()
+
+
+def _readme_loading(summary: Any) -> list[str]:
+    return [
+        "### COCO (pycocotools)",
+        "",
+        "```python",
+        "from pycocotools.coco import COCO",
+        "",
+        f'coco = COCO("{MEMBER}")',
+        "for image in coco.loadImgs(coco.getImgIds()):",
+        '    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]], catIds=[1])):',
+        "        mask = coco.annToMask(ann)  # uint8 array (height, width); holes are 0",
+        '        number = ann["attributes"]["number"]  # the number drawn on the visualization',
+        "```",
+        "",
+        f"`{MEMBER}` follows the COCO dataset layout (`images/` beside `annotations/instances_<subset>.json`, "
+        "subset `default`), so the unzipped folder itself is a COCO dataset for loaders that look for that "
+        "layout (Datumaro, CVAT, FiftyOne). "
+        "`images[].id` is the export index (1-based) and `file_name` the name under `images/`. When the "
+        "originals are exported, only images stored under `images/` are listed (a file that is missing, "
+        "outside the images root or not decodable is left out and named in the report); without them, "
+        "every image of known size is. Category 1 "
+        "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
+        "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
+        "outer ring, `attributes` holds `number`, `model_confidence` (the segmentation "
+        "model's confidence, or null; named so that it collides with no loader's own `confidence` field), "
+        "`holes` and `complete`. Polylines are open curves, not instance masks: they are not in "
+        "the COCO file (only in the JSON export) and are counted in the report (`polylines_not_in_coco`).",
+        "",
+    ]
+
+
+FORMAT = OutputFormat(
+    name="coco",
+    chosen_by="annotations",
+    choice="coco",
+    open_writer=CocoFormatWriter,
+    members=(MEMBER,),
+    part=PART,
+    describe=lambda summary: {MEMBER: "COCO instances: images, category `cell`, one annotation per closed object"},
+    readme=(ReadmeSection("loading", 10, _readme_loading),),
+    counts=("coco_images", "polylines_not_in_coco"),
+    option_rank=0,
+)

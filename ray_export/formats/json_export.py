@@ -1,4 +1,4 @@
-"""The JSON export (``annotations/json/segmentation_data.json``).
+"""The JSON export (:data:`MEMBER`).
 
 :func:`json_image_entry` is the per-image part (exact polygon geometry, image pixels);
 :class:`JsonExportWriter` streams ``{"export_time", "images"}`` from a spool in the order images were added.
@@ -9,10 +9,15 @@ from __future__ import annotations
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
 
 from ..geometry import region_area, region_moments, ring_bbox, ring_length
 from ..polygons import ImagePolygons, PolygonObject, Polyline
+from ..problems import Problem
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
 from .coco import JsonLineSpool, dumps_compact, write_text
+
+MEMBER = "annotations/json/segmentation_data.json"
 
 
 def _points(ring: np.ndarray) -> list[list[float]]:
@@ -87,6 +92,10 @@ class JsonExportWriter:
         """Add one image entry (calls in index order)."""
         self._images.append(entry)
 
+    def add_encoded(self, entry: bytes) -> None:
+        """Add one image entry already serialised as compact JSON (calls in index order)."""
+        self._images.append_encoded(entry)
+
     def write(self, fileobj: IO[Any]) -> None:
         """Write ``{"export_time": ..., "images": [...]}`` to a binary (UTF-8) or text file object."""
         write_text(fileobj, '{"export_time":' + dumps_compact(self.export_time) + ',"images":[')
@@ -102,3 +111,114 @@ class JsonExportWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------ the format
+
+
+def _encoded_entry(image: ImageInput) -> tuple[bytes, list[Problem]]:
+    entry = json_image_entry(image.index, image.image_id, image.file_name, image.width, image.height, image.parsed)
+    return dumps_compact(entry).encode("utf-8"), []
+
+
+def _entry_without_objects(image: ImageInput) -> bytes:
+    """The image is still listed, without its objects, when its entry could not be made."""
+    empty = ImagePolygons(orphan_holes=[])
+    entry = json_image_entry(image.index, image.image_id, image.file_name, image.width, image.height, empty)
+    return dumps_compact(entry).encode("utf-8")
+
+
+PART = ImagePart(
+    stage="annotate",
+    column="json_entry",
+    type=pa.binary(),
+    compute=_encoded_entry,
+    label="JSON export",
+    on_failure=_entry_without_objects,
+)
+
+
+class JsonFormatWriter:
+    """Writer of :data:`MEMBER`: every selected image, in index order."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        self.ctx = ctx
+        self.export = JsonExportWriter(ctx.export_time_text, spool_dir=str(ctx.spool))
+
+    def add(self, row: dict) -> None:
+        """Append the image's entry (every image is listed, even one whose entry is missing)."""
+        if row["json_entry"] is not None:
+            self.export.add_encoded(row["json_entry"])
+            return
+        width, height = int(row["width"]), int(row["height"])
+        empty = ImagePolygons(orphan_holes=[])
+        self.export.add_image(json_image_entry(row["index"], row["image_id"], row["file_name"], width, height, empty))
+
+    def finish(self, summary: Any) -> None:
+        """Write the JSON export."""
+        self.ctx.spool_member(MEMBER, self.export.write)
+        self.export.close()
+
+    def abort(self) -> None:
+        """Remove the spool."""
+        self.export.close()
+
+
+def _readme_loading(summary: Any) -> list[str]:
+    return [
+        "### JSON export",
+        "",
+        "```python",
+        "import json",
+        "",
+        f'data = json.load(open("{MEMBER}", encoding="utf-8"))',
+        'for image in data["images"]:',
+        '    for obj in image["objects"]:',
+        '        print(image["file_name"], obj["number"], obj["area"])',
+        "```",
+        "",
+    ]
+
+
+def _readme_schema(summary: Any) -> list[str]:
+    return [
+        "## JSON export schema",
+        "",
+        f'`{MEMBER}` is one object `{{"export_time": ..., "images": [...]}}`; all values are '
+        "in original-image pixels.",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+        "| `images[].index` | export index, 1-based (= COCO image id) |",
+        "| `images[].image_id` | the image's id in the database |",
+        "| `images[].file_name` | member name under `images/` |",
+        "| `images[].width`, `height` | image size in pixels (0 when unknown) |",
+        "| `objects[].number` | object number (see below) |",
+        "| `objects[].outer` | outer ring `[[x, y], ...]`, not closed (last point != first) |",
+        "| `objects[].holes` | list of hole rings, same form |",
+        "| `objects[].area` | outer ring area minus hole areas (shoelace), px² |",
+        "| `objects[].perimeter` | length of the outer ring, px |",
+        "| `objects[].bbox` | `[min x, min y, width, height]` of the outer ring |",
+        "| `objects[].centroid` | `[x, y]` area centroid, or null when the area is not positive |",
+        "| `objects[].confidence` | model confidence, or null |",
+        "| `objects[].complete` | false when the object is cut by the image border |",
+        "| `polylines[].number` | 1-based number among the image's polylines |",
+        "| `polylines[].points` | open curve `[[x, y], ...]` |",
+        "| `polylines[].length` | curve length, px |",
+        "| `polylines[].part_class`, `instance_id` | labels from the segmentation, or null |",
+        "| `orphan_holes` | hole rings that lie inside no object (not in masks or metrics) |",
+        "",
+    ]
+
+
+FORMAT = OutputFormat(
+    name="json",
+    chosen_by="annotations",
+    choice="json",
+    open_writer=JsonFormatWriter,
+    members=(MEMBER,),
+    part=PART,
+    describe=lambda summary: {MEMBER: "every image with its exact polygon geometry (schema below)"},
+    readme=(ReadmeSection("loading", 40, _readme_loading), ReadmeSection("schema", 40, _readme_schema)),
+    option_rank=2,
+)

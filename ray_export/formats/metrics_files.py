@@ -1,48 +1,47 @@
-"""Streaming writers of the metrics files (``metrics/metrics.csv|xlsx|json|parquet``).
+"""What the metrics files share: the per-image metric rows, header names, value rules and the README block.
 
-Each writer takes a binary file object, writes its header when constructed, accepts rows with
-:meth:`write_rows` (dicts keyed by ``KEY_COLUMNS + METRIC_COLUMNS``, as made by
-:func:`ray_export.metrics.image_metric_rows`) and finishes the file with :meth:`close`, which leaves
-the file object open; :meth:`abort` gives up instead and removes any temporary files. The bytes depend
-only on the rows (not on how they were split into calls), the scale and the given creation time.
+The four files (``metrics/metrics.csv|xlsx|json|parquet``) are declared in :mod:`.metrics_csv`,
+:mod:`.metrics_xlsx`, :mod:`.metrics_json` and :mod:`.metrics_parquet`. Each streaming writer takes a
+binary file object, writes its header when constructed, accepts rows with ``write_rows`` (dicts keyed
+by ``KEY_COLUMNS + METRIC_COLUMNS``, as made by :func:`ray_export.metrics.image_metric_rows`) and finishes
+the file with ``close``, which leaves the file object open; ``abort`` gives up instead and removes any
+temporary files. The bytes depend only on the rows (not on how they were split into calls), the scale
+and the given creation time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import math
-import os
-from array import array
-from datetime import datetime, timezone
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import xlsxwriter
-from xlsxwriter.worksheet import Worksheet
 
 from ..metrics import INTEGER_METRICS, KEY_COLUMNS, METRIC_COLUMNS, header_name, metric_units
+from .base import ImagePart, OutputFormat, ReadmeGroup, ReadmeSection, WriterContext
 
 ALL_COLUMNS: list[str] = KEY_COLUMNS + METRIC_COLUMNS
-METRICS_SHEET = "Polygon Metrics"
-SUMMARY_SHEET = "Summary"
-SUMMARY_COLUMNS: list[str] = ["metric", "count", "mean", "std", "min", "median", "max"]
-#: Data rows per "Polygon Metrics" sheet (Excel's 1,048,576 rows minus the header).
-XLSX_ROWS_PER_SHEET = 1_048_575
-#: Rows per Parquet row group (fixed, so the file does not depend on how rows arrive).
-PARQUET_ROW_GROUP_ROWS = 32_768
+METRICS_FOLDER = "metrics/"
+
+#: One metric row: the key columns, then every metric (``holes`` an integer, the others float64).
+METRIC_ROW_TYPE = pa.struct(
+    [("image_id", pa.string()), ("image_name", pa.string()), ("number", pa.int64())]
+    + [(name, pa.int64() if name in INTEGER_METRICS else pa.float64()) for name in METRIC_COLUMNS]
+)
+
+#: Filled by the metrics stage: the image's metric rows; shared by every metrics file.
+PART = ImagePart(stage="metrics", column="metric_rows", type=pa.list_(METRIC_ROW_TYPE))
 
 
-def _header_names(scaled: bool) -> list[str]:
+def header_names(scaled: bool) -> list[str]:
+    """Column headers with units (CSV and XLSX)."""
     units = metric_units(scaled)
     return KEY_COLUMNS + [header_name(name, units[name]) for name in METRIC_COLUMNS]
 
 
-def _metric_float(value: Any) -> float | None:
+def metric_float(value: Any) -> float | None:
     """A metric value as a finite Python float, or ``None``."""
     if value is None:
         return None
@@ -50,164 +49,17 @@ def _metric_float(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _metric_int(value: Any) -> int | None:
+def metric_int(value: Any) -> int | None:
+    """An integer metric value, or ``None``."""
     return None if value is None else int(value)
 
 
-def _scale_value(scale_um_per_px: float | None) -> float | None:
+def scale_value(scale_um_per_px: float | None) -> float | None:
+    """The scale as a float, or ``None``."""
     return None if scale_um_per_px is None else float(scale_um_per_px)
 
 
-class MetricsCsvWriter:
-    """``metrics.csv``: UTF-8, ``\\n`` line ends, units in the header, round-trip floats, empty if undefined."""
-
-    def __init__(self, fileobj: BinaryIO, scaled: bool) -> None:
-        self._file = fileobj
-        self._write_records([_header_names(scaled)])
-
-    def _write_records(self, records: list[list[str]]) -> None:
-        text = io.StringIO(newline="")
-        csv.writer(text, lineterminator="\n").writerows(records)
-        self._file.write(text.getvalue().encode("utf-8"))
-
-    def write_rows(self, rows: list[dict]) -> None:
-        """Append rows."""
-        records: list[list[str]] = []
-        for row in rows:
-            out: list[str] = [str(row["image_id"]), str(row["image_name"]), str(int(row["number"]))]
-            for name in METRIC_COLUMNS:
-                if name in INTEGER_METRICS:
-                    v = _metric_int(row.get(name))
-                    out.append("" if v is None else str(v))
-                else:
-                    f = _metric_float(row.get(name))
-                    out.append("" if f is None else repr(f))
-            records.append(out)
-        if records:
-            self._write_records(records)
-
-    def close(self) -> None:
-        """Flush the file object (left open)."""
-        self._file.flush()
-
-    def abort(self) -> None:
-        """Give up without finishing the file (nothing to clean up)."""
-
-
-class _ExactNumberWorksheet(Worksheet):
-    """Worksheet that stores numbers as their shortest round-trip text (full float64 precision)."""
-
-    def _xml_number_element(self, number, attributes=None) -> None:
-        attr = ""
-        for key, value in attributes or []:
-            attr += f' {key}="{self._escape_attributes(value)}"'
-        text = repr(float(number))
-        if text.endswith(".0"):
-            text = text[:-2]
-        self.fh.write(f"<c{attr}><v>{text}</v></c>")
-
-
-# Guard against a future xlsxwriter that renames the number writer: fall back to its own output.
-_WORKSHEET_CLASS = _ExactNumberWorksheet if hasattr(Worksheet, "_xml_number_element") else Worksheet
-
-
-def _naive_utc(created: datetime) -> datetime:
-    if created.tzinfo is not None:
-        created = created.astimezone(timezone.utc).replace(tzinfo=None)
-    return created
-
-
-class MetricsXlsxWriter:
-    """``metrics.xlsx``: sheet "Polygon Metrics" (header with units, exact values) and sheet "Summary".
-
-    Rows are streamed to disk (xlsxwriter ``constant_memory``); the defined values of every metric are
-    kept as float64 arrays for the summary. ``tmpdir`` is where xlsxwriter keeps its temporary files.
-    """
-
-    def __init__(self, fileobj: BinaryIO, scaled: bool, created: datetime, tmpdir: str | None = None) -> None:
-        options: dict[str, Any] = {
-            "constant_memory": True,
-            "strings_to_numbers": False,
-            "strings_to_formulas": False,
-            "strings_to_urls": False,
-            "use_zip64": False,
-        }
-        if tmpdir is not None:
-            options["tmpdir"] = tmpdir
-        self._workbook = xlsxwriter.Workbook(fileobj, options)
-        self._workbook.set_properties({"title": "Polygon metrics", "created": _naive_utc(created)})
-        self._header = _header_names(scaled)
-        self._bold = self._workbook.add_format({"bold": True})
-        self._values: dict[str, array] = {name: array("d") for name in METRIC_COLUMNS}
-        self._rows_total = 0
-        self._sheet_count = 0
-        self._sheet: Worksheet | None = None
-        self._row_in_sheet = 0
-        self._new_metrics_sheet()
-
-    def _new_metrics_sheet(self) -> None:
-        self._sheet_count += 1
-        name = METRICS_SHEET if self._sheet_count == 1 else f"{METRICS_SHEET} ({self._sheet_count})"
-        sheet = self._workbook.add_worksheet(name, worksheet_class=_WORKSHEET_CLASS)
-        sheet.set_column(0, 0, 12)
-        sheet.set_column(1, 1, 28)
-        sheet.set_column(2, len(self._header) - 1, 14)
-        sheet.freeze_panes(1, 0)
-        for col, text in enumerate(self._header):
-            sheet.write_string(0, col, text, self._bold)
-        self._sheet = sheet
-        self._row_in_sheet = 0
-
-    def write_rows(self, rows: list[dict]) -> None:
-        """Append rows."""
-        for row in rows:
-            if self._row_in_sheet >= XLSX_ROWS_PER_SHEET:
-                self._new_metrics_sheet()
-            sheet = self._sheet
-            assert sheet is not None
-            r = self._row_in_sheet + 1
-            sheet.write_string(r, 0, str(row["image_id"]))
-            sheet.write_string(r, 1, str(row["image_name"]))
-            sheet.write_number(r, 2, int(row["number"]))
-            for offset, name in enumerate(METRIC_COLUMNS, start=3):
-                value = _metric_float(row.get(name))
-                if value is not None:
-                    sheet.write_number(r, offset, value)
-                    self._values[name].append(value)
-            self._row_in_sheet += 1
-            self._rows_total += 1
-
-    def _write_summary(self) -> None:
-        sheet = self._workbook.add_worksheet(SUMMARY_SHEET, worksheet_class=_WORKSHEET_CLASS)
-        sheet.set_column(0, 0, 28)
-        sheet.set_column(1, len(SUMMARY_COLUMNS) - 1, 14)
-        for col, text in enumerate(SUMMARY_COLUMNS):
-            sheet.write_string(0, col, text, self._bold)
-        for r, (name, text) in enumerate(zip(METRIC_COLUMNS, self._header[len(KEY_COLUMNS) :], strict=True), start=1):
-            sheet.write_string(r, 0, text)
-            for col, stat in enumerate(summary_statistics(self._values[name]), start=1):
-                if stat is not None:
-                    sheet.write_number(r, col, stat)
-
-    def close(self) -> None:
-        """Write the Summary sheet and finish the workbook (the file object stays open)."""
-        self._write_summary()
-        self._workbook.close()
-
-    def abort(self) -> None:
-        """Give up without finishing the file: close and remove xlsxwriter's temporary row files."""
-        for sheet in self._workbook.worksheets():
-            handle = getattr(sheet, "row_data_fh", None)
-            path = getattr(sheet, "row_data_filename", None)
-            if handle is not None:
-                with contextlib.suppress(OSError):
-                    handle.close()
-            if path:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-
-
-def summary_statistics(values: array | np.ndarray | list[float]) -> list[float | None]:
+def summary_statistics(values: Any) -> list[float | None]:
     """``[count, mean, std (ddof 1), min, median, max]`` of the values; ``None`` where undefined or overflowing."""
     data = np.asarray(values, dtype=np.float64)
     n = len(data)
@@ -225,114 +77,92 @@ def summary_statistics(values: array | np.ndarray | list[float]) -> list[float |
     return [v if v is None or math.isfinite(v) else None for v in stats]
 
 
-class MetricsJsonWriter:
-    """``metrics.json``: ``{"scale_um_per_px", "units", "rows": [...]}``, one row per line, null when undefined."""
+class RowsWriter(Protocol):
+    """A streaming metrics-file writer."""
 
-    def __init__(self, fileobj: BinaryIO, scaled: bool, scale_um_per_px: float | None) -> None:
-        self._file = fileobj
-        head = (
-            '{"scale_um_per_px": '
-            + json.dumps(_scale_value(scale_um_per_px), allow_nan=False)
-            + ', "units": '
-            + json.dumps(metric_units(scaled), allow_nan=False)
-            + ', "rows": ['
-        )
-        self._file.write(head.encode("utf-8"))
-        self._count = 0
+    def write_rows(self, rows: list[dict]) -> None: ...
 
-    def write_rows(self, rows: list[dict]) -> None:
-        """Append rows."""
-        parts: list[str] = []
-        for row in rows:
-            record: dict[str, Any] = {
-                "image_id": str(row["image_id"]),
-                "image_name": str(row["image_name"]),
-                "number": int(row["number"]),
-            }
-            for name in METRIC_COLUMNS:
-                if name in INTEGER_METRICS:
-                    record[name] = _metric_int(row.get(name))
-                else:
-                    record[name] = _metric_float(row.get(name))
-            sep = ",\n" if self._count else "\n"
-            parts.append(sep + json.dumps(record, ensure_ascii=False, allow_nan=False))
-            self._count += 1
-        if parts:
-            self._file.write("".join(parts).encode("utf-8"))
+    def close(self) -> None: ...
 
-    def close(self) -> None:
-        """Close the JSON document (the file object stays open)."""
-        self._file.write(("\n]}\n" if self._count else "]}\n").encode("utf-8"))
-        self._file.flush()
+    def abort(self) -> None: ...
+
+
+class MetricsFileWriter:
+    """The lifecycle around one streaming metrics-file writer: a spool file, rows per image, the member."""
+
+    def __init__(self, ctx: WriterContext, member: str, make: Callable[[BinaryIO, WriterContext], RowsWriter]) -> None:
+        self.ctx = ctx
+        self.member = member
+        self.path = ctx.spool / member.replace("/", "_")
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
+        try:
+            self.rows = make(self.file, ctx)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Append the image's metric rows."""
+        if row["metric_rows"]:
+            self.rows.write_rows(row["metric_rows"])
+
+    def finish(self, summary: Any) -> None:
+        """Finish the file and add it to the ZIP."""
+        self.rows.close()
+        self.file.close()
+        self.ctx.zip.add_file(self.member, self.path)
 
     def abort(self) -> None:
-        """Give up without finishing the file (nothing to clean up)."""
-
-
-def metrics_parquet_schema(scaled: bool, scale_um_per_px: float | None) -> pa.Schema:
-    """Fixed Parquet schema: keys, nullable float64 metrics, int32 ``number``/``holes``; units in metadata."""
-    fields = [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("image_name", pa.string(), nullable=False),
-        pa.field("number", pa.int32(), nullable=False),
-    ]
-    for name in METRIC_COLUMNS:
-        fields.append(pa.field(name, pa.int32() if name in INTEGER_METRICS else pa.float64(), nullable=True))
-    metadata = {
-        b"units": json.dumps(metric_units(scaled)).encode("utf-8"),
-        b"scale_um_per_px": json.dumps(_scale_value(scale_um_per_px)).encode("utf-8"),
-    }
-    return pa.schema(fields, metadata=metadata)
-
-
-class MetricsParquetWriter:
-    """``metrics.parquet``: fixed schema, row groups of ``row_group_rows`` rows (the last one shorter)."""
-
-    def __init__(
-        self,
-        fileobj: BinaryIO,
-        scaled: bool,
-        scale_um_per_px: float | None,
-        row_group_rows: int = PARQUET_ROW_GROUP_ROWS,
-    ) -> None:
-        self._schema = metrics_parquet_schema(scaled, scale_um_per_px)
-        self._writer = pq.ParquetWriter(fileobj, self._schema, compression="zstd", write_statistics=True)
-        self._row_group_rows = int(row_group_rows)
-        self._columns: dict[str, list] = {name: [] for name in ALL_COLUMNS}
-        self._buffered = 0
-
-    def write_rows(self, rows: list[dict]) -> None:
-        """Append rows; full row groups are written as soon as they are complete."""
-        for row in rows:
-            self._columns["image_id"].append(str(row["image_id"]))
-            self._columns["image_name"].append(str(row["image_name"]))
-            self._columns["number"].append(int(row["number"]))
-            for name in METRIC_COLUMNS:
-                if name in INTEGER_METRICS:
-                    self._columns[name].append(_metric_int(row.get(name)))
-                else:
-                    self._columns[name].append(_metric_float(row.get(name)))
-            self._buffered += 1
-            if self._buffered >= self._row_group_rows:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffered:
-            return
-        arrays = [pa.array(self._columns[f.name], type=f.type) for f in self._schema]
-        table = pa.Table.from_arrays(arrays, schema=self._schema)
-        self._writer.write_table(table, row_group_size=self._buffered)
-        self._columns = {name: [] for name in ALL_COLUMNS}
-        self._buffered = 0
-
-    def close(self) -> None:
-        """Write the last row group and the footer (the file object stays open)."""
-        self._flush()
-        self._writer.close()
-
-    def abort(self) -> None:
-        """Give up without writing the buffered rows; the file is left incomplete."""
-        self._columns = {name: [] for name in ALL_COLUMNS}
-        self._buffered = 0
+        """Give up the file."""
         with contextlib.suppress(Exception):
-            self._writer.close()
+            self.rows.abort()
+        with contextlib.suppress(Exception):
+            self.file.close()
+
+
+def _readme_head(summary: Any) -> list[str]:
+    return ["### Metrics", "", "```python", "import pandas as pd", ""]
+
+
+def _readme_tail(summary: Any) -> list[str]:
+    return [
+        "```",
+        "",
+        "One row per closed object whose `complete` is not `false`, in (image index, object number) "
+        "order, keyed by `image_id`, `image_name` (= the COCO `file_name`) and `number`. Values are "
+        "unrounded float64 computed from the exact polygons. CSV and XLSX headers carry the unit, e.g. "
+        f"`area ({summary.area_unit})`; JSON and Parquet use the bare column names and give the units "
+        "beside them. A value that is undefined (zero area, perimeter or Feret width) is empty in CSV "
+        "and XLSX and null in JSON and Parquet. `metrics_guide.md` gives every formula.",
+        "",
+    ]
+
+
+#: The metrics files' loading hints share one code block.
+README_GROUP = ReadmeGroup(head=_readme_head, tail=_readme_tail)
+
+
+def metrics_file_format(
+    choice: str,
+    make: Callable[[BinaryIO, WriterContext], RowsWriter],
+    description: str,
+    load_lines: Callable[[str], list[str]],
+    readme_order: float,
+    option_rank: int,
+) -> OutputFormat:
+    """The declaration of one metrics file ``metrics/metrics.<choice>``.
+
+    ``load_lines`` gets the member path and gives the lines of the shared pandas code block.
+    """
+    member = f"{METRICS_FOLDER}metrics.{choice}"
+    return OutputFormat(
+        name=f"metrics_{choice}",
+        chosen_by="metrics",
+        choice=choice,
+        open_writer=lambda ctx: MetricsFileWriter(ctx, member, make),
+        members=(member,),
+        part=PART,
+        describe=lambda summary: {member: description},
+        readme=(ReadmeSection("loading", readme_order, lambda summary: load_lines(member), README_GROUP),),
+        option_rank=option_rank,
+    )

@@ -8,10 +8,18 @@ which Ultralytics uses) or the non-zero rule (holes run against the outer ring) 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pyarrow as pa
 
 from ..geometry import ring_signed_area
 from ..polygons import ImagePolygons, PolygonObject
+from ..problems import Problem
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+
+LABELS_FOLDER = "labels/"
+DATA_YAML_MEMBER = "data.yaml"
 
 #: Largest number of vertex pairs compared at once when looking for the nearest bridge ends.
 _PAIR_BLOCK = 1 << 20
@@ -75,3 +83,91 @@ def yolo_label_text(parsed: ImagePolygons, width: int, height: int) -> str:
 def data_yaml_text() -> str:
     """The dataset file: train and val both point at ``images``; one class ``cell``."""
     return "train: images\nval: images\nnc: 1\nnames:\n  0: cell\n"
+
+
+def label_member(stem: str) -> str:
+    """ZIP path of a YOLO label file."""
+    return f"{LABELS_FOLDER}{stem}.txt"
+
+
+# ------------------------------------------------------------------------------------ the format
+
+
+def _image_label(image: ImageInput) -> tuple[str, list[Problem]]:
+    text = yolo_label_text(image.parsed, image.width, image.height)
+    problems = []
+    if image.parsed.polylines:
+        count = len(image.parsed.polylines)
+        problems.append(Problem("polyline_not_in_yolo", "annotate", f"{count} polyline(s) not in the YOLO labels"))
+    return text, problems
+
+
+PART = ImagePart(
+    stage="annotate", column="yolo_label", type=pa.string(), compute=_image_label, label="YOLO",
+    on_failure=lambda image: "",
+)  # fmt: skip
+
+
+class YoloFormatWriter:
+    """Writes ``labels/<stem>.txt`` per image and ``data.yaml`` at the end."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        self.ctx = ctx
+
+    def add(self, row: dict) -> None:
+        """The image's label file (empty without objects), when the image is in the dataset (with
+        originals exported: stored under ``images/``)."""
+        self.ctx.counts["polylines_not_in_yolo"] += int(row["n_polylines"])
+        if self.ctx.in_dataset(row):
+            self.ctx.zip.add_bytes(label_member(row["stem"]), (row["yolo_label"] or "").encode("utf-8"))
+
+    def finish(self, summary: Any) -> None:
+        """The dataset file."""
+        self.ctx.zip.add_bytes(DATA_YAML_MEMBER, data_yaml_text().encode("utf-8"))
+
+    def abort(self) -> None:
+        """Nothing to remove."""
+
+
+def _readme_loading(summary: Any) -> list[str]:
+    return [
+        "### YOLO-seg (Ultralytics)",
+        "",
+        "```python",
+        "from ultralytics import YOLO",
+        "",
+        'model = YOLO("yolov8n-seg.pt")',
+        f'model.train(data="{DATA_YAML_MEMBER}", epochs=100, imgsz=640)',
+        "```",
+        "",
+        "Line k of `labels/<stem>.txt` is object number k: `0 x1 y1 ... xn yn`, coordinates divided by "
+        "the image width and height, clamped to 0..1, six decimals. Holes are joined to the outer ring "
+        "by zero-width bridges, so filling the ring leaves them empty. Polylines cannot be expressed "
+        "and are left out (counted in the report). Ultralytics pairs `images/<stem>.<ext>` with "
+        "`labels/<stem>.txt`, so training needs the originals in the archive; with them, only images "
+        "stored under `images/` get a label file. `train` and `val` both "
+        "point at `images` — split the data yourself for a real validation.",
+        "",
+    ]
+
+
+FORMAT = OutputFormat(
+    name="yolo",
+    chosen_by="annotations",
+    choice="yolo",
+    open_writer=YoloFormatWriter,
+    members=(DATA_YAML_MEMBER,),
+    folder=LABELS_FOLDER,
+    folder_count="images",
+    part=PART,
+    describe=lambda summary: {
+        LABELS_FOLDER: (
+            "`<stem>.txt`: YOLO-seg labels, one file per image (empty when it has no objects; with the "
+            "originals exported, only for images under `images/`)"
+        ),
+        DATA_YAML_MEMBER: "YOLO dataset file (`train: images`, `val: images`, one class `cell`)",
+    },
+    readme=(ReadmeSection("loading", 20, _readme_loading),),
+    counts=("polylines_not_in_yolo",),
+    option_rank=1,
+)

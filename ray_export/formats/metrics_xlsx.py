@@ -1,0 +1,148 @@
+"""``metrics/metrics.xlsx``: sheet "Polygon Metrics" (header with units, exact values) and sheet "Summary"."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from array import array
+from datetime import datetime, timezone
+from typing import Any, BinaryIO
+
+import xlsxwriter
+from xlsxwriter.worksheet import Worksheet
+
+from ..metrics import KEY_COLUMNS, METRIC_COLUMNS
+from .metrics_files import header_names, metric_float, metrics_file_format, summary_statistics
+
+METRICS_SHEET = "Polygon Metrics"
+SUMMARY_SHEET = "Summary"
+SUMMARY_COLUMNS: list[str] = ["metric", "count", "mean", "std", "min", "median", "max"]
+#: Data rows per "Polygon Metrics" sheet (Excel's 1,048,576 rows minus the header).
+XLSX_ROWS_PER_SHEET = 1_048_575
+
+
+class _ExactNumberWorksheet(Worksheet):
+    """Worksheet that stores numbers as their shortest round-trip text (full float64 precision)."""
+
+    def _xml_number_element(self, number, attributes=None) -> None:
+        attr = ""
+        for key, value in attributes or []:
+            attr += f' {key}="{self._escape_attributes(value)}"'
+        text = repr(float(number))
+        if text.endswith(".0"):
+            text = text[:-2]
+        self.fh.write(f"<c{attr}><v>{text}</v></c>")
+
+
+# Guard against a future xlsxwriter that renames the number writer: fall back to its own output.
+_WORKSHEET_CLASS = _ExactNumberWorksheet if hasattr(Worksheet, "_xml_number_element") else Worksheet
+
+
+def _naive_utc(created: datetime) -> datetime:
+    if created.tzinfo is not None:
+        created = created.astimezone(timezone.utc).replace(tzinfo=None)
+    return created
+
+
+class MetricsXlsxWriter:
+    """``metrics.xlsx``: sheet "Polygon Metrics" (header with units, exact values) and sheet "Summary".
+
+    Rows are streamed to disk (xlsxwriter ``constant_memory``); the defined values of every metric are
+    kept as float64 arrays for the summary. ``tmpdir`` is where xlsxwriter keeps its temporary files.
+    """
+
+    def __init__(self, fileobj: BinaryIO, scaled: bool, created: datetime, tmpdir: str | None = None) -> None:
+        options: dict[str, Any] = {
+            "constant_memory": True,
+            "strings_to_numbers": False,
+            "strings_to_formulas": False,
+            "strings_to_urls": False,
+            "use_zip64": False,
+        }
+        if tmpdir is not None:
+            options["tmpdir"] = tmpdir
+        self._workbook = xlsxwriter.Workbook(fileobj, options)
+        self._workbook.set_properties({"title": "Polygon metrics", "created": _naive_utc(created)})
+        self._header = header_names(scaled)
+        self._bold = self._workbook.add_format({"bold": True})
+        self._values: dict[str, array] = {name: array("d") for name in METRIC_COLUMNS}
+        self._rows_total = 0
+        self._sheet_count = 0
+        self._sheet: Worksheet | None = None
+        self._row_in_sheet = 0
+        self._new_metrics_sheet()
+
+    def _new_metrics_sheet(self) -> None:
+        self._sheet_count += 1
+        name = METRICS_SHEET if self._sheet_count == 1 else f"{METRICS_SHEET} ({self._sheet_count})"
+        sheet = self._workbook.add_worksheet(name, worksheet_class=_WORKSHEET_CLASS)
+        sheet.set_column(0, 0, 12)
+        sheet.set_column(1, 1, 28)
+        sheet.set_column(2, len(self._header) - 1, 14)
+        sheet.freeze_panes(1, 0)
+        for col, text in enumerate(self._header):
+            sheet.write_string(0, col, text, self._bold)
+        self._sheet = sheet
+        self._row_in_sheet = 0
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """Append rows."""
+        for row in rows:
+            if self._row_in_sheet >= XLSX_ROWS_PER_SHEET:
+                self._new_metrics_sheet()
+            sheet = self._sheet
+            assert sheet is not None
+            r = self._row_in_sheet + 1
+            sheet.write_string(r, 0, str(row["image_id"]))
+            sheet.write_string(r, 1, str(row["image_name"]))
+            sheet.write_number(r, 2, int(row["number"]))
+            for offset, name in enumerate(METRIC_COLUMNS, start=3):
+                value = metric_float(row.get(name))
+                if value is not None:
+                    sheet.write_number(r, offset, value)
+                    self._values[name].append(value)
+            self._row_in_sheet += 1
+            self._rows_total += 1
+
+    def _write_summary(self) -> None:
+        sheet = self._workbook.add_worksheet(SUMMARY_SHEET, worksheet_class=_WORKSHEET_CLASS)
+        sheet.set_column(0, 0, 28)
+        sheet.set_column(1, len(SUMMARY_COLUMNS) - 1, 14)
+        for col, text in enumerate(SUMMARY_COLUMNS):
+            sheet.write_string(0, col, text, self._bold)
+        for r, (name, text) in enumerate(zip(METRIC_COLUMNS, self._header[len(KEY_COLUMNS) :], strict=True), start=1):
+            sheet.write_string(r, 0, text)
+            for col, stat in enumerate(summary_statistics(self._values[name]), start=1):
+                if stat is not None:
+                    sheet.write_number(r, col, stat)
+
+    def close(self) -> None:
+        """Write the Summary sheet and finish the workbook (the file object stays open)."""
+        self._write_summary()
+        self._workbook.close()
+
+    def abort(self) -> None:
+        """Give up without finishing the file: close and remove xlsxwriter's temporary row files."""
+        for sheet in self._workbook.worksheets():
+            handle = getattr(sheet, "row_data_fh", None)
+            path = getattr(sheet, "row_data_filename", None)
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+            if path:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+FORMAT = metrics_file_format(
+    "xlsx",
+    lambda fh, ctx: MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time, tmpdir=str(ctx.spool)),
+    "metrics workbook: sheets `Polygon Metrics` and `Summary`",
+    lambda member: [
+        "# pd.read_excel needs openpyxl",
+        f'xlsx_table = pd.read_excel("{member}", sheet_name="Polygon Metrics")',
+        f'xlsx_summary = pd.read_excel("{member}", sheet_name="Summary")',
+    ],
+    readme_order=30.2,
+    option_rank=1,
+)
