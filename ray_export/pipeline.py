@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -734,9 +734,8 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 progress.add_problems.remote(problems)
             progress.set_bytes.remote(nbytes)
 
-    iterator = dataset.iter_internal_ref_bundles()
-    try:
-        for bundle in iterator:
+    with streamed_bundles(dataset) as bundles:
+        for bundle in bundles:
             if cancel.is_set():
                 raise ExportCancelled()
             for block_ref in bundle.block_refs:
@@ -748,10 +747,27 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 raise ExportCancelled()
         if inflight:
             settle(inflight)
+
+
+@contextlib.contextmanager
+def streamed_bundles(dataset: Any) -> Iterator[Iterator[Any]]:
+    """Run ``dataset`` and yield its output bundles (block references) as they are produced.
+
+    The dataset's streaming executor is shut down when the ``with`` block ends, however it ends
+    (exhausted, an error, a cancel). Left to the garbage collector, an executor abandoned mid-stream
+    keeps its tasks running and is shut down only when something collects it, possibly after Ray or
+    logging has shut down. ``iter_internal_ref_bundles`` gives no handle on the executor; this is how
+    Ray Data's own ``DataIterator`` reaches it (``_execute_to_iterator``, ``_on_iteration_end``).
+    """
+    bundles, _stats, executor = dataset._execute_to_iterator(capture_executor=False)
+    try:
+        yield bundles
     finally:
-        close = getattr(iterator, "close", None)
-        if close:
-            close()
+        if executor is not None:
+            try:
+                executor.shutdown(force=True)
+            except Exception:  # the export's own outcome matters more than a failed clean-up
+                log.debug("could not shut down the dataset executor", exc_info=True)
 
 
 def _member_kinds(options: ExportOptions) -> dict[str, Any]:
