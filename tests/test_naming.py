@@ -1,4 +1,4 @@
-"""Member names (SPEC 3): sanitizing, uniqueness on stems, derived names, default output name."""
+"""Member names: sanitizing, uniqueness on stems, derived names, default output name."""
 
 from __future__ import annotations
 
