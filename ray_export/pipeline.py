@@ -734,7 +734,7 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 progress.add_problems.remote(problems)
             progress.set_bytes.remote(nbytes)
 
-    with streamed_bundles(dataset) as bundles:
+    with streamed_bundles(dataset, cancel) as bundles:
         for bundle in bundles:
             if cancel.is_set():
                 raise ExportCancelled()
@@ -745,29 +745,48 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 settle(done)
             if cancel.is_set():
                 raise ExportCancelled()
+        if cancel.is_set():  # a cancel ends the stream early
+            raise ExportCancelled()
         if inflight:
             settle(inflight)
 
 
 @contextlib.contextmanager
-def streamed_bundles(dataset: Any) -> Iterator[Iterator[Any]]:
-    """Run ``dataset`` and yield its output bundles (block references) as they are produced.
+def streamed_bundles(dataset: Any, cancel: threading.Event | None = None) -> Iterator[Iterator[Any]]:
+    """Run ``dataset`` and yield an iterator over its output bundles (block references) as they come.
 
     The dataset's streaming executor is shut down when the ``with`` block ends, however it ends
-    (exhausted, an error, a cancel). Left to the garbage collector, an executor abandoned mid-stream
-    keeps its tasks running and is shut down only when something collects it, possibly after Ray or
-    logging has shut down. ``iter_internal_ref_bundles`` gives no handle on the executor; this is how
-    Ray Data's own ``DataIterator`` reaches it (``_execute_to_iterator``, ``_on_iteration_end``).
+    (exhausted, an error, a cancel); left to the garbage collector, an executor abandoned mid-stream
+    keeps its tasks running until something collects it, possibly after Ray or logging has shut down.
+    Setting ``cancel`` shuts it down at once, which ends the iteration early even while it waits for
+    a block. ``iter_internal_ref_bundles`` gives no handle on the executor, so it is made here the way
+    ``Dataset._execute_to_iterator`` makes it, without waiting for the first block.
     """
-    bundles, _stats, executor = dataset._execute_to_iterator(capture_executor=False)
+    executor = dataset._create_executor()
+    ended = threading.Event()
+
+    def stop_on_cancel() -> None:
+        while cancel is not None and not ended.is_set():
+            if cancel.wait(0.1):
+                _shut_down(executor)
+                return
+
+    watcher = threading.Thread(target=stop_on_cancel, name="ray-export-dataset-cancel", daemon=True)
     try:
+        bundles = dataset._build_bundle_iterator(executor)
+        watcher.start()
         yield bundles
     finally:
-        if executor is not None:
-            try:
-                executor.shutdown(force=True)
-            except Exception:  # the export's own outcome matters more than a failed clean-up
-                log.debug("could not shut down the dataset executor", exc_info=True)
+        ended.set()
+        _shut_down(executor)
+
+
+def _shut_down(executor: Any) -> None:
+    """Stop a dataset's executor and its running tasks (idempotent)."""
+    try:
+        executor.shutdown(force=True)
+    except Exception:  # the export's own outcome matters more than a failed clean-up
+        log.debug("could not shut down the dataset executor", exc_info=True)
 
 
 def _member_kinds(options: ExportOptions) -> dict[str, Any]:

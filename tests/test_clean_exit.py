@@ -52,7 +52,15 @@ CHILD = textwrap.dedent(
     except RuntimeError as exc:
         kept.append(exc)
 
-    # 2. A whole export, then one cancelled after its first image was written.
+    # 2. A stream cancelled after its first block ends there, without waiting for the other blocks.
+    cancel = threading.Event()
+    received = 0
+    with streamed_bundles(dataset, cancel) as bundles:
+        for _bundle in bundles:
+            received += 1
+            cancel.set()
+
+    # 3. A whole export, then one cancelled after its first image was written.
     demo = build_demo_project(work / "demo", n_images=16, seed=2)
     stages = {stage: {"batch_size": 1} for stage in ("copy", "visualize", "annotate", "metrics")}
     stages["read"] = {"batch_size": 4}
@@ -71,7 +79,7 @@ CHILD = textwrap.dedent(
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.DEBUG)
     executors = [t.name for t in threading.enumerate() if t.name.startswith("StreamingExecutor")]
-    print("result", result.counts["images"], outcome, len(executors), flush=True)
+    print("result", result.counts["images"], outcome, len(executors), received < 200, flush=True)
     captured.close()
     """
 )
@@ -98,8 +106,12 @@ def test_process_that_ran_exports_exits_without_late_errors(tmp_path):
     )
     shutil.rmtree(ray_dir, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    # every image of the full export, and no Ray Data executor left running at the end
-    assert done.stdout.split() in (["result", "16", "cancelled", "0"], ["result", "16", "finished", "0"]), done.stdout
+    # every image of the full export, no Ray Data executor left running at the end, and the cancelled
+    # stream stopped before its 200 blocks
+    assert done.stdout.split() in (
+        ["result", "16", "cancelled", "0", "True"],
+        ["result", "16", "finished", "0", "True"],
+    ), done.stdout
     for noise in ("Logging error", "Exception ignored", "Traceback"):
         assert noise not in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "cancelled.zip").exists()
