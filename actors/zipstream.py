@@ -2,7 +2,7 @@
 
 Pure Python (no Ray): the writer actor drives these classes.
 
-- ``member_compression`` decides stored vs deflated per member (SPEC section 3).
+- ``member_compression`` decides stored vs deflated per member.
 - ``ZipStreamWriter`` writes ``<output>.partial``, then flushes, fsyncs and renames it on ``commit()``;
   ``abort()`` removes it. The same sequence of calls gives byte-identical files.
 - ``ReorderBuffer`` releases results keyed by a 1-based index strictly in index order.

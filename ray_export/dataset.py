@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cluster import cluster_cpus, place_stages
 from .options import ExportOptions
 from .planning import ExportPlan
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -107,3 +110,41 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
             **_remote_args(options, step.name, placement[step.name]),
         )
     return ds
+
+
+@contextlib.contextmanager
+def streamed_bundles(dataset: Any, cancel: threading.Event | None = None) -> Iterator[Iterator[Any]]:
+    """Run ``dataset`` and yield an iterator over its output bundles (block references) as they come.
+
+    The dataset's streaming executor is shut down when the ``with`` block ends, however it ends
+    (exhausted, an error, a cancel); left to the garbage collector, an executor abandoned mid-stream
+    keeps its tasks running until something collects it, possibly after Ray or logging has shut down.
+    Setting ``cancel`` shuts it down at once, which ends the iteration early even while it waits for
+    a block. ``iter_internal_ref_bundles`` gives no handle on the executor, so it is made here the way
+    ``Dataset._execute_to_iterator`` makes it, without waiting for the first block.
+    """
+    executor = dataset._create_executor()
+    ended = threading.Event()
+
+    def stop_on_cancel() -> None:
+        while cancel is not None and not ended.is_set():
+            if cancel.wait(0.1):
+                _shut_down(executor)
+                return
+
+    watcher = threading.Thread(target=stop_on_cancel, name="ray-export-dataset-cancel", daemon=True)
+    try:
+        bundles = dataset._build_bundle_iterator(executor)
+        watcher.start()
+        yield bundles
+    finally:
+        ended.set()
+        _shut_down(executor)
+
+
+def _shut_down(executor: Any) -> None:
+    """Stop a dataset's executor and its running tasks (idempotent)."""
+    try:
+        executor.shutdown(force=True)
+    except Exception:  # the export's own outcome matters more than a failed clean-up
+        log.debug("could not shut down the dataset executor", exc_info=True)

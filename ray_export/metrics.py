@@ -1,4 +1,4 @@
-"""Per-object shape metrics from exact polygon geometry (SPEC 5).
+"""Per-object shape metrics from exact polygon geometry (formulas and units: docs/metrics.md).
 
 Every value is computed in image pixels from the polygon vertices (no rasterisation, no
 simplification); lengths are then multiplied by the scale (µm/px) and areas by its square.

@@ -1,6 +1,6 @@
 """Reading the stored polygon JSON (``segmentations.polygons``) into numbered objects.
 
-The rules (SPEC 1.2): non-finite points are dropped, closed rings need 3 distinct points and
+The rules: non-finite points are dropped, closed rings need 3 points (after repeats are removed) and
 polylines 2, elements with a missing or unknown ``type`` are dropped, holes belong to the external
 named by a valid ``parent_id`` or else to the smallest external that contains all their vertices, and
 the valid external closed polygons are numbered 1, 2, ... in array order. Every drop is a
@@ -124,7 +124,7 @@ def _without_repeats(pts: np.ndarray, closed: bool) -> np.ndarray:
 
 
 def load_polygon_elements(raw: Any) -> tuple[list[Any], list[Problem]]:
-    """Decode the stored value into the list of polygon elements (SPEC 1.2 accepted forms)."""
+    """The polygon elements of the stored value: an array, {"polygons": array}, or null/empty (none)."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = bytes(raw).decode("utf-8", errors="replace")
     if raw is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import ensure_ray
-from .dataset import build_dataset, quiet_ray_data
+from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line
 from .options import MAP_STAGES, ExportOptions
 from .planning import assembly_plan, plan_export, preflight
@@ -312,7 +312,8 @@ def _final_state(progress: Any, state: str, message: str) -> None:
 
 
 def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4) -> None:
-    """Stream result blocks (by reference) into the writer actor, at most ``max_inflight`` at a time."""
+    """Stream result blocks (by reference) into the writer actor, with at most ``max_inflight`` calls
+    outstanding while the next block is awaited."""
     import ray
 
     inflight: list[Any] = []
@@ -325,9 +326,8 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 progress.add_problems.remote(problems)
             progress.set_bytes.remote(nbytes)
 
-    iterator = dataset.iter_internal_ref_bundles()
-    try:
-        for bundle in iterator:
+    with streamed_bundles(dataset, cancel) as bundles:
+        for bundle in bundles:
             if cancel.is_set():
                 raise ExportCancelled()
             for block_ref in bundle.block_refs:
@@ -337,12 +337,10 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
                 settle(done)
             if cancel.is_set():
                 raise ExportCancelled()
+        if cancel.is_set():  # a cancel ends the stream early
+            raise ExportCancelled()
         if inflight:
             settle(inflight)
-    finally:
-        close = getattr(iterator, "close", None)
-        if close:
-            close()
 
 
 def install_signal_handlers(cancel: threading.Event) -> None:

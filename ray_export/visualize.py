@@ -1,4 +1,4 @@
-"""Overlay visualizations (SPEC 6): the original image with its objects drawn on top.
+"""Overlay visualizations: the original image with its objects drawn on top.
 
 Conventions:
 

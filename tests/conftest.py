@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
-# No implicit ray.init(): a Ray Data executor collected after the session's Ray shut down would
-# otherwise start a whole new local cluster from its __del__.
+# No implicit ray.init(): a late Ray call after the session's Ray shut down must fail, not start a
+# whole new local cluster.
 os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
 # Memory pressure from other processes on a shared test machine must not kill the tests' actors.
 os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
@@ -38,7 +37,6 @@ def ray_session():
         _temp_dir=temp_dir,
     )
     yield ray
-    gc.collect()  # finish abandoned dataset executors while their cluster is still up
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
 

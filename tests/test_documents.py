@@ -1,4 +1,4 @@
-"""README.md, metadata.json and export_report.json (SPEC 3, 4, 5, 7)."""
+"""README.md, metadata.json and export_report.json."""
 
 from __future__ import annotations
 

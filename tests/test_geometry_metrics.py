@@ -1,4 +1,4 @@
-"""Exact polygon geometry (hull, calipers, moments) and the per-object metrics of SPEC 5."""
+"""Exact polygon geometry (hull, calipers, moments) and the per-object metrics (docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export options (SPEC 2): defaults, files, flags, precedence and validation messages."""
+"""Export options: defaults, files, flags, precedence and validation messages."""
 
 from __future__ import annotations
 
