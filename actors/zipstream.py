@@ -173,6 +173,23 @@ def zip_date_time(timestamp: datetime) -> tuple[int, int, int, int, int, int]:
     return fields
 
 
+def _move_into_place(partial: Path, output: Path, replace: bool) -> None:
+    """Rename the finished partial to the output; without ``replace``, never over an existing file."""
+    if replace:
+        os.replace(partial, output)
+        return
+    try:
+        os.link(partial, output)  # atomic: fails when the output exists
+    except FileExistsError:
+        raise ZipOutputError(f"output {output} appeared while the export ran; it was left as it is") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if output.exists():
+            raise ZipOutputError(f"output {output} appeared while the export ran; it was left as it is") from None
+        os.rename(partial, output)
+        return
+    partial.unlink()
+
+
 def _open_partial(partial_path: Path) -> BinaryIO:
     folder = partial_path.parent
     if not folder.is_dir():
@@ -185,18 +202,29 @@ def _open_partial(partial_path: Path) -> BinaryIO:
 
 
 class ZipStreamWriter:
-    """Streams members into ``<output>.partial``; ``commit()`` renames it to ``output_path``.
+    """Streams members into a partial file (``<output>.partial`` unless named); ``commit()`` renames it
+    to ``output_path``.
 
     Every member gets the same date-time (from ``timestamp``), Unix permissions 0644, no extra fields and
     the fixed deflate level, so the same sequence of calls gives byte-identical files. As a context manager
     it commits on a clean exit (unless already committed or aborted) and aborts on an exception.
     """
 
-    def __init__(self, output_path: str | Path, timestamp: datetime, compresslevel: int = 6) -> None:
+    def __init__(
+        self,
+        output_path: str | Path,
+        timestamp: datetime,
+        compresslevel: int = 6,
+        partial_path: str | Path | None = None,
+        replace: bool = True,
+    ) -> None:
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
         self.output_path = Path(output_path)
-        self.partial_path = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
+        default_partial = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
+        self.partial_path = Path(partial_path) if partial_path is not None else default_partial
+        #: False: ``commit()`` refuses to replace an output file that appeared while the ZIP was written
+        self.replace = replace
         self.date_time = zip_date_time(timestamp)
         self.compresslevel = compresslevel
         self._names: set[str] = set()
@@ -289,7 +317,7 @@ class ZipStreamWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            os.replace(self.partial_path, self.output_path)
+            _move_into_place(self.partial_path, self.output_path, self.replace)
         except BaseException:
             self.abort()
             raise

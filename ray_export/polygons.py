@@ -2,7 +2,8 @@
 
 The rules: non-finite points are dropped, closed rings need 3 points (after repeats are removed) and
 polylines 2, elements with a missing or unknown ``type`` are dropped, holes belong to the external
-named by a valid ``parent_id`` or else to the smallest external that contains all their vertices, and
+named by a valid ``parent_id`` (among externals sharing that id: the smallest one containing the hole)
+or else to the smallest external that contains all their vertices, and
 the valid external closed polygons are numbered 1, 2, ... in array order. Every drop is a
 :class:`~ray_export.problems.Problem`; nothing here raises on bad input.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,15 +81,51 @@ def _coordinate(value: Any) -> float | None:
     return f if f is not None and abs(f) <= MAX_COORDINATE else None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates (``"\\udc80"`` in JSON: no Unicode character) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def json_safe(value: Any) -> Any:
-    """A value copied from the polygon JSON, with non-finite numbers (``NaN``, ``Infinity``) as None."""
+    """A value copied from the polygon JSON: non-finite numbers (``NaN``, ``Infinity``) become None and
+    lone surrogates in text become U+FFFD, so that every output can encode it as UTF-8."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _valid_text(value)
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {_valid_text(str(k)): json_safe(v) for k, v in value.items()}
     return value
+
+
+def _has_invalid_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return _valid_text(value) is not value
+    if isinstance(value, list):
+        return any(_has_invalid_text(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_invalid_text(str(k)) or _has_invalid_text(v) for k, v in value.items())
+    return False
+
+
+_COPIED_KEYS = ("id", "partClass", "instanceId", "class")
+
+
+def _copied_values(el: dict, where: str, problems: list[Problem]) -> dict[str, Any]:
+    """The element's attributes that outputs copy, made JSON- and UTF-8-safe; a lone surrogate is reported."""
+    values = {key: json_safe(el.get(key)) for key in _COPIED_KEYS}
+    changed = [key for key in _COPIED_KEYS if _has_invalid_text(el.get(key))]
+    if changed:
+        names = ", ".join(changed)
+        problems.append(
+            Problem("text_invalid_unicode", STAGE, f"{where}: {names} held invalid Unicode, replaced by U+FFFD")
+        )
+    return values
 
 
 def _read_points(raw: Any) -> tuple[np.ndarray, int]:
@@ -155,7 +193,7 @@ def parse_polygons(raw: Any) -> ImagePolygons:
     elements, problems = load_polygon_elements(raw)
     result = ImagePolygons(problems=problems)
     holes: list[tuple[int, np.ndarray, Any]] = []  # (element position, ring, parent_id)
-    externals_by_id: dict[str, PolygonObject] = {}
+    externals_by_id: dict[str, list[PolygonObject]] = {}
 
     for pos, el in enumerate(elements):
         where = f"element {pos}"
@@ -193,15 +231,16 @@ def parse_polygons(raw: Any) -> ImagePolygons:
             )
             continue
         confidence = _finite_number(el.get("confidence"))
+        copied = _copied_values(el, where, result.problems)
         if is_polyline:
             result.polylines.append(
                 Polyline(
                     number=len(result.polylines) + 1,
                     points=pts,
                     confidence=confidence,
-                    element_id=json_safe(el.get("id")),
-                    part_class=json_safe(el.get("partClass")),
-                    instance_id=json_safe(el.get("instanceId")),
+                    element_id=copied["id"],
+                    part_class=copied["partClass"],
+                    instance_id=copied["instanceId"],
                 )
             )
         elif el_type == "external":
@@ -210,27 +249,43 @@ def parse_polygons(raw: Any) -> ImagePolygons:
                 outer=pts,
                 confidence=confidence,
                 complete=el.get("complete") is not False,
-                element_id=json_safe(el.get("id")),
-                part_class=json_safe(el.get("partClass")),
-                instance_id=json_safe(el.get("instanceId")),
-                object_class=json_safe(el.get("class")),
+                element_id=copied["id"],
+                part_class=copied["partClass"],
+                instance_id=copied["instanceId"],
+                object_class=copied["class"],
             )
             result.objects.append(obj)
             if el.get("id") is not None:
-                externals_by_id.setdefault(str(el.get("id")), obj)
+                externals_by_id.setdefault(str(el.get("id")), []).append(obj)
         else:
             holes.append((pos, pts, el.get("parent_id")))
 
+    for element_id, shared in externals_by_id.items():
+        if len(shared) > 1:
+            numbers = ", ".join(str(o.number) for o in shared)
+            result.problems.append(
+                Problem(
+                    "polygon_id_duplicate",
+                    STAGE,
+                    f"id {_valid_text(element_id)!r} is shared by objects {numbers}; "
+                    "holes naming it go to the one that contains them",
+                )
+            )
     if holes:
         outer_areas = [abs(ring_signed_area(o.outer)) for o in result.objects]
         for pos, ring, parent_id in holes:
-            owner = externals_by_id.get(str(parent_id)) if parent_id is not None else None
-            if parent_id is not None and owner is None:
+            named = externals_by_id.get(str(parent_id), []) if parent_id is not None else []
+            owner = named[0] if len(named) == 1 else None
+            if len(named) > 1:
+                # an id shared by several externals: the smallest of them that contains the hole
+                areas = [abs(ring_signed_area(o.outer)) for o in named]
+                owner = _smallest_container(ring, named, areas)
+            elif parent_id is not None and owner is None:
                 result.problems.append(
                     Problem(
                         "hole_parent_invalid",
                         STAGE,
-                        f"element {pos}: parent_id {parent_id!r} names no valid external polygon",
+                        f"element {pos}: parent_id {json_safe(parent_id)!r} names no valid external polygon",
                     )
                 )
             if owner is None:

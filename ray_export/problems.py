@@ -21,6 +21,8 @@ PROBLEM_CODES: dict[str, str] = {
     "polygon_too_few_points": "a closed polygon kept fewer than 3 points (a polyline fewer than 2); it was dropped",
     "hole_parent_invalid": "a hole's parent_id names no valid external polygon; ownership was decided by containment",
     "hole_orphan": "a hole lies inside no external polygon; it is kept in the JSON export only",
+    "polygon_id_duplicate": "several external polygons share one id; holes naming it were given by containment",
+    "text_invalid_unicode": "a text attribute held invalid Unicode (a lone surrogate); it was replaced by U+FFFD",
     "polyline_not_in_yolo": "the image has polylines, which YOLO-seg cannot hold; they were left out of its labels",
     "polyline_not_in_coco": "the image has polylines, which are not instance masks; they were left out of COCO",
     # image size and files (stages "read", "copy", "annotate")

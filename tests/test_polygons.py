@@ -160,3 +160,56 @@ def test_polyline_attributes_are_kept():
     assert parsed.objects == []
     (line,) = parsed.polylines
     assert line.part_class == "tail" and line.instance_id == 7 and line.points.shape == (4, 2)
+
+
+def test_duplicate_external_ids_give_holes_by_containment_and_are_reported():
+    left = ring((0, 0), (100, 0), (100, 100), (0, 100))
+    right = ring((200, 0), (300, 0), (300, 100), (200, 100))
+    hole_in_right = ring((240, 40), (260, 40), (260, 60), (240, 60))
+    parsed = parse_polygons(
+        [
+            {"type": "external", "id": "same", "points": left},
+            {"type": "external", "id": "same", "points": right},
+            {"type": "internal", "parent_id": "same", "points": hole_in_right},
+        ]
+    )
+    assert [len(o.holes) for o in parsed.objects] == [0, 1]
+    assert parsed.orphan_holes == []
+    dup = [p for p in parsed.problems if p.code == "polygon_id_duplicate"]
+    assert len(dup) == 1 and "'same'" in dup[0].message and "1, 2" in dup[0].message
+
+
+def test_duplicate_external_ids_hole_inside_neither_falls_back_to_any_container():
+    left = ring((0, 0), (100, 0), (100, 100), (0, 100))
+    right = ring((200, 0), (300, 0), (300, 100), (200, 100))
+    other = ring((400, 0), (500, 0), (500, 100), (400, 100))
+    hole = ring((440, 40), (460, 40), (460, 60), (440, 60))
+    parsed = parse_polygons(
+        [
+            {"type": "external", "id": 7, "points": left},
+            {"type": "external", "id": 7, "points": right},
+            {"type": "external", "id": 8, "points": other},
+            {"type": "internal", "parent_id": 7, "points": hole},
+        ]
+    )
+    assert [len(o.holes) for o in parsed.objects] == [0, 0, 1]
+
+
+def test_lone_surrogate_in_copied_text_is_replaced_and_reported():
+    points = '[{"x":0,"y":0},{"x":5,"y":0},{"x":0,"y":5}]'
+    text = '[{"type":"external","partClass":"\\udc80x","id":"a\\ud800","points":' + points + "}]"
+    parsed = parse_polygons(text)
+    obj = parsed.objects[0]
+    assert obj.part_class == "\ufffdx" and obj.element_id == "a\ufffd"
+    obj.part_class.encode("utf-8")
+    codes = [p.code for p in parsed.problems]
+    assert codes == ["text_invalid_unicode"]
+    assert "id, partClass" in parsed.problems[0].message
+
+
+def test_nan_attribute_is_not_reported_as_invalid_text():
+    parsed = parse_polygons(
+        [{"type": "external", "partClass": [float("nan")], "points": [[0, 0], [5, 0], [0, 5]]}]
+    )
+    assert parsed.objects[0].part_class == [None]
+    assert parsed.problems == []

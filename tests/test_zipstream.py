@@ -380,3 +380,27 @@ def test_reorder_buffer_random_permutation_is_released_sorted() -> None:
     assert released == list(range(1, 501))
     assert buffer.pending == 0
     assert 0 < buffer.max_pending < 500
+
+
+def test_named_partial_and_no_replace_of_an_output_that_appeared(tmp_path: Path) -> None:
+    out = tmp_path / "x.zip"
+    partial = tmp_path / "x.zip.ab12.partial"
+    writer = ZipStreamWriter(out, datetime(2024, 1, 1, tzinfo=timezone.utc), partial_path=partial, replace=False)
+    writer.add_bytes("a.txt", b"hello")
+    assert partial.exists() and not (tmp_path / "x.zip.partial").exists()
+    out.write_bytes(b"someone else's file")  # appears while the export runs
+    with pytest.raises(ZipOutputError, match="appeared while the export ran"):
+        writer.commit()
+    assert out.read_bytes() == b"someone else's file"
+    assert not partial.exists()
+
+
+def test_no_replace_commit_when_the_output_is_absent(tmp_path: Path) -> None:
+    out = tmp_path / "x.zip"
+    partial = tmp_path / "x.zip.ab12.partial"
+    writer = ZipStreamWriter(out, datetime(2024, 1, 1, tzinfo=timezone.utc), partial_path=partial, replace=False)
+    writer.add_bytes("a.txt", b"hello")
+    size = writer.commit()
+    assert size == out.stat().st_size and not partial.exists()
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("a.txt") == b"hello"
