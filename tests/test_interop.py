@@ -354,8 +354,12 @@ def test_fiftyone_coco_importer_loads_every_sample(dataset: Dataset) -> None:
     samples = {}
     with importer:
         for image_path, _metadata, labels in importer:
-            detections = labels["detections"] if isinstance(labels, dict) else labels
+            # an image without annotations gets no label fields at all
+            detections = labels.get("detections")
+            segmentations = labels.get("segmentations")
             samples[Path(image_path).name] = 0 if detections is None else len(detections.detections)
+            if segmentations is not None:
+                assert all(det.mask is not None and det.mask.any() for det in segmentations.detections)
     expected = {image["file_name"]: len(image["objects"]) for image in dataset.dataset_images()}
     assert samples == expected
 
@@ -366,11 +370,10 @@ def test_fiftyone_coco_importer_loads_every_sample(dataset: Dataset) -> None:
 
 def test_datumaro_finds_and_imports_the_coco_dataset_at_the_zip_root(dataset: Dataset) -> None:
     dm = pytest.importorskip("datumaro", reason="the interop extra (datumaro) is not installed")
-    assert "coco_instances" in {name for name, *_ in dm.Dataset.detect(str(dataset.root), depth=1)} or (
-        dm.Environment().detect_dataset(str(dataset.root)) == ["coco_instances"]
-    )
+    assert "coco_instances" in dm.Environment().detect_dataset(str(dataset.root))
     imported = dm.Dataset.import_from(str(dataset.root), "coco_instances")
-    items = {Path(item.media.path).name: len(item.annotations) for item in imported}
+    # one COCO annotation may become several Datumaro shapes of the same id (polygon parts)
+    items = {Path(item.media.path).name: len({ann.id for ann in item.annotations}) for item in imported}
     expected = {image["file_name"]: len(image["objects"]) for image in dataset.dataset_images()}
     assert items == expected
 
