@@ -392,17 +392,18 @@ class _Captured(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def ultralytics_logger(tmp_path_factory) -> Any:
+def ultralytics_logger(tmp_path_factory) -> Iterator[logging.Logger]:
     """Ultralytics with its settings in a temporary folder; returns its logger. The plotting font that
     checking a dataset looks for is provided there, so that no download is tried."""
     config_dir = tmp_path_factory.mktemp("ultralytics-config")
     (config_dir / "Ultralytics").mkdir()
     (config_dir / "Ultralytics" / "Arial.ttf").write_bytes(b"")
-    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
-    pytest.importorskip("ultralytics", reason="the interop extra (ultralytics) is not installed")
-    from ultralytics.utils import LOGGER
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("YOLO_CONFIG_DIR", str(config_dir))
+        pytest.importorskip("ultralytics", reason="the interop extra (ultralytics) is not installed")
+        from ultralytics.utils import LOGGER
 
-    return LOGGER
+        yield LOGGER
 
 
 @pytest.fixture
