@@ -14,9 +14,12 @@ Conventions:
 * Drawing order: every object's fill (outer ring minus its holes, alpha-blended at ``fill_opacity``),
   then the outer outlines (external colour), the hole outlines and orphan-hole outlines (internal
   colour), the polylines (open, external colour), and last the number discs.
-* Each number sits in a white disc with a dark border centred on the object's pole of inaccessibility
-  (a pixel of the object's mask far from its boundary, found with a distance transform), so it lies
-  inside concave objects too. Objects under one square pixel, or covering no pixel, get no number.
+* Each number sits in a white disc with a dark border centred in the object's material (outer ring
+  minus holes), on a pixel of its mask far from its boundary, found with an exact distance transform of
+  the mask, so it lies inside concave objects too and never in a hole. An object with holes gets the
+  pole of inaccessibility of its material (the pixel farthest from the outer ring and every hole); a
+  hole-free one the pixel nearest its centroid among those within 10 % of that largest distance.
+  Objects under one square pixel, or covering no pixel, get no number.
   ``font_size`` is the font's full height in pixels.
 * Encoding: PNG at compression level 3; JPEG at quality 95 with 4:4:4 chroma; WebP lossy at quality 95
   (WebP is limited to 16383 pixels per side; larger images give a ``render_failed`` problem).
@@ -45,6 +48,7 @@ _SHIFT = 4
 _ONE = 1 << _SHIFT
 _COORD_LIMIT = float(1 << 22)  # keeps fixed-point coordinates far inside int32
 _MIN_NUMBERED_AREA = 1.0  # objects smaller than one pixel get no number
+_POLE_TIE = 1e-6  # relative slack that makes float32 distances of symmetric pixels tie
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _DISC_FILL = (255, 255, 255)
 _DISC_BORDER = (32, 32, 32)
@@ -213,19 +217,24 @@ def object_mask(obj: PolygonObject, width: int, height: int) -> tuple[np.ndarray
     return mask, x0, y0
 
 
-def pole_of_inaccessibility(mask: np.ndarray) -> tuple[int, int] | None:
-    """``(x, y)`` of a mask pixel as far as possible from the mask's boundary.
+def pole_of_inaccessibility(mask: np.ndarray, ring_shaped: bool = False) -> tuple[int, int] | None:
+    """``(x, y)`` of a mask pixel as far as possible from the mask's boundary, holes' edges included.
 
-    Among the pixels whose distance to the boundary is within 10 % of the largest, the one closest to
-    the mask's centroid is taken (first in row order on ties), so elongated and concave shapes get a
-    central point that still lies well inside them.
+    The distance is the exact Euclidean distance transform of the mask (zero pixels, the border of the
+    mask's box included, are the outside). For a ``ring_shaped`` mask (an object with holes, whose
+    centroid often lies in a hole) the pixel of largest distance is taken: the pole of inaccessibility
+    of the material, the centre of the largest disc that fits in it. Otherwise, among the pixels whose
+    distance is within 10 % of the largest, the one closest to the mask's centroid is taken, so
+    elongated and concave shapes get a central point that still lies well inside them. Ties go to the
+    pixel closest to the centroid, then to the first in row order.
     """
     if not mask.any():
         return None
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     largest = float(distance.max())
-    rows, cols = np.nonzero(distance >= largest * 0.9)
+    threshold = largest * (1.0 - _POLE_TIE) if ring_shaped else largest * 0.9
+    rows, cols = np.nonzero(distance >= threshold)
     moments = cv2.moments(mask, binaryImage=True)
     centroid_x = moments["m10"] / moments["m00"]
     centroid_y = moments["m01"] / moments["m00"]
@@ -254,12 +263,12 @@ def _clamp_centre(centre: int, size: int) -> int:
 
 
 def _disc_from_mask(
-    number: int, mask: np.ndarray, x0: int, y0: int, width: int, height: int, font_size: int
+    obj: PolygonObject, mask: np.ndarray, x0: int, y0: int, width: int, height: int, font_size: int
 ) -> tuple[int, int, int] | None:
-    pole = pole_of_inaccessibility(mask)
+    pole = pole_of_inaccessibility(mask, ring_shaped=any(len(hole) >= 3 for hole in obj.holes))
     if pole is None:
         return None
-    radius = disc_radius(number, font_size)
+    radius = disc_radius(obj.number, font_size)
     centre_x = _clamp_centre(pole[0] + x0, width)
     centre_y = _clamp_centre(pole[1] + y0, height)
     return centre_x, centre_y, radius
@@ -275,7 +284,7 @@ def number_disc(
     if found is None:
         return None
     mask, x0, y0 = found
-    return _disc_from_mask(obj.number, mask, x0, y0, width, height, settings.font_size)
+    return _disc_from_mask(obj, mask, x0, y0, width, height, settings.font_size)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -321,7 +330,7 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
         if opacity > 0:
             _blend_mask(image, mask, x0, y0, fill_colour, opacity)
         if settings.show_numbers and abs(ring_signed_area(obj.outer)) >= _MIN_NUMBERED_AREA:
-            disc = _disc_from_mask(obj.number, mask, x0, y0, width, height, settings.font_size)
+            disc = _disc_from_mask(obj, mask, x0, y0, width, height, settings.font_size)
             if disc is not None:
                 discs.append((obj.number, disc))
 

@@ -279,6 +279,66 @@ def test_number_disc_sits_inside_a_concave_object() -> None:
     assert np.all(full_mask[white_y, white_x] == 1)
 
 
+def _circle(cx: float, cy: float, r: float, n: int = 128) -> list[tuple[float, float]]:
+    return [(cx + r * np.cos(2 * np.pi * k / n), cy + r * np.sin(2 * np.pi * k / n)) for k in range(n)]
+
+
+def _box(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+RING_SHAPES = {
+    # outer ring, holes, where the pole is when it is a single point
+    "annulus": (_circle(120, 110, 90), [_circle(120, 110, 30)], None),
+    "square_with_off_centre_hole": (_box(10, 20, 110, 100), [_box(70, 40, 90, 60)], (40.72, 69.28)),
+    "hole_covering_the_centroid": (_box(20, 20, 180, 140), [_box(50, 40, 130, 120)], None),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(RING_SHAPES))
+def test_number_disc_of_a_ring_shaped_object_sits_at_the_pole_of_its_material(shape: str) -> None:
+    """The disc centre lies in the material (never in a hole) and is as far from every edge as the
+    pole of inaccessibility of outer ring minus holes (shapely's polylabel), up to pixel rounding."""
+    shapely = pytest.importorskip("shapely")
+    from shapely.ops import polylabel
+
+    outer, holes, pole_at = RING_SHAPES[shape]
+    width, height = 240, 220
+    parsed = parse_polygons(
+        [{"type": "external", "id": "a", "points": _points(outer)}]
+        + [{"type": "internal", "parent_id": "a", "points": _points(hole)} for hole in holes]
+    )
+    obj = parsed.objects[0]
+    assert len(obj.holes) == len(holes)
+    material = shapely.Polygon(outer, holes)
+    centroid = material.centroid
+    assert any(shapely.Polygon(hole).contains(centroid) for hole in holes) == (shape != "square_with_off_centre_hole")
+    pole = polylabel(material, tolerance=0.01)
+    pole_distance = material.boundary.distance(pole)
+
+    settings = VisualizationSettings(font_size=16)
+    centre_x, centre_y, radius = number_disc(obj, width, height, settings)
+    centre = shapely.Point(centre_x, centre_y)
+    assert material.contains(centre)
+    assert not any(shapely.Polygon(hole).intersects(centre) for hole in holes)
+    mask, x0, y0 = object_mask(obj, width, height)
+    assert mask[centre_y - y0, centre_x - x0] == 1
+    # a pixel centre next to the pole: within one pixel of the largest clearance
+    assert material.boundary.distance(centre) == pytest.approx(pole_distance, abs=1.0)
+    if pole_at is not None:
+        assert pole.distance(shapely.Point(pole_at)) < 0.05
+        assert centre.distance(pole) <= 1.5
+
+    out = render_overlay(np.full((height, width, 3), 100, dtype=np.uint8), parsed, settings)
+    white_y, white_x = np.nonzero(np.all(out == 255, axis=2))
+    assert len(white_x) > 0
+    assert np.all(np.hypot(white_x - centre_x, white_y - centre_y) <= radius)
+    assert radius < pole_distance - 1  # this disc fits the material, so it covers no hole pixel
+    full_mask = np.zeros((height, width), dtype=np.uint8)
+    full_mask[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+    assert np.all(full_mask[white_y, white_x] == 1)
+
+
 def test_incomplete_objects_are_drawn_the_same_way() -> None:
     complete = parse_polygons([{"type": "external", "points": _square(10, 20, 110, 100)}])
     cut = parse_polygons([{"type": "external", "complete": False, "points": _square(10, 20, 110, 100)}])
