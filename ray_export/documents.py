@@ -212,6 +212,8 @@ def metadata_document(summary: ExportSummary) -> dict[str, Any]:
         "export_time": summary.export_time,
         "options": _content_options_only(summary.content_options),
         "counts": {str(k): int(v) for k, v in summary.counts.items()},
+        # member paths and per-image folders in ZIP order, as the README's contents table lists them
+        "members": list(summary.member_list()),
         "scale": {
             "um_per_px": None if summary.scale_um_per_px is None else float(summary.scale_um_per_px),
             "source": summary.scale_source,

@@ -11,6 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .formats.base import STAGE_ORDER
+from .formats.registry import annotation_format_names, metric_format_names
+
 
 class OptionError(ValueError):
     """An invalid option; the message names the option."""
@@ -73,9 +76,10 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 #: Pipeline stages that take resource hints, in pipeline order.
-STAGE_NAMES: tuple[str, ...] = ("read", "copy", "visualize", "annotate", "metrics")
+#: the map stages in pipeline order come from the format declarations; "read" is the database read before them
+STAGE_NAMES: tuple[str, ...] = ("read", *STAGE_ORDER)
 #: The stages run by ``map_batches`` (all but the read).
-MAP_STAGES: tuple[str, ...] = tuple(stage for stage in STAGE_NAMES if stage != "read")
+MAP_STAGES: tuple[str, ...] = STAGE_ORDER
 MAX_STAGE_CPUS = 64.0
 MAX_BATCH_SIZE = 10_000
 
@@ -168,8 +172,9 @@ def default_stages() -> dict[str, StageResources]:
 # The export options object
 # ---------------------------------------------------------------------------------------------------------
 
-ANNOTATION_FORMATS: tuple[str, ...] = ("coco", "yolo", "json")
-METRIC_FORMATS: tuple[str, ...] = ("csv", "xlsx", "json", "parquet")
+#: the built-in choices (the defaults); validation reads the registry, which may hold more
+ANNOTATION_FORMATS: tuple[str, ...] = annotation_format_names()
+METRIC_FORMATS: tuple[str, ...] = metric_format_names()
 MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
@@ -264,8 +269,9 @@ class ExportOptions:
             if isinstance(ids, tuple):
                 ids = _dedupe(ids)
         object.__setattr__(self, "image_ids", ids)
-        object.__setattr__(self, "annotations", _normalize_formats(self.annotations, ANNOTATION_FORMATS))
-        object.__setattr__(self, "metrics", _normalize_formats(self.metrics, METRIC_FORMATS))
+        # the registry is read now, not at import: a format registered later is a valid choice too
+        object.__setattr__(self, "annotations", _normalize_formats(self.annotations, annotation_format_names()))
+        object.__setattr__(self, "metrics", _normalize_formats(self.metrics, metric_format_names()))
         if isinstance(self.stages, Mapping):
             stages = default_stages()
             stages.update(self.stages)
@@ -296,8 +302,8 @@ class ExportOptions:
             raise OptionError("images_root", "required with a PostgreSQL database (--images-root)")
         if self.address is not None:
             _check_text("address", self.address)
-        _check_formats("annotations", self.annotations, ANNOTATION_FORMATS)
-        _check_formats("metrics", self.metrics, METRIC_FORMATS)
+        _check_formats("annotations", self.annotations, annotation_format_names())
+        _check_formats("metrics", self.metrics, metric_format_names())
         if not isinstance(self.visualization, VisualizationSettings):
             raise OptionError("visualization", f"{self.visualization!r} is not a VisualizationSettings")
         self.visualization.validate()

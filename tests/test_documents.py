@@ -95,7 +95,10 @@ def test_metadata_has_no_locations_or_credentials() -> None:
     for secret in FORBIDDEN:
         assert secret not in text
     parsed = json.loads(text)
-    assert set(parsed) == {"metadata_version", "project", "export_time", "options", "counts", "scale", "software"}
+    assert set(parsed) == {
+        "metadata_version", "project", "export_time", "options", "counts", "members", "scale", "software"
+    }
+    assert "documentation/metadata.json" in parsed["members"] and "images/" in parsed["members"]
     assert "db" not in parsed["options"] and "password" not in parsed["options"]
     assert parsed["project"] == {
         "id": "0b8f6a52-1111-4c3e-9f00-5d1f5f3ea001",

@@ -23,9 +23,10 @@ SQUARE = [{"type": "external", "points": [{"x": 2, "y": 2}, {"x": 12, "y": 2}, {
 LINE = [{"geometry": "polyline", "points": [{"x": 1, "y": 1}, {"x": 8, "y": 3}]}]
 
 
-def test_option_lists_come_from_the_registry_in_the_same_order():
-    assert registry.annotation_format_names() == options.ANNOTATION_FORMATS
-    assert registry.metric_format_names() == options.METRIC_FORMATS
+def test_option_lists_are_the_registered_formats_in_their_listed_order():
+    assert options.ANNOTATION_FORMATS == ("coco", "yolo", "json")
+    assert options.METRIC_FORMATS == ("csv", "xlsx", "json", "parquet")
+    assert options.STAGE_NAMES == ("read", "copy", "visualize", "annotate", "metrics")
 
 
 def test_every_member_path_and_folder_is_declared_once():
@@ -111,6 +112,10 @@ def object_counts_format():
 def test_a_registered_format_reaches_the_zip_its_readme_and_metadata(tmp_path: Path, object_counts_format):
     chosen = ("coco", "object_counts")
     assert registry.annotation_format_names() == ("coco", "yolo", "json", "object_counts")
+    # the options accept the added format by its name, as flags and options files do
+    chosen_options = options.build_options({"db": "x.db", "project": "p", "annotations": "coco,object_counts"})
+    chosen_options.validate()
+    assert chosen_options.annotations == chosen
     source = pa.table({
         "index": pa.array([1, 2], pa.int64()), "image_id": ["a", "b"], "file_name": ["a.png", "b.png"],
         "stem": ["a", "b"], "original_path": pa.array([None, None], pa.string()),
@@ -146,6 +151,9 @@ def test_a_registered_format_reaches_the_zip_its_readme_and_metadata(tmp_path: P
     assert "### Object counts" in readme and "| object_count_lines | 2 |" in readme
     assert metadata["options"]["annotations"] == ["coco", "object_counts"]
     assert metadata["counts"]["object_count_lines"] == 2
+    assert COUNTS_MEMBER in metadata["members"]
+    members = metadata["members"]
+    assert members.index(COUNTS_MEMBER) == members.index("annotations/instances_default.json") + 1
 
 
 def test_an_added_format_leaves_the_table_when_done(object_counts_format):
@@ -156,3 +164,5 @@ def test_an_added_format_leaves_the_table_when_done(object_counts_format):
 
 def test_the_added_format_is_gone_afterwards():
     assert "object_counts" not in [fmt.name for fmt in registry.FORMATS]
+    with pytest.raises(options.OptionError, match="annotations"):
+        options.build_options({"db": "x.db", "project": "p", "annotations": "object_counts"}).validate()
