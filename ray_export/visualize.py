@@ -39,6 +39,7 @@ from PIL import Image
 
 from .geometry import ring_signed_area
 from .options import VisualizationSettings
+from .png import encode_png_rgb
 from .polygons import ImagePolygons, PolygonObject
 from .problems import Problem
 
@@ -53,7 +54,6 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _DISC_FILL = (255, 255, 255)
 _DISC_BORDER = (32, 32, 32)
 _TEXT_COLOUR = (0, 0, 0)
-_PNG_COMPRESSION = 3
 _JPEG_QUALITY = 95
 _WEBP_QUALITY = 95
 
@@ -354,10 +354,10 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
 
 
 def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
-    """Encode an RGB uint8 image as ``png``, ``jpeg`` or ``webp`` bytes (deterministic)."""
+    """Encode an RGB uint8 image as ``png`` (:mod:`ray_export.png`), ``jpeg`` or ``webp`` bytes (deterministic)."""
     if fmt == "png":
-        extension, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION]
-    elif fmt == "jpeg":
+        return encode_png_rgb(rgb)  # lossless, several times faster than libpng at the same size
+    if fmt == "jpeg":
         extension, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
         if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
             params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
