@@ -370,7 +370,7 @@ def _epoch_ms(year: int, month: int, day: int, hour: int = 9) -> int:
     return int(datetime(year, month, day, hour, tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _plan(n_images: int, seed: int) -> dict[str, Any]:
+def _plan(n_images: int, seed: int, size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Rows (without pixel data) of the demo project."""
     ids = random.Random(f"ray-export-demo/{seed}")
     project_id = _uuid(ids)
@@ -379,7 +379,7 @@ def _plan(n_images: int, seed: int) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     for k in range(n_images):
         fmt_kind, ext, mime = _FORMATS[k % len(_FORMATS)]
-        width, height = _SIZES[k % len(_SIZES)]
+        width, height = size or _SIZES[k % len(_SIZES)]
         folder = f"day{1 + k % 2}"
         file_name = f"spheroid_{k + 1:03d}{ext}"
         if k in (3, 4):  # the same file name in two folders
@@ -443,7 +443,17 @@ def _plan(n_images: int, seed: int) -> dict[str, Any]:
     return {"project": project, "images": images, "video": video, "ids": ids, "base_ms": base_ms}
 
 
-def _existing_demo(db_path: Path, workdir: Path, n_images: int, seed: int) -> DemoProject | None:
+def _marker(n_images: int, seed: int, size: tuple[int, int] | None) -> dict[str, str]:
+    """What identifies a build: a fixed image size is recorded only when one was asked for."""
+    marker = {"version": DEMO_VERSION, "n_images": str(n_images), "seed": str(seed)}
+    if size is not None:
+        marker["size"] = f"{size[0]}x{size[1]}"
+    return marker
+
+
+def _existing_demo(
+    db_path: Path, workdir: Path, n_images: int, seed: int, size: tuple[int, int] | None = None
+) -> DemoProject | None:
     if not db_path.is_file():
         return None
     try:
@@ -455,25 +465,32 @@ def _existing_demo(db_path: Path, workdir: Path, n_images: int, seed: int) -> De
             conn.close()
     except sqlite3.Error:
         return None
-    expected = {"version": DEMO_VERSION, "n_images": str(n_images), "seed": str(seed)}
-    if any(marker.get(k) != v for k, v in expected.items()):
+    expected = _marker(n_images, seed, size)
+    if any(marker.get(k) != v for k, v in expected.items()) or ("size" in marker) != ("size" in expected):
         return None
     if len(paths) != n_images or not all((workdir / p).is_file() for p in paths):
         return None
     return DemoProject(db_path, workdir, marker["project_id"], marker["title"])
 
 
-def build_demo_project(workdir: Path, n_images: int = 12, seed: int = 0) -> DemoProject:
-    """Create (or reuse) the demo SQLite database and image files under ``workdir``."""
+def build_demo_project(
+    workdir: Path, n_images: int = 12, seed: int = 0, size: tuple[int, int] | None = None
+) -> DemoProject:
+    """Create (or reuse) the demo SQLite database and image files under ``workdir``.
+
+    ``size`` (width, height) gives every image that size; by default sizes cycle through a few camera sizes.
+    """
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, not {n_images!r}")
+    if size is not None and not (len(size) == 2 and all(isinstance(v, int) and 16 <= v <= 20_000 for v in size)):
+        raise ValueError(f"size must be (width, height) with each 16..20000, not {size!r}")
     workdir = Path(workdir).resolve()
     db_path = workdir / DEMO_DB_NAME
-    existing = _existing_demo(db_path, workdir, n_images, seed)
+    existing = _existing_demo(db_path, workdir, n_images, seed, size)
     if existing is not None:
         return existing
 
-    plan = _plan(n_images, seed)
+    plan = _plan(n_images, seed, size)
     project = plan["project"]
     ids: random.Random = plan["ids"]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -531,8 +548,7 @@ def build_demo_project(workdir: Path, n_images: int = 12, seed: int = 0) -> Demo
         insert_rows(conn, SQLITE, "images", image_rows)
         insert_rows(conn, SQLITE, "segmentations", segmentation_rows)
         conn.execute(f"CREATE TABLE {_MARKER_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        marker = {"version": DEMO_VERSION, "n_images": str(n_images), "seed": str(seed),
-                  "project_id": project["id"], "title": project["title"]}
+        marker = _marker(n_images, seed, size) | {"project_id": project["id"], "title": project["title"]}
         conn.executemany(f"INSERT INTO {_MARKER_TABLE} (key, value) VALUES (?, ?)", sorted(marker.items()))
         conn.commit()
     finally:
