@@ -1,4 +1,4 @@
-"""Progress of one export (SPEC section 7): a pure state object and a thin detached Ray actor around it.
+"""Progress of one export: a pure state object and a thin detached Ray actor around it.
 
 ``ProgressState`` holds the state machine and the counters and computes snapshots from an injected clock.
 ``ProgressActor`` wraps it in a named, detached Ray actor (namespace ``PROGRESS_NAMESPACE``) that any
@@ -152,7 +152,7 @@ class ProgressState:
         self.updated_at = self._clock(now)
 
     def heartbeat(self, now: float | None = None) -> bool:
-        """The driver is alive; returns whether a cancel was requested (so one call does both)."""
+        """The driver is alive; returns whether a cancel was requested."""
         self.last_heartbeat = self._clock(now)
         return self._cancel_requested
 

@@ -59,7 +59,8 @@ _BLOB_COLUMNS = ("original", "visualization")
 
 
 class ExportAssembler:
-    """Streams per-image members into ``<output>.partial`` in index order; aggregated members at the end."""
+    """Streams per-image members into a partial file in index order (beside a local output, or in the spool
+    folder for an object-store output), then the aggregated members."""
 
     def __init__(self, plan: AssemblyPlan) -> None:
         if not plan.spool_dir:

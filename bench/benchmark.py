@@ -1,4 +1,4 @@
-"""Benchmark: the Ray export pipeline against the same work in one process (SPEC 8).
+"""Benchmark: the Ray export pipeline against the same work in one process.
 
 Builds (or reuses) a demo project, exports it once in a single process without Ray, then through
 ``ray_export.api.export`` on a local Ray for each hint plan, and reports images/s, speed-up, parallel

@@ -241,8 +241,8 @@ def _demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ray-export`` command: one clear line on any error, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # Ray is started or attached explicitly; an implicit ray.init() from a late Ray call (a Ray Data
-    # executor collected at exit) would start a new local cluster as the process ends.
+    # Ray is started or attached explicitly; a late Ray call after shutdown must fail, not start a new
+    # local cluster as the process ends.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     args = _parser().parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""A parallel, ordered Ray Data source over the projected image query (SPEC 1.1).
+"""A parallel, ordered Ray Data source over the projected image query.
 
 The driver knows the selected images in export order (the light listing). Each read task fetches one
 contiguous index range by id with :func:`~ray_export.sources.fetch_image_rows` and returns one Arrow

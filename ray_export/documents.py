@@ -25,8 +25,6 @@ from .problems import PROBLEM_CODES, Problem
 
 #: Export-level note codes of ``export_report.json`` (``notes``); other codes are allowed as well.
 NOTE_CODES: dict[str, str] = {
-    "scale_from_option": "lengths and areas are in µm, using the scale given in the options",
-    "scale_from_database": "lengths and areas are in µm, using the pixelSizeUm shared by every selected image",
     "scale_pixels": "no usable common pixelSizeUm (missing, differing or out of range): metrics are in pixels",
     "unknown_image_ids": "some requested image ids do not exist or belong to another project (see `unknown_image_ids`)",
     "note": "any other export-level remark (free text)",
@@ -49,14 +47,11 @@ COUNT_DESCRIPTIONS: dict[str, str] = {
     "coco_images": "images listed in COCO `images`",
     "visualizations": "visualizations drawn",
     "objects": "closed objects (external polygons), incomplete ones included",
-    "incomplete_objects": "objects marked `complete: false` (no metrics row)",
     "polylines": "open polylines",
     "polylines_not_in_yolo": "polylines left out of the YOLO labels",
     "polylines_not_in_coco": "polylines left out of the COCO annotations (they are in the JSON export)",
-    "orphan_holes": "holes inside no object (JSON export only)",
     "metric_rows": "rows in the metrics tables",
     "problems": "per-image problems in `export_report.json`",
-    "unknown_image_ids": "requested image ids that were not exported",
 }
 
 

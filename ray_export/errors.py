@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class ExportError(Exception):
-    """A fatal export problem: one clear line and an exit code (SPEC 7)."""
+    """A fatal export problem: one clear line and an exit code."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)

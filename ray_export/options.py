@@ -1,4 +1,4 @@
-"""Export options (SPEC 2): one options object for the CLI, the Python API and options files."""
+"""Export options: one options object for the CLI, the Python API and options files."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ VIZ_FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 @dataclass(frozen=True)
 class VisualizationSettings:
-    """How overlays are drawn (SPEC 2 and 6)."""
+    """How overlays are drawn."""
 
     external_color: str = "#FF0000"
     internal_color: str = "#0000FF"
@@ -236,7 +236,7 @@ def _dedupe(items: tuple[Any, ...]) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """Everything an export needs to know (SPEC 2). Build it with :func:`build_options` or directly.
+    """Everything an export needs to know. Build it with :func:`build_options` or directly.
 
     Lists given as sequences or comma strings are normalised on construction (tuples, canonical order
     for formats, ``"none"`` -> ``()``); :meth:`validate` checks the rest. ``stages`` is a plain dict

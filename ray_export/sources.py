@@ -1,4 +1,4 @@
-"""Reading the SpheroSeg database (SPEC 1.1): PostgreSQL through psycopg 3, or a SQLite file.
+"""Reading the SpheroSeg database: PostgreSQL through psycopg 3, or a SQLite file.
 
 The exporter only reads. Two kinds of query run against the database:
 
