@@ -149,6 +149,23 @@ class FormatWriter(Protocol):
         """Give up: close and remove whatever the writer holds; never raises."""
 
 
+class SpooledDocumentWriter:
+    """Base of writers that build one aggregated member in a spooled document (``write(fh)``, ``close()``)."""
+
+    ctx: WriterContext
+    member: str
+    document: Any
+
+    def finish(self, summary: Any) -> None:
+        """Stream the spooled document into the ZIP as :attr:`member`."""
+        self.ctx.spool_member(self.member, self.document.write)
+        self.document.close()
+
+    def abort(self) -> None:
+        """Remove the spools."""
+        self.document.close()
+
+
 class NoImageWriter:
     """Base of writers with nothing to do per image or on abort."""
 

@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 from ..geometry import ring_bbox
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
-from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, SpooledDocumentWriter, WriterContext
 
 MEMBER = "annotations/instances_default.json"
 
@@ -343,12 +343,14 @@ PART = ImagePart(
 )
 
 
-class CocoFormatWriter:
+class CocoFormatWriter(SpooledDocumentWriter):
     """Writer of :data:`MEMBER`: every image, its annotations numbered in index order."""
+
+    member = MEMBER
 
     def __init__(self, ctx: WriterContext) -> None:
         self.ctx = ctx
-        self.coco = CocoWriter(ctx.coco_info, spool_dir=str(ctx.spool))
+        self.coco = self.document = CocoWriter(ctx.coco_info, spool_dir=str(ctx.spool))
 
     def add(self, row: dict) -> None:
         """List the image and its annotations when its size is known and it is in the dataset (with
@@ -359,15 +361,6 @@ class CocoFormatWriter:
         entry = coco_image_entry(row["index"], row["file_name"], row["width"], row["height"])
         self.coco.add_encoded(entry, row["coco_annotations"] or [])
         self.ctx.counts["coco_images"] += 1
-
-    def finish(self, summary: Any) -> None:
-        """Write the COCO file."""
-        self.ctx.spool_member(MEMBER, self.coco.write)
-        self.coco.close()
-
-    def abort(self) -> None:
-        """Remove the spools."""
-        self.coco.close()
 
 
 def _readme_loading(summary: Any) -> list[str]:

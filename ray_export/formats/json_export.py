@@ -14,7 +14,7 @@ import pyarrow as pa
 from ..geometry import region_area, region_moments, ring_bbox, ring_length
 from ..polygons import ImagePolygons, PolygonObject, Polyline
 from ..problems import Problem
-from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, SpooledDocumentWriter, WriterContext
 from .coco import JsonLineSpool, dumps_compact, write_text
 
 MEMBER = "annotations/json/segmentation_data.json"
@@ -138,12 +138,14 @@ PART = ImagePart(
 )
 
 
-class JsonFormatWriter:
+class JsonFormatWriter(SpooledDocumentWriter):
     """Writer of :data:`MEMBER`: every selected image, in index order."""
+
+    member = MEMBER
 
     def __init__(self, ctx: WriterContext) -> None:
         self.ctx = ctx
-        self.export = JsonExportWriter(ctx.export_time_text, spool_dir=str(ctx.spool))
+        self.export = self.document = JsonExportWriter(ctx.export_time_text, spool_dir=str(ctx.spool))
 
     def add(self, row: dict) -> None:
         """Append the image's entry (every image is listed, even one whose entry is missing)."""
@@ -153,15 +155,6 @@ class JsonFormatWriter:
         width, height = int(row["width"]), int(row["height"])
         empty = ImagePolygons(orphan_holes=[])
         self.export.add_image(json_image_entry(row["index"], row["image_id"], row["file_name"], width, height, empty))
-
-    def finish(self, summary: Any) -> None:
-        """Write the JSON export."""
-        self.ctx.spool_member(MEMBER, self.export.write)
-        self.export.close()
-
-    def abort(self) -> None:
-        """Remove the spool."""
-        self.export.close()
 
 
 def _readme_loading(summary: Any) -> list[str]:

@@ -43,20 +43,27 @@ class StoredFileWriter:
         """Nothing to remove."""
 
 
-def _describe(summary: Any) -> dict[str, str]:
-    return {
-        FOLDER: "the original image files, byte for byte" + summary.files_note("images_with_files")
-        + "; COCO and `labels/` reference exactly these images"
-    }
+def stored_files_format(name: str, folder: str, decodable: bool, count: str, description: str,
+                        expected: bool) -> OutputFormat:  # fmt: skip
+    """The declaration of a folder of originals: those that decode (``images/``) or those that do not."""
+
+    def describe(summary: Any) -> dict[str, str]:
+        return {folder: description.format(files=summary.files_note(count))}
+
+    return OutputFormat(
+        name=name,
+        chosen_by="originals",
+        open_writer=lambda ctx: StoredFileWriter(ctx, folder, decodable=decodable, count=count),
+        folder=folder,
+        folder_count=count,
+        folder_expected=expected,
+        part=PART,
+        describe=describe,
+        counts=(count,),
+    )
 
 
-FORMAT = OutputFormat(
-    name="originals",
-    chosen_by="originals",
-    open_writer=lambda ctx: StoredFileWriter(ctx, FOLDER, decodable=True, count="images_with_files"),
-    folder=FOLDER,
-    folder_count="images_with_files",
-    part=PART,
-    describe=_describe,
-    counts=("images_with_files",),
-)
+FORMAT = stored_files_format(
+    "originals", FOLDER, decodable=True, count="images_with_files", expected=True,
+    description="the original image files, byte for byte{files}; COCO and `labels/` reference exactly these images",
+)  # fmt: skip
