@@ -801,12 +801,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     groups: dict[str, Any] = {}
     for group in (SOURCE_GROUP, CONTENT_GROUP, VISUALIZATION_GROUP, RESOURCES_GROUP):
         groups[group] = parser.add_argument_group(group)
-    groups[SOURCE_GROUP].add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
     for option in _flag_fields():
         extra = {"metavar": option.metavar} if option.metavar else {}
         groups[option.group].add_argument(
             option.flag, dest=option.name, default=None, help=option.help, **_FLAG_ACTIONS[option.flag_action], **extra
         )
+    groups[SOURCE_GROUP].add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
 
 
 def _stage_assignment(flag: str, text: str) -> tuple[str, str]:
