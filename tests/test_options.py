@@ -378,6 +378,7 @@ def test_option_table_declares_every_field_once() -> None:
     assert OPTION_KEYS == (
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
+        "max_file_bytes", "read_timeout_s", "max_image_pixels",
     )  # fmt: skip
 
 
@@ -395,3 +396,11 @@ def test_every_flag_overrides_the_option_it_declares() -> None:
         text = "copy=slot:2" if option.key == "resources" else "copy=2"
         value = {"slot": "2"} if option.key == "resources" else "2"
         assert overrides_from_args(parse(option.flag, text)) == {"stages": {"copy": {option.key: value}}}
+
+
+def test_read_limits_convert_and_reject_bad_values() -> None:
+    options = build_options({**BASE, "max_file_bytes": "64MiB", "read_timeout_s": "2.5"}, {"max_image_pixels": 10})
+    assert (options.max_file_bytes, options.read_timeout_s, options.max_image_pixels) == (64 << 20, 2.5, 10)
+    for key, value in (("max_file_bytes", 0), ("read_timeout_s", 0), ("read_timeout_s", -1), ("max_image_pixels", 0)):
+        with pytest.raises(OptionError, match=key):
+            build_options({**BASE, key: value})
