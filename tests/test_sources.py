@@ -425,7 +425,8 @@ def test_fetch_image_rows_projects(order_target: DbTarget, need_polygons: bool, 
     by_id = {r["image_id"]: r for r in rows}
     assert set(by_id) == {"img-a", "img-b", "img-h"}
     for row in rows:
-        assert list(row) == projected_columns(need_polygons, need_path)
+        assert list(row) == [*projected_columns(need_polygons, need_path), "problems"]
+        assert row["problems"] == []
     assert (by_id["img-a"]["db_width"], by_id["img-a"]["seg_width"], by_id["img-a"]["seg_height"]) == (100, 101, 81)
     assert by_id["img-b"]["seg_width"] is None and by_id["img-h"]["db_width"] is None
     if need_polygons:
