@@ -188,3 +188,19 @@ def test_hostile_input_gives_the_same_bytes_with_other_batch_sizes(hostile_zip, 
               "annotate": {"batch_size": 2}, "metrics": {"batch_size": 4}}  # fmt: skip
     export(build_options(None, {"db": str(db), "project": "Hostile", "output": str(again), "stages": stages}))
     assert again.read_bytes() == hostile_zip.read_bytes()
+
+
+def test_decode_failures_without_originals_name_no_memory_address(hostile_project, tmp_path):
+    # without originals the files are only decoded by the visualize stage, where Pillow's own error
+    # text names the in-memory buffer it read
+    db, _root = hostile_project
+    out = tmp_path / "drawings.zip"
+    export(db=str(db), project="Hostile", output=str(out), originals=False, annotations="none", metrics="none")
+    with zipfile.ZipFile(out) as zf:
+        report = json.loads(zf.read("documentation/export_report.json"))
+    problems = {image["image_id"]: image["problems"] for image in report["images"]}
+    assert [(p["code"], p["message"]) for p in problems["i10"]] == [
+        ("image_decode_failed", "not a decodable image (UnidentifiedImageError)")
+    ]
+    assert [(p["code"], p["message"]) for p in problems["i12"]] == [("image_decode_failed", "image data is empty")]
+    assert " at 0x" not in json.dumps(report)
