@@ -665,12 +665,13 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
                 help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
     OptionField("max_file_bytes", "max_file_bytes", parse_bytes, "--max-file-bytes", metavar="BYTES",
-                help="largest original file read, e.g. 2GiB (default 2GiB)", group=RESOURCES_GROUP),
+                help="largest original file read, e.g. 2GiB (default 2GiB)", group=RESOURCES_GROUP, content=True),
     OptionField("read_timeout_s", "read_timeout_s", _to_float, "--read-timeout", metavar="SECONDS",
                 help=f"longest time one original may take to read ({DEFAULT_READ_TIMEOUT_S:g})",
                 group=RESOURCES_GROUP),
     OptionField("max_image_pixels", "max_image_pixels", _to_int, "--max-image-pixels", metavar="N",
-                help=f"largest image decoded, width x height ({DEFAULT_MAX_IMAGE_PIXELS})", group=RESOURCES_GROUP),
+                help=f"largest image decoded, width x height ({DEFAULT_MAX_IMAGE_PIXELS})", group=RESOURCES_GROUP,
+                content=True),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).
