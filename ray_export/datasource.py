@@ -19,6 +19,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from .problems import PROBLEMS_TYPE
 from .sources import POSTGRES, SQLITE, DbTarget, SourceError, connect, fetch_image_rows, map_db_error
 
 DEFAULT_ROWS_PER_TASK = 32
@@ -31,6 +32,8 @@ FETCHED_FIELDS: list[tuple[str, pa.DataType]] = [
     ("seg_width", pa.int64()),
     ("seg_height", pa.int64()),
     ("polygons", pa.string()),
+    # the read's own problems (text_invalid_utf8); the stages append theirs
+    ("problems", PROBLEMS_TYPE),
 ]
 _RESERVED = frozenset({"index", "image_id"} | {name for name, _ in FETCHED_FIELDS})
 
@@ -98,7 +101,7 @@ class _RangeReader:
         by_id = {row["image_id"]: row for row in fetched}
         columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         fetched_names = {"original_path"} if self.need_path else set()
-        fetched_names |= {"db_width", "db_height", "seg_width", "seg_height"}
+        fetched_names |= {"db_width", "db_height", "seg_width", "seg_height", "problems"}
         if self.need_polygons:
             fetched_names.add("polygons")
         for row in self.rows:

@@ -25,6 +25,10 @@ _RESERVED_STEMS = frozenset(
     ["CON", "PRN", "AUX", "NUL"] + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "123456789¹²³"]
 )
 _WHITESPACE_RUN = re.compile(r"\s+")
+#: Bidirectional controls (embeddings, overrides, isolates, LRM/RLM/ALM): they make a name display in
+#: another order than it is stored (``evil\u202egnp.exe`` shows as ``evilexe.png``), so they are removed.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_BIDI_TABLE = dict.fromkeys(map(ord, BIDI_CONTROLS))
 
 
 def _is_unsafe_character(ch: str) -> bool:
@@ -33,7 +37,8 @@ def _is_unsafe_character(ch: str) -> bool:
 
 
 def _replace_unsafe(text: str) -> str:
-    return "".join("_" if _is_unsafe_character(ch) else ch for ch in text)
+    """Bidirectional controls removed, unsafe characters replaced by ``_``."""
+    return "".join("_" if _is_unsafe_character(ch) else ch for ch in text.translate(_BIDI_TABLE))
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -68,10 +73,11 @@ def _safe_file_name(text: str, empty: str) -> str:
 def sanitize_member_name(name: str) -> str:
     """Turn an original file name into a safe ZIP member file name (no folder part).
 
-    Backslashes count as folder separators and only the last part is kept; control characters and
-    ``<>:"|?*`` become ``_``; leading and trailing dots and spaces are stripped; an empty result is
-    ``image``; a Windows device name (``CON``, ``NUL``, ``COM1``, ...) gets ``_`` appended; the stem is cut
-    to :data:`MAX_STEM_LENGTH` characters, keeping the extension.
+    Backslashes count as folder separators and only the last part is kept; bidirectional controls
+    (:data:`BIDI_CONTROLS`) are removed; control characters and ``<>:"|?*`` become ``_``; leading and
+    trailing dots and spaces are stripped; an empty result is ``image``; a Windows device name
+    (``CON``, ``NUL``, ``COM1``, ...) gets ``_`` appended; the stem is cut to :data:`MAX_STEM_LENGTH`
+    characters, keeping the extension.
     """
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     return _safe_file_name(base, "image")

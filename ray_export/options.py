@@ -179,6 +179,13 @@ MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
 MAX_BUFFERED_IMAGES_LIMIT = 100_000
+#: Largest original file read (bytes); a bigger one is refused for its image (``file_too_large``).
+DEFAULT_MAX_FILE_BYTES = 2 << 30
+#: Longest time one original may take to read (seconds) before it is given up (``file_read_timeout``).
+DEFAULT_READ_TIMEOUT_S = 300.0
+MAX_READ_TIMEOUT_S = 86_400.0
+#: Largest image decoded (width x height from the file's header); a bigger one is not decoded (``image_too_large``).
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_SCHEME = "sqlite://"
 
@@ -261,6 +268,9 @@ class ExportOptions:
     scale_um_per_px: float | None = None
     stages: dict[str, StageResources] = field(default_factory=default_stages)
     max_buffered_images: int = DEFAULT_MAX_BUFFERED_IMAGES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -323,6 +333,13 @@ class ExportOptions:
                 raise OptionError(f"stages.{stage}", f"{hints!r} is not a StageResources")
             hints.validate(stage)
         _check_int("max_buffered_images", self.max_buffered_images, 1, MAX_BUFFERED_IMAGES_LIMIT)
+        _check_positive_int("max_file_bytes", self.max_file_bytes)
+        timeout = self.read_timeout_s
+        if not _is_number(timeout) or not 0.0 < float(timeout) <= MAX_READ_TIMEOUT_S:
+            raise OptionError(
+                "read_timeout_s", f"{timeout!r} is not a number of seconds in (0, {MAX_READ_TIMEOUT_S:g}]"
+            )
+        _check_positive_int("max_image_pixels", self.max_image_pixels)
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -347,6 +364,11 @@ class ExportOptions:
 
 def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(name, f"{value!r} is not a positive integer")
 
 
 def _check_text(name: str, value: object) -> None:
@@ -648,6 +670,14 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("stages", "stages", _stages),
     OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
                 help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
+    OptionField("max_file_bytes", "max_file_bytes", parse_bytes, "--max-file-bytes", metavar="BYTES",
+                help="largest original file read, e.g. 2GiB (default 2GiB)", group=RESOURCES_GROUP, content=True),
+    OptionField("read_timeout_s", "read_timeout_s", _to_float, "--read-timeout", metavar="SECONDS",
+                help=f"longest time one original may take to read ({DEFAULT_READ_TIMEOUT_S:g})",
+                group=RESOURCES_GROUP),
+    OptionField("max_image_pixels", "max_image_pixels", _to_int, "--max-image-pixels", metavar="N",
+                help=f"largest image decoded, width x height ({DEFAULT_MAX_IMAGE_PIXELS})", group=RESOURCES_GROUP,
+                content=True),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).

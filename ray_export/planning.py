@@ -136,9 +136,12 @@ def plan_export(options: ExportOptions) -> ExportPlan:
         rows.append(
             {"index": entry.index, "image_id": entry.image_id, "file_name": member.file_name, "stem": member.stem}
         )
+        found = list(entry.problems)
         if member.renamed:
             problem = Problem("member_renamed", "naming", f"{entry.name!r} is stored as {member.file_name!r}")
-            driver_problems[entry.index] = [problem.to_dict()]
+            found.append(problem.to_dict())
+        if found:
+            driver_problems[entry.index] = found
     scale, scale_source, notes = _decide_scale(options, entries)
     if listing.unknown_image_ids:
         notes = (*notes, "unknown_image_ids")

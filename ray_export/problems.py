@@ -6,6 +6,7 @@ human-readable message. Per-image problems never fail an export.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -31,7 +32,14 @@ PROBLEM_CODES: dict[str, str] = {
     "file_missing": "the original file does not exist under the images root",
     "file_unreadable": "the original file exists but could not be read",
     "path_outside_root": "originalPath escapes the images root (directly or through a symlink); not read",
+    "file_not_regular": "originalPath names a named pipe, socket, device or folder, not a regular file; not read",
+    "file_too_large": "the original file is larger than the file size limit (max_file_bytes); not read",
+    "file_read_timeout": "reading the original file took longer than the time limit (read_timeout_s); given up",
     "image_decode_failed": "the original file could not be decoded as an image",
+    "image_too_large": "the image header's width x height exceeds the pixel limit (max_image_pixels); the file is "
+    "kept but not decoded, so it has no visualization",
+    "text_invalid_utf8": "a database text value (name, originalPath or polygons) held invalid UTF-8; the bad bytes "
+    "were replaced by U+FFFD",
     # naming
     "member_renamed": "the file name was changed (made safe, or given a `_N` suffix to keep stems unique); "
     "the message names both",
@@ -49,6 +57,9 @@ FAILURE_CODES: frozenset[str] = frozenset(
     {
         "file_missing",
         "file_unreadable",
+        "file_not_regular",
+        "file_too_large",
+        "file_read_timeout",
         "path_outside_root",
         "image_decode_failed",
         "polygons_invalid_json",
@@ -60,9 +71,20 @@ FAILURE_CODES: frozenset[str] = frozenset(
 )
 
 
+_OBJECT_REPR = re.compile(r"<([^<>]*?) at 0x[0-9A-Fa-f]+>")
+_ADDRESS = re.compile(r"\s(?:at\s)?0x[0-9A-Fa-f]{6,}\b")
+
+
+def clean_message(text: str) -> str:
+    """``text`` without memory addresses: ``<_io.BytesIO object at 0x7f…>`` -> ``<_io.BytesIO object>``,
+    any other ``at 0x…`` / `` 0x…`` address of six or more hex digits dropped. The same failure then
+    always gives the same message."""
+    return _ADDRESS.sub("", _OBJECT_REPR.sub(r"<\1>", str(text)))
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One problem found for one image."""
+    """One problem found for one image; its message is cleaned by :func:`clean_message`."""
 
     code: str
     stage: str
@@ -71,6 +93,7 @@ class Problem:
     def __post_init__(self) -> None:
         if self.code not in PROBLEM_CODES:
             raise ValueError(f"unknown problem code {self.code!r}")
+        object.__setattr__(self, "message", clean_message(self.message))
 
     def to_dict(self) -> dict[str, str]:
         """JSON form used in export_report.json."""

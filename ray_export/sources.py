@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote
 from urllib.request import pathname2url
 
+from .problems import Problem
+
 SQLITE = "sqlite"
 POSTGRES = "postgres"
 
@@ -194,6 +196,40 @@ def _sqlite_target(path: Path) -> DbTarget:
 
 
 # --------------------------------------------------------------------------------------------------
+# text values
+
+
+class ReplacedText(str):
+    """A database text value that held invalid UTF-8: the bad bytes were replaced by U+FFFD."""
+
+
+def decode_text(raw: bytes) -> str:
+    """UTF-8 bytes as text; invalid bytes become U+FFFD and the result is a :class:`ReplacedText`.
+
+    SQLite hands TEXT values to this (its ``text_factory``), so one bad value never fails a query.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ReplacedText(raw.decode("utf-8", errors="replace"))
+
+
+def text_value(value: Any) -> str | None:
+    """A text column value as ``str`` (bytes decoded by :func:`decode_text`; None stays None)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_text(bytes(value))
+    return str(value)
+
+
+def invalid_utf8_problem(column: str, value: str) -> Problem:
+    """The ``text_invalid_utf8`` problem of one column's value (named, not quoted: it may be long)."""
+    return Problem("text_invalid_utf8", "read", f"{column} held invalid UTF-8; {len(value)} characters read "
+                   "with U+FFFD in place of the bad bytes")
+
+
+# --------------------------------------------------------------------------------------------------
 # connections and error mapping
 
 
@@ -248,6 +284,7 @@ def connect(target: DbTarget) -> Any:
         uri = sqlite_readonly_uri(target.sqlite_path)
         try:
             conn = sqlite3.connect(uri, uri=True)
+            conn.text_factory = decode_text
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise SourceError(
@@ -407,6 +444,8 @@ class ImageEntry:
     updated_at: datetime | None
     #: a positive width and height pair in ``segmentations`` or in ``images`` (else only the file has it)
     size_in_database: bool
+    #: the ``text_invalid_utf8`` problems of the listed values (the name), as problem dicts
+    problems: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -431,7 +470,7 @@ _PROJECT_BY_TITLE = {
 def _project_row(row: tuple) -> ProjectRow:
     return ProjectRow(
         id=str(row[0]),
-        title="" if row[1] is None else str(row[1]),
+        title=text_value(row[1]) or "",
         type=str(row[2]) if row[2] else "spheroid",
         updated_at=parse_timestamp(row[3]),
     )
@@ -530,14 +569,17 @@ def list_images(target: DbTarget, project_id: str, image_ids: Sequence[str] | No
 
     entries: list[ImageEntry] = []
     for position, r in enumerate(images, start=1):
+        name = text_value(r[1]) or ""
+        problems = (invalid_utf8_problem("images.name", name).to_dict(),) if isinstance(name, ReplacedText) else ()
         entries.append(
             ImageEntry(
                 index=position,
                 image_id=str(r[0]),
-                name="" if r[1] is None else str(r[1]),
+                name=name,
                 pixel_size_um=_float_or_none(r[6]),
                 updated_at=_newest(parse_timestamp(r[9]), parse_timestamp(r[11])),
                 size_in_database=_positive_pair(r[2], r[3]) or _positive_pair(r[4], r[5]),
+                problems=problems,
             )
         )
     if not entries:
@@ -562,6 +604,11 @@ _HEAVY_EXPRESSIONS: dict[str, tuple[str, str]] = {
     "polygons": ("s.polygons::text", "s.polygons"),
 }
 _INT_COLUMNS = frozenset({"db_width", "db_height", "seg_width", "seg_height"})
+_COLUMN_NAMES = {
+    "image_id": "images.id",
+    "original_path": 'images."originalPath"',
+    "polygons": "segmentations.polygons",
+}
 
 
 def projected_columns(need_polygons: bool, need_path: bool) -> list[str]:
@@ -593,7 +640,10 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 def fetch_image_rows(
     conn: Any, kind: str, image_ids: list[str], need_polygons: bool, need_path: bool
 ) -> list[dict[str, Any]]:
-    """Fetch the projected columns for ``image_ids`` (any order; one dict per found image)."""
+    """Fetch the projected columns for ``image_ids`` (any order; one dict per found image).
+
+    Each dict also has ``problems``: the ``text_invalid_utf8`` problems (as dicts) of its text values.
+    """
     columns = projected_columns(need_polygons, need_path)
     ids = [str(i) for i in image_ids]
     if not ids:
@@ -613,12 +663,15 @@ def fetch_image_rows(
     out: list[dict[str, Any]] = []
     for raw in raw_rows:
         row: dict[str, Any] = {}
+        problems: list[dict[str, str]] = []
         for name, value in zip(columns, raw, strict=True):
             if name in _INT_COLUMNS:
                 row[name] = _int_or_none(value)
-            elif name == "polygons" and isinstance(value, (bytes, bytearray, memoryview)):
-                row[name] = bytes(value).decode("utf-8", errors="replace")
-            else:
-                row[name] = None if value is None else str(value)
+                continue
+            text = text_value(value)
+            if isinstance(text, ReplacedText):
+                problems.append(invalid_utf8_problem(_COLUMN_NAMES.get(name, name), text).to_dict())
+            row[name] = None if text is None else str(text)
+        row["problems"] = problems
         out.append(row)
     return out

@@ -29,13 +29,22 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from PIL import Image
 
+from .file_read import FileTooLarge, NotRegularFile, ReadTimedOut, read_file
 from .formats.base import STAGE_ORDER, ImageInput, OutputFormat, Selection
 from .formats.metrics_files import PART as METRIC_ROWS_PART
 from .formats.originals import PART as ORIGINAL_PART
 from .formats.registry import format_named, selected_formats
 from .formats.visualizations import PART as VISUALIZATION_PART
 from .metrics import image_metric_rows
-from .options import ExportOptions, VisualizationSettings, is_remote_uri, local_path
+from .options import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_READ_TIMEOUT_S,
+    ExportOptions,
+    VisualizationSettings,
+    is_remote_uri,
+    local_path,
+)
 from .polygons import ImagePolygons, parse_polygons
 from .problems import FAILURE_CODES, PROBLEMS_TYPE, Problem
 from .visualize import image_size_from_header, render_visualization
@@ -128,9 +137,33 @@ def resolve_original_path(base: str, relative: str, is_local: bool) -> str:
     return joined
 
 
-def _read_original(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds of one original's read (bytes, seconds) and of the images decoded (width x height)."""
+
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+#: read errors -> problem code (checked in this order; the rest are ``file_unreadable``)
+_READ_ERROR_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (NotRegularFile, "file_not_regular"),
+    (FileTooLarge, "file_too_large"),
+    (ReadTimedOut, "file_read_timeout"),
+)
+
+
+def _read_problem(rel: str, base: str, exc: Exception) -> Problem:
+    """The problem of an original that could not be read."""
+    for kind, code in _READ_ERROR_CODES:
+        if isinstance(exc, kind):
+            return Problem(code, "copy", f"{rel!r}: {exc}".replace(base, "<images root>"))
+    if isinstance(exc, FileNotFoundError):
+        return Problem("file_missing", "copy", f"{rel!r} not found under the images root")
+    text = str(exc).lower()
+    code = "file_missing" if "not found" in text or "no such" in text else "file_unreadable"
+    return Problem(code, "copy", f"{rel!r}: {type(exc).__name__}: {exc}".replace(base, "<images root>"))
 
 
 def _size_or_none(value: Any) -> int | None:
@@ -160,17 +193,24 @@ def image_decodes(data: bytes) -> bool:
         return False
 
 
-def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str = "none") -> pa.Table:
+def copy_stage(
+    table: pa.Table, images_root: str, read_files: bool, check: str = "none", limits: ReadLimits | None = None
+) -> pa.Table:
     """Read each original once (``original`` bytes), settle the image size (``width``, ``height``) and
     whether the file decodes (``decodable``; null when not read or ``check`` is ``none``).
 
     Size: segmentations.imageWidth/Height, else images.width/height, else the file's header;
     unknown -> 0 x 0 and an ``image_size_unknown`` problem. Files are read when ``read_files`` is set
-    (originals or visualizations requested) or when the size is only in the file. A file found not to
-    decode gets an ``image_decode_failed`` problem.
+    (originals or visualizations requested) or when the size is only in the file. Only regular files are
+    read, bounded in size and time (``limits``): a FIFO, socket or device, a file over the size limit or
+    a read over the time limit is a problem of its image, never a hang. A file found not to decode gets
+    an ``image_decode_failed`` problem. A file whose header gives more pixels than the limit is never
+    decoded: it gets ``image_too_large``, counts as decodable (its header is a valid image's) and keeps
+    its original.
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}")
+    limits = limits or ReadLimits()
     n = table.num_rows
     seg_widths, seg_heights = _values(table, "seg_width"), _values(table, "seg_height")
     db_widths, db_heights = _values(table, "db_width"), _values(table, "db_height")
@@ -192,17 +232,21 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str =
             found.append(Problem("file_missing", "copy", "the image row has no originalPath"))
         elif read_files or stored is None:
             try:
-                data = _read_original(fs, resolve_original_path(base, rel, is_local))
+                path = resolve_original_path(base, rel, is_local)
+                data = read_file(fs, path, is_local, limits.max_file_bytes, limits.read_timeout_s)
             except PathOutsideRoot as exc:
                 found.append(Problem("path_outside_root", "copy", str(exc)))
-            except FileNotFoundError:
-                found.append(Problem("file_missing", "copy", f"{rel!r} not found under the images root"))
             except Exception as exc:  # OSError, pyarrow errors, a NUL in the path ...
-                text = str(exc).lower()
-                code = "file_missing" if "not found" in text or "no such" in text else "file_unreadable"
-                msg = f"{rel!r}: {type(exc).__name__}: {exc}"
-                found.append(Problem(code, "copy", msg.replace(base, "<images root>")))
+                found.append(_read_problem(rel, base, exc))
         header = image_size_from_header(data) if data is not None else None
+        too_large = header is not None and header[0] * header[1] > limits.max_image_pixels
+        if too_large:
+            assert header is not None
+            message = (
+                f"{header[0]}x{header[1]} is {header[0] * header[1]} pixels, over the limit of "
+                f"{limits.max_image_pixels}; not decoded, no visualization"
+            )
+            found.append(Problem("image_too_large", "copy", message))
         if stored is None and header is not None:
             size = header
         elif stored is None:
@@ -220,7 +264,7 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str =
                 )
         decodes: bool | None = None
         if data is not None and check != "none":
-            decodes = (check == "header" and header is not None) or image_decodes(data)
+            decodes = (check == "header" and header is not None) or too_large or image_decodes(data)
             if not decodes:
                 message = "the file is not a decodable image; it is kept under unreadable/, not in COCO or YOLO"
                 found.append(Problem("image_decode_failed", "copy", message))
@@ -249,19 +293,21 @@ def copy_stage(table: pa.Table, images_root: str, read_files: bool, check: str =
 def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_originals: bool) -> pa.Table:
     """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed).
 
-    An image already known not to decode is skipped; one that fails to decode here is marked so in
-    ``decodable``.
+    An image already known not to decode, or over the pixel limit (``image_too_large``), is skipped; one
+    that fails to decode here is marked so in ``decodable``.
     """
     originals = _values(table, ORIGINAL_PART.column)
     texts = _polygon_texts(table)
     known = _values(table, "decodable") if "decodable" in table.column_names else [None] * table.num_rows
+    earlier = _problem_lists(table)
     out: list[bytes | None] = []
     decodable: list[bool | None] = []
     new_problems: list[list[Problem]] = []
-    for data, text, decodes in zip(originals, texts, known, strict=True):
+    for data, text, decodes, before in zip(originals, texts, known, earlier, strict=True):
         found: list[Problem] = []
         encoded = None
-        if data is not None and decodes is not False:
+        too_large = any(p["code"] == "image_too_large" for p in before)
+        if data is not None and decodes is not False and not too_large:
             parsed = _parse(text, "visualize")  # its problems are reported once, by the annotate stage
             try:
                 encoded, _size, found = render_visualization(data, parsed, settings)
@@ -277,7 +323,7 @@ def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_origi
         {
             VISUALIZATION_PART.column: pa.array(out, type=VISUALIZATION_PART.type),
             "decodable": pa.array(decodable, type=pa.bool_()),
-            "problems": _problems_array(_problem_lists(table), new_problems),
+            "problems": _problems_array(earlier, new_problems),
         },
     )
     return table if keep_originals else _drop(table, [ORIGINAL_PART.column])
@@ -396,6 +442,7 @@ def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float
                 "read_files": options.include_originals or options.include_visualizations,
                 # with originals exported, COCO and YOLO reference only files that decode
                 "check": ("header" if "visualize" in needed else "decode") if options.include_originals else "none",
+                "limits": ReadLimits(options.max_file_bytes, options.read_timeout_s, options.max_image_pixels),
             },
         ),
         "visualize": (

@@ -5,12 +5,14 @@ Conventions:
 * Polygon coordinates are float pixels in OpenCV's convention (integer coordinates are pixel
   centres, as produced by ``cv2.findContours``). Drawing uses OpenCV's fixed-point ``shift`` so
   sub-pixel vertices are honoured.
-* Decoding keeps the stored pixel grid: EXIF orientation is not applied, so the visualization has the
-  same width and height as the file's header says. 8-bit samples are kept as they are; any other depth
-  (16-bit, 32-bit integer, float) is stretched linearly from its actual minimum..maximum (over all colour
-  channels together, non-finite values ignored) to 0..255. An alpha channel is dropped (not composited):
-  the stored colour values are shown as they are. Grayscale becomes three equal channels. Only the
-  first page/frame of a multi-page file is used.
+* Frame: polygons are in the image as displayed, that is with its EXIF orientation applied (what a
+  browser, a phone gallery and SpheroSeg's editor show). Decoding therefore applies the EXIF
+  Orientation tag (1-8), and :func:`image_size_from_header` gives the displayed size (width and
+  height swapped for orientations 5-8); the visualization has that size. 8-bit samples are kept as
+  they are; any other depth (16-bit, 32-bit integer, float) is stretched linearly from its actual
+  minimum..maximum (over all colour channels together, non-finite values ignored) to 0..255. An
+  alpha channel is dropped (not composited): the stored colour values are shown as they are.
+  Grayscale becomes three equal channels. Only the first page/frame of a multi-page file is used.
 * Drawing order: every object's fill (outer ring minus its holes, alpha-blended at ``fill_opacity``),
   then the outer outlines (external colour), the hole outlines and orphan-hole outlines (internal
   colour), the polylines (open, external colour), and last the number discs.
@@ -31,7 +33,10 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -65,22 +70,94 @@ class ImageDecodeError(ValueError):
 # --------------------------------------------------------------------------- decoding
 
 
-def image_size_from_header(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` read from the image header only, or None when it cannot be read."""
+#: EXIF tag of the orientation (1 = as stored; 2-8 mirrored and/or rotated).
+ORIENTATION_TAG = 0x0112
+#: Orientations whose displayed image has width and height swapped.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_HEADER_LOCK = threading.Lock()
+
+
+@contextmanager
+def _header_only_open(data: bytes) -> Iterator[Image.Image]:
+    """Pillow's lazy open of ``data`` without its decompression-bomb refusal: only the header is read
+    here, and the callers check the pixel count themselves before any decode."""
+    with _HEADER_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    with img:
+        yield img
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation found while opening (JPEG, WebP, a PNG's eXIf before its pixels) or in a
+    TIFF's tags; Pillow's ``getexif`` of a PNG would decode the whole image, so it is not called."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
+        raw = img.info.get("exif")
+        if raw:
+            exif = Image.Exif()
+            exif.load(raw)
+        elif img.format == "TIFF":
+            exif = img.getexif()
+        else:
+            return 1
+        value = exif.get(ORIENTATION_TAG, 1)
+    except Exception:
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def header_info(data: bytes) -> tuple[int, int, int] | None:
+    """``(stored width, stored height, EXIF orientation)`` from the header only, or None when it cannot
+    be read. Nothing is decoded, whatever the image's size."""
+    try:
+        with _header_only_open(data) as img:
+            width, height = img.size
+            orientation = _orientation(img)
     except Exception:
         return None
     if width <= 0 or height <= 0:
         return None
-    return int(width), int(height)
+    return int(width), int(height), orientation
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of the image as displayed (EXIF orientation applied), read from the header
+    only, or None when it cannot be read."""
+    info = header_info(data)
+    if info is None:
+        return None
+    width, height, orientation = info
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def apply_orientation(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored samples ``(H, W, ...)`` turned into the displayed frame of an EXIF ``orientation``
+    (as Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation == 2:
+        return samples[:, ::-1]
+    if orientation == 3:
+        return samples[::-1, ::-1]
+    if orientation == 4:
+        return samples[::-1]
+    if orientation == 5:
+        return samples.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(samples, k=-1)
+    if orientation == 7:
+        return samples.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(samples, k=1)
+    return samples
 
 
 def decode_image_rgb8(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG/TIFF/... bytes to an ``(H, W, 3)`` uint8 RGB array of the original pixel size.
+    """Decode JPEG/PNG/TIFF/... bytes to an ``(H, W, 3)`` uint8 RGB array in the displayed frame (EXIF
+    orientation applied).
 
     Raises :class:`ImageDecodeError` when neither OpenCV nor Pillow can decode the data.
     """
@@ -91,6 +168,9 @@ def decode_image_rgb8(data: bytes) -> np.ndarray:
         samples = _decode_with_pillow(data)
     if samples.ndim < 2 or samples.shape[0] == 0 or samples.shape[1] == 0:
         raise ImageDecodeError(f"decoded image has no pixels (shape {samples.shape})")
+    info = header_info(data)
+    if info is not None:
+        samples = apply_orientation(samples, info[2])
     colour = _colour_channels(samples)
     stretched = _stretch_to_uint8(colour)
     if stretched.ndim == 2:
@@ -102,7 +182,8 @@ def _decode_with_cv2(data: bytes) -> np.ndarray | None:
     """Samples in RGB(A) channel order, or None when OpenCV cannot decode the data."""
     try:
         buffer = np.frombuffer(data, dtype=np.uint8)
-        # IMREAD_UNCHANGED keeps the stored depth, channels and alpha (and ignores EXIF orientation).
+        # IMREAD_UNCHANGED keeps the stored depth, channels and alpha and ignores EXIF orientation,
+        # which decode_image_rgb8 applies itself (the same way for both decoders).
         decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None
@@ -134,7 +215,7 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
                     img = img.convert("RGB")
                 return np.asarray(img)
     except Exception as exc:
-        raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}"[:300]) from exc
+        raise ImageDecodeError(f"not a decodable image ({type(exc).__name__})") from exc
 
 
 def _colour_channels(samples: np.ndarray) -> np.ndarray:

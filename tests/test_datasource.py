@@ -222,7 +222,7 @@ def test_missing_rows_and_passthrough_fields(big_db: Path) -> None:
 def test_block_schema_is_fixed() -> None:
     schema = block_schema([{"index": 1, "image_id": "a"}])
     assert schema.names == ["index", "image_id", "original_path", "db_width", "db_height", "seg_width",
-                            "seg_height", "polygons"]
+                            "seg_height", "polygons", "problems"]
     assert schema.field("db_width").type == pa.int64() and schema.field("polygons").type == pa.string()
 
 

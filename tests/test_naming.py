@@ -8,6 +8,7 @@ from datetime import datetime
 import pytest
 
 from ray_export.naming import (
+    BIDI_CONTROLS,
     MAX_STEM_LENGTH,
     MemberName,
     assign_member_names,
@@ -151,3 +152,18 @@ def test_sanitize_title_length_and_characters() -> None:
     assert title == "x" * 100
     for ch in '<>:"|?*/\\ \t':
         assert ch not in sanitize_title(f"a{ch}b")
+
+
+@pytest.mark.parametrize("control", sorted(BIDI_CONTROLS))
+def test_bidirectional_controls_are_removed(control: str) -> None:
+    name = f"invoice{control}gnp.exe"
+    assert sanitize_member_name(name) == "invoicegnp.exe"
+    (member,) = assign_member_names([name])
+    assert member.file_name == "invoicegnp.exe" and member.renamed
+    assert control not in sanitize_title(f"Project{control}A")
+
+
+def test_bidi_removal_keeps_stems_unique() -> None:
+    members = assign_member_names(["ab.png", "a\u202eb.png", "a\u2066b\u2069.png"])
+    assert [m.file_name for m in members] == ["ab.png", "ab_2.png", "ab_3.png"]
+    assert [m.renamed for m in members] == [False, True, True]

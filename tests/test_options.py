@@ -351,6 +351,7 @@ def test_content_options_leave_out_locations_and_secrets() -> None:
     assert content["scale"] == 0.5
     assert set(content) == {
         "image_ids", "originals", "visualizations", "annotations", "metrics", "docs", "scale", "visualization",
+        "max_file_bytes", "max_image_pixels",
     }  # fmt: skip
     # content options are themselves valid options-file values
     assert build_options({**BASE, **content}, {}).content_options() == content
@@ -378,6 +379,7 @@ def test_option_table_declares_every_field_once() -> None:
     assert OPTION_KEYS == (
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
+        "max_file_bytes", "read_timeout_s", "max_image_pixels",
     )  # fmt: skip
 
 
@@ -395,3 +397,21 @@ def test_every_flag_overrides_the_option_it_declares() -> None:
         text = "copy=slot:2" if option.key == "resources" else "copy=2"
         value = {"slot": "2"} if option.key == "resources" else "2"
         assert overrides_from_args(parse(option.flag, text)) == {"stages": {"copy": {option.key: value}}}
+
+
+def test_read_limits_convert_and_reject_bad_values() -> None:
+    options = build_options({**BASE, "max_file_bytes": "64MiB", "read_timeout_s": "2.5"}, {"max_image_pixels": 10})
+    assert (options.max_file_bytes, options.read_timeout_s, options.max_image_pixels) == (64 << 20, 2.5, 10)
+    for key, value in (("max_file_bytes", 0), ("read_timeout_s", 0), ("read_timeout_s", -1), ("max_image_pixels", 0)):
+        with pytest.raises(OptionError, match=key):
+            build_options({**BASE, key: value})
+
+
+def test_read_limit_flags() -> None:
+    args = parse("--db", "x.db", "--project", "p", "--max-file-bytes", "512MB", "--read-timeout", "30",
+                 "--max-image-pixels", "25000000")  # fmt: skip
+    options = options_from_args(args, under_job=False)
+    assert (options.max_file_bytes, options.read_timeout_s, options.max_image_pixels) == (512_000_000, 30.0, 25_000_000)
+    content = options.content_options()
+    assert (content["max_file_bytes"], content["max_image_pixels"]) == (512_000_000, 25_000_000)
+    assert "read_timeout_s" not in content  # a timeout depends on the machine, not on the options alone

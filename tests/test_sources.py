@@ -20,6 +20,7 @@ from ray_export.sources import (
     POSTGRES,
     SQLITE,
     DbTarget,
+    ReplacedText,
     SourceError,
     connect,
     fetch_image_rows,
@@ -29,6 +30,7 @@ from ray_export.sources import (
     parse_timestamp,
     projected_columns,
     resolve_project,
+    text_value,
 )
 from tests.pg_server import TEST_PASSWORD
 
@@ -425,7 +427,8 @@ def test_fetch_image_rows_projects(order_target: DbTarget, need_polygons: bool, 
     by_id = {r["image_id"]: r for r in rows}
     assert set(by_id) == {"img-a", "img-b", "img-h"}
     for row in rows:
-        assert list(row) == projected_columns(need_polygons, need_path)
+        assert list(row) == [*projected_columns(need_polygons, need_path), "problems"]
+        assert row["problems"] == []
     assert (by_id["img-a"]["db_width"], by_id["img-a"]["seg_width"], by_id["img-a"]["seg_height"]) == (100, 101, 81)
     assert by_id["img-b"]["seg_width"] is None and by_id["img-h"]["db_width"] is None
     if need_polygons:
@@ -611,3 +614,60 @@ def test_short_digit_strings_are_dates_not_epoch_milliseconds() -> None:
     assert parse_timestamp("1709280000000") == datetime(2024, 3, 1, 8, tzinfo=timezone.utc)
     assert parse_timestamp("20240301") == datetime(2024, 3, 1, tzinfo=timezone.utc)
     assert parse_timestamp("2024") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# text that is not UTF-8
+
+
+def test_invalid_utf8_text_is_replaced_and_reported(tmp_path: Path) -> None:
+    db = make_order_db(tmp_path / "bad_text.db")
+    conn = sqlite3.connect(db)
+    bad = "CAST(X'737572EDB280FF2E706E67' AS TEXT)"
+    conn.execute(f"UPDATE images SET name = {bad}, \"originalPath\" = {bad} WHERE id = 'img-a'")
+    conn.execute(f"UPDATE segmentations SET polygons = {bad} WHERE id = 'seg-a'")
+    conn.execute(f"UPDATE projects SET title = {bad} WHERE id = 'p-alpha'")
+    conn.commit()
+    conn.close()
+    target = parse_db_target(str(db))
+    assert resolve_project(target, "p-alpha").title == "sur\ufffd\ufffd\ufffd\ufffd.png"
+    entries = {e.image_id: e for e in list_images(target, "p-alpha").entries}
+    assert entries["img-a"].name == "sur\ufffd\ufffd\ufffd\ufffd.png"
+    assert [p["code"] for p in entries["img-a"].problems] == ["text_invalid_utf8"]
+    assert "images.name" in entries["img-a"].problems[0]["message"]
+    assert all(not e.problems for i, e in entries.items() if i != "img-a")
+    conn = connect(target)
+    try:
+        rows = {r["image_id"]: r for r in fetch_image_rows(conn, SQLITE, ["img-a", "img-b"], True, True)}
+    finally:
+        conn.close()
+    assert type(rows["img-a"]["polygons"]) is str and rows["img-a"]["polygons"].startswith("sur\ufffd")
+    assert [p["code"] for p in rows["img-a"]["problems"]] == ["text_invalid_utf8", "text_invalid_utf8"]
+    assert [
+        p["message"].split(" held")[0] for p in rows["img-a"]["problems"]
+    ] == ['images."originalPath"', "segmentations.polygons"]
+    assert rows["img-b"]["problems"] == []
+
+
+def test_text_values_from_bytes() -> None:
+    assert text_value(b"caf\xc3\xa9") == "café" and type(text_value(b"caf\xc3\xa9")) is str
+    replaced = text_value(memoryview(b"a\xffb"))
+    assert replaced == "a\ufffdb" and isinstance(replaced, ReplacedText)
+    assert text_value(None) is None and text_value(7) == "7"
+
+
+@pytest.mark.postgres
+def test_postgres_text_sent_as_bytes_is_decoded(pg_dsn: str) -> None:
+    # with client_encoding SQL_ASCII psycopg hands text over as bytes
+    target = parse_db_target(pg_dsn + ("&" if "?" in pg_dsn else "?") + "client_encoding=SQL_ASCII")
+    conn = connect(target)
+    try:
+        assert conn.execute("SELECT 'x'::text").fetchone()[0] == b"x"
+        rows = fetch_image_rows(conn, POSTGRES, ["img-a"], True, True)
+    finally:
+        conn.close()
+    assert rows[0]["original_path"] == "uploads/img-a.png" and rows[0]["problems"] == []
+    assert json.loads(rows[0]["polygons"])[0]["type"] == "external"
+    assert resolve_project(target, "p-alpha").title == "Alpha"
+    names = [e.name for e in list_images(target, "p-alpha").entries]
+    assert names == [f"{i}.png" for i in ORDER_EXPECTED]

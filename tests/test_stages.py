@@ -344,7 +344,11 @@ def test_stage_chain_follows_the_selected_formats(root):
     everything = build_options(None, {"db": "x.db", "project": "p"})
     chain = stages.stage_chain(everything, str(root), 0.5)
     assert [step.name for step in chain] == ["copy", "visualize", "annotate", "metrics"]
-    assert chain[0].kwargs == {"images_root": str(root), "read_files": True, "check": "header"}
+    assert chain[0].kwargs == {"images_root": str(root), "read_files": True, "check": "header",
+                               "limits": stages.ReadLimits(2 << 30, 300.0, 100_000_000)}
+    limited = build_options(None, {"db": "x.db", "project": "p", "max_file_bytes": "1MiB", "read_timeout_s": 2,
+                                   "max_image_pixels": 4096})
+    assert stages.stage_chain(limited, str(root), None)[0].kwargs["limits"] == stages.ReadLimits(1 << 20, 2.0, 4096)
     assert chain[2].kwargs == {"formats": ("coco", "yolo", "json")}
     assert chain[3].kwargs == {"scale_um_per_px": 0.5}
     lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
@@ -374,3 +378,40 @@ def test_stages_leave_image_bytes_untouched_where_they_do_not_use_them(root):
     address = copied.column("original").chunk(0).buffers()[2].address
     later = stages.metrics_stage(stages.annotate_stage(copied, ("coco", "yolo", "json")), None)
     assert later.column("original").chunk(0).buffers()[2].address == address  # passed on, not rebuilt
+
+
+def test_copy_stage_bounds_reads_and_refuses_special_files(root):
+    os.mkfifo(root / "pipe.png")
+    (root / "big.png").write_bytes(_png(200, 200))
+    (root / "folder.png").mkdir()
+    table = _source([
+        {"index": 1, "original_path": "pipe.png", "db_width": 40, "db_height": 32},
+        {"index": 2, "original_path": "big.png"},
+        {"index": 3, "original_path": "folder.png", "db_width": 40, "db_height": 32},
+        {"index": 4, "original_path": "sub/a.png"},
+    ])
+    limit = len((root / "sub" / "a.png").read_bytes())
+    limits = stages.ReadLimits(max_file_bytes=limit, read_timeout_s=60.0, max_image_pixels=40 * 32)
+    out = stages.copy_stage(table, str(root), read_files=True, check="header", limits=limits)
+    problems = _problems(out)
+    assert problems[0] == {"file_not_regular"} and problems[2] == {"file_not_regular"}
+    assert problems[1] == {"file_too_large", "image_size_unknown"}
+    assert problems[3] == set()
+    assert out.column("original").to_pylist()[:3] == [None, None, None]
+    messages = [p["message"] for p in out.column("problems")[0].as_py()]
+    assert messages == ["'pipe.png': 'pipe.png' is a named pipe, not a regular file"]
+
+
+def test_copy_stage_keeps_images_over_the_pixel_limit_undecoded(root):
+    table = _source([{"index": 1, "image_id": "a", "file_name": "a.png", "stem": "a", "original_path": "sub/a.png",
+                      "polygons": SQUARE}])
+    limits = stages.ReadLimits(max_image_pixels=40 * 32 - 1)
+    for check in ("header", "decode"):
+        copied = stages.copy_stage(table, str(root), read_files=True, check=check, limits=limits)
+        assert _problems(copied) == [{"image_too_large"}]
+        assert copied.column("decodable").to_pylist() == [True]
+        assert (copied.column("width")[0].as_py(), copied.column("height")[0].as_py()) == (40, 32)
+        drawn = stages.visualize_stage(copied, VisualizationSettings(), keep_originals=True)
+        assert drawn.column("visualization").to_pylist() == [None]
+        assert drawn.column("original").to_pylist() == [(root / "sub" / "a.png").read_bytes()]
+        assert _problems(drawn) == [{"image_too_large"}]

@@ -7,7 +7,7 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ray_export import visualize
 from ray_export.options import OptionError, VisualizationSettings
@@ -509,3 +509,70 @@ def test_default_settings_are_valid() -> None:
     assert settings.extension == ".png"
     assert VisualizationSettings(format="jpeg").extension == ".jpg"
     assert VisualizationSettings.rgb("#FF8000") == (255, 128, 0)
+
+
+def _with_orientation(image: Image.Image, fmt: str, orientation: int, **params: object) -> bytes:
+    exif = Image.Exif()
+    exif[visualize.ORIENTATION_TAG] = orientation
+    return _pil_bytes(image, fmt, exif=exif.tobytes(), **params)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_displayed_frame(orientation: int) -> None:
+    stored = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2  # every pixel differs
+    data = _with_orientation(Image.fromarray(stored), "PNG", orientation)
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    decoded = decode_image_rgb8(data)
+    np.testing.assert_array_equal(decoded, expected)
+    assert image_size_from_header(data) == (expected.shape[1], expected.shape[0])
+
+
+def test_rotated_jpeg_is_drawn_upright_under_its_polygons() -> None:
+    # stored 60 wide x 40 high, dark left half; Orientation 6 shows it 40 wide x 60 high, dark top half
+    stored = np.full((40, 60, 3), 250, dtype=np.uint8)
+    stored[:, :30] = 5
+    data = _with_orientation(Image.fromarray(stored), "JPEG", 6, quality=95)
+    assert image_size_from_header(data) == (40, 60)
+    parsed = parse_polygons([{"type": "external", "points": _square(2, 2, 8, 8)}])
+    settings = VisualizationSettings(show_numbers=False, fill_opacity=0.0)
+    encoded, size, problems = render_visualization(data, parsed, settings)
+    assert problems == [] and size == (40, 60) and encoded is not None
+    drawn = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert drawn.shape == (60, 40, 3)
+    assert drawn[20, 30].max() < 40 and drawn[45, 30].min() > 210  # dark above, light below
+    assert tuple(drawn[2, 5]) == (255, 0, 0)  # the square's outline sits where its points say
+
+
+def test_header_size_of_a_huge_png_is_read_without_decoding() -> None:
+    data = huge_png(20_000, 20_000)
+    assert len(data) < 400_000
+    assert image_size_from_header(data) == (20_000, 20_000)
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid 1-bit black PNG of ``width`` x ``height``, compressed row by row (never held decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)
+    rows_per_piece = 256
+    pieces = [compressor.compress(row * min(rows_per_piece, height - start))
+              for start in range(0, height, rows_per_piece)]  # fmt: skip
+    pieces.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(pieces)) + chunk(b"IEND", b"")
+
+
+def test_undecodable_bytes_give_one_fixed_message() -> None:
+    parsed = parse_polygons([{"type": "external", "points": _square(2, 2, 8, 8)}])
+    messages = set()
+    for data in (b"not an image at all", b"\x89PNG\r\n\x1a\n not a png", b"GIF89a broken"):
+        encoded, size, problems = render_visualization(data, parsed, VisualizationSettings())
+        assert encoded is None and size is None
+        messages |= {(p.code, p.message) for p in problems}
+    assert messages == {("image_decode_failed", "not a decodable image (UnidentifiedImageError)")}
