@@ -164,7 +164,7 @@ def test_upload_refused_midway_leaves_no_object_and_no_open_upload(s3_server, aw
     accepted = s3_server.faults.parts_accepted
     s3_server.faults.fail_from_part = 2
     try:
-        with pytest.raises(Exception, match="(?i)access.?denied") as info:
+        with pytest.raises(Exception, match=r"(?i)access.?denied") as info:
             upload_file(local, s3_server.uri("exports/refused.zip"), chunk=5 << 20)
     finally:
         s3_server.faults.fail_from_part = None
@@ -227,12 +227,13 @@ def local_zip(small_demo, ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images_in_bucket(small_demo, s3_server):
-    """The project's image files under ``uploads/`` in the bucket, as they are on disk."""
+    """The images root in the bucket: ``images/`` holds the project's files as its folder does on disk."""
     root = Path(small_demo.images_root)
     for path in sorted((root / "uploads").rglob("*")):
         if path.is_file():
-            s3_server.client.put_object(Bucket=BUCKET, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
-    return s3_server.uri("uploads")
+            key = f"images/{path.relative_to(root).as_posix()}"
+            s3_server.client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    return s3_server.uri("images")
 
 
 def _cli_export(*args: str) -> subprocess.CompletedProcess:
@@ -251,6 +252,10 @@ def test_export_from_a_bucket_to_a_bucket_is_byte_identical(small_demo, local_zi
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == s3_server.uri("exports/demo.zip")
     uploaded = s3_server.get("exports/demo.zip")
+    with zipfile.ZipFile(io.BytesIO(local_zip)) as zf:
+        originals = [name for name in zf.namelist() if name.startswith("images/")]
+    assert originals, "the reference export holds the original files"
+    # equal bytes: every original was read from the bucket exactly as from the local folder
     assert uploaded == local_zip
     assert s3_server.open_uploads() == []
     # the credentials are in no output, no progress (status) line and no member of the ZIP
@@ -266,7 +271,8 @@ def test_export_from_a_bucket_to_a_bucket_is_byte_identical(small_demo, local_zi
 
 @pytest.mark.slow
 def test_export_whose_upload_is_refused_fails_cleanly(small_demo, images_in_bucket, s3_server):
-    s3_server.faults.fail_from_part = 2
+    # the small demo's ZIP is one part: the multipart upload is created, then its part is refused
+    s3_server.faults.fail_from_part = 1
     try:
         done = _cli_export("--db", str(small_demo.db_path), "--project", small_demo.project_id,
                            "--images-root", images_in_bucket, "--out", s3_server.uri("exports/refused-demo.zip"))
