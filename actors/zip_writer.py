@@ -257,14 +257,13 @@ def _s3_client(uri: str) -> Any | None:
         kwargs["region_name"] = query["region"]
     if query.get("tls_ca_file_path"):
         kwargs["verify"] = query["tls_ca_file_path"]
-    config = None
     if query.get("endpoint_override"):
         endpoint = query["endpoint_override"]
         if "://" not in endpoint:
             endpoint = f"{query.get('scheme') or 'https'}://{endpoint}"
         kwargs["endpoint_url"] = endpoint
-        # pyarrow addresses buckets by path on an overridden endpoint (MinIO, Ceph, moto ...)
-        config = Config(s3={"addressing_style": "path"})
+    # pyarrow addresses buckets by path unless told otherwise, which S3-compatible servers expect
+    config = Config(s3={"addressing_style": "path"})
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 

@@ -156,6 +156,35 @@ def test_upload_is_one_multipart_upload_with_the_exact_bytes(s3_server, aws_env,
     assert s3_server.open_uploads() == []
 
 
+def test_endpoint_and_credentials_from_the_environment_alone(s3_server, aws_env, tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from actors.zip_writer import upload_file
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    data = b"PK\x05\x06" + bytes(18)
+    local = tmp_path / "empty.zip"
+    local.write_bytes(data)
+    uri = f"s3://{BUCKET}/exports/env.zip"
+    upload_file(local, uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as stream:
+        assert stream.read() == data
+    assert s3_server.get("exports/env.zip") == data
+
+
+def test_upload_without_boto3_goes_through_pyarrow(s3_server, aws_env, tmp_path, monkeypatch):
+    from actors import zip_writer
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now raises ImportError
+    data = os.urandom(11 << 20)
+    local = tmp_path / "x.zip"
+    local.write_bytes(data)
+    zip_writer.upload_file(local, s3_server.uri("exports/pyarrow.zip"))
+    assert s3_server.get("exports/pyarrow.zip") == data
+    assert s3_server.open_uploads() == []
+
+
 def test_upload_refused_midway_leaves_no_object_and_no_open_upload(s3_server, aws_env, tmp_path):
     from actors.zip_writer import upload_file
 
