@@ -202,8 +202,9 @@ def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
     An ``s3://`` destination is one multipart upload made with boto3 where boto3 is installed: a failure
     aborts it, so no object and no stored part remain. pyarrow's output streams cannot abort (closing
     one completes its multipart upload), so without boto3, and for other schemes, a failed upload is
-    closed and the object it made is deleted; S3 then keeps no incomplete upload either, but the
-    partial object exists for a moment (and as an old version in a versioned bucket).
+    closed and the object it made is deleted: the partial object exists for a moment (and stays as an
+    old version in a versioned bucket), and an upload whose part S3 refused stays incomplete, for the
+    bucket's lifecycle rule to remove.
     """
     client = _s3_client(uri)
     if client is not None:
@@ -275,18 +276,13 @@ def _upload_s3(client: Any, local: Path, uri: str, chunk: int) -> None:
     part_size = max(chunk, _S3_MIN_PART, -(-size // _S3_MAX_PARTS))
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/zip")["UploadId"]
     try:
-        done = []
+        done: list[dict[str, Any]] = []
         with open(local, "rb") as src:
-            number = 1
-            while True:
-                block = src.read(part_size)
-                if not block and done:
-                    break
+            # an empty file is one empty part: S3 completes no upload without a part
+            while (block := src.read(part_size)) or not done:
+                number = len(done) + 1
                 reply = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block)
                 done.append({"PartNumber": number, "ETag": reply["ETag"]})
-                number += 1
-                if len(block) < part_size:
-                    break
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done})
     except BaseException:
         with contextlib.suppress(Exception):

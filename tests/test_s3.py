@@ -173,6 +173,16 @@ def test_endpoint_and_credentials_from_the_environment_alone(s3_server, aws_env,
     assert s3_server.get("exports/env.zip") == data
 
 
+def test_empty_file_is_uploaded_as_an_empty_object(s3_server, aws_env, tmp_path):
+    from actors.zip_writer import upload_file
+
+    local = tmp_path / "empty"
+    local.write_bytes(b"")
+    upload_file(local, s3_server.uri("exports/empty"))
+    assert s3_server.get("exports/empty") == b""
+    assert s3_server.open_uploads() == []
+
+
 def test_upload_without_boto3_goes_through_pyarrow(s3_server, aws_env, tmp_path, monkeypatch):
     from actors import zip_writer
 
