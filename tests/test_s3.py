@@ -17,7 +17,7 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import pytest
 
@@ -324,3 +324,19 @@ def test_export_whose_upload_is_refused_fails_cleanly(small_demo, images_in_buck
     assert s3_server.versions("exports/refused-demo.zip") == []
     assert s3_server.open_uploads() == []
     _assert_no_secret(done.stderr, "stderr")
+
+
+def test_images_root_with_credentials_in_the_uri(small_demo, local_zip, images_in_bucket, s3_server, ray_session,
+                                                 tmp_path):
+    """pyarrow also takes ``KEY:SECRET@`` in the URI; those never reach the ZIP, the result or the status."""
+    from actors.progress import get_progress_actor
+    from ray_export.api import start
+
+    root = images_in_bucket.replace("s3://", f"s3://{ACCESS_KEY}:{quote(SECRET_KEY, safe='')}@", 1)
+    out = tmp_path / "demo.zip"
+    handle = start(db=str(small_demo.db_path), project=small_demo.project_id, images_root=root, output=str(out))
+    result = handle.wait(timeout=600)
+    assert out.read_bytes() == local_zip
+    snapshot = ray_session.get(get_progress_actor(handle.export_id).snapshot.remote())
+    _assert_no_secret(repr(snapshot), "the status")
+    _assert_no_secret(repr(result), "the result")
