@@ -3,8 +3,8 @@
 The server is moto's WSGI application behind a werkzeug server on a free port, wrapped in a small
 middleware that can refuse multipart parts (an upload failing midway). The bucket is versioned, so a
 partial object that was written and then deleted still shows as a version. Credentials reach pyarrow
-and boto3 through the standard ``AWS_*`` environment variables only: URIs carry the endpoint, never a
-secret, and every output is searched for the key id and the secret.
+and boto3 through the standard ``AWS_*`` environment variables (URIs carry only the endpoint), except in
+the one test of ``KEY:SECRET@`` in a URI; every output is searched for the key id and the secret.
 """
 
 from __future__ import annotations
