@@ -12,6 +12,8 @@ import shutil
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pyarrow as pa
 import ray
@@ -196,10 +198,19 @@ def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
 
 
 def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
-    """Copy a finished local file to ``uri``; a failed upload deletes whatever reached the destination.
+    """Copy a finished local file to ``uri``; a failed upload leaves nothing at the destination.
 
-    With S3 and GCS one output stream is one multipart upload, completed when the stream closes.
+    An ``s3://`` destination is one multipart upload made with boto3 where boto3 is installed: a failure
+    aborts it, so no object and no stored part remain. pyarrow's output streams cannot abort (closing
+    one completes its multipart upload), so without boto3, and for other schemes, a failed upload is
+    closed and the object it made is deleted: the partial object exists for a moment (and stays as an
+    old version in a versioned bucket), and an upload whose part S3 refused stays incomplete, for the
+    bucket's lifecycle rule to remove.
     """
+    client = _s3_client(uri)
+    if client is not None:
+        _upload_s3(client, local, uri, chunk)
+        return
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
@@ -217,6 +228,66 @@ def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
         del stream
         with contextlib.suppress(Exception):
             fs.delete_file(path)
+        raise
+
+
+#: S3's limits on a multipart upload: the smallest part but the last, and the most parts.
+_S3_MIN_PART, _S3_MAX_PARTS = 5 << 20, 10_000
+
+
+def _s3_client(uri: str) -> Any | None:
+    """A boto3 S3 client for an ``s3://`` URI as pyarrow reads it; ``None`` for other URIs or without boto3.
+
+    pyarrow's URI carries the credentials as ``access_key:secret_key@`` and ``region``, ``scheme``,
+    ``endpoint_override`` and ``tls_ca_file_path`` in the query; what it leaves out comes, for both, from the
+    standard AWS environment variables and configuration files.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        return None
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        return None
+    query = dict(parse_qsl(parts.query))
+    kwargs: dict[str, Any] = {}
+    if parts.username:
+        kwargs["aws_access_key_id"] = unquote(parts.username)
+        kwargs["aws_secret_access_key"] = unquote(parts.password or "")
+    if query.get("region"):
+        kwargs["region_name"] = query["region"]
+    if query.get("tls_ca_file_path"):
+        kwargs["verify"] = query["tls_ca_file_path"]
+    if query.get("endpoint_override"):
+        endpoint = query["endpoint_override"]
+        if "://" not in endpoint:
+            endpoint = f"{query.get('scheme') or 'https'}://{endpoint}"
+        kwargs["endpoint_url"] = endpoint
+    # pyarrow addresses buckets by path unless told otherwise, which S3-compatible servers expect
+    config = Config(s3={"addressing_style": "path"})
+    return boto3.session.Session().client("s3", config=config, **kwargs)
+
+
+def _upload_s3(client: Any, local: Path, uri: str, chunk: int) -> None:
+    """One multipart upload of ``local`` to ``uri``, aborted when any step fails."""
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc.rpartition("@")[2], unquote(parts.path.lstrip("/"))
+    size = local.stat().st_size
+    part_size = max(chunk, _S3_MIN_PART, -(-size // _S3_MAX_PARTS))
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/zip")["UploadId"]
+    try:
+        done: list[dict[str, Any]] = []
+        with open(local, "rb") as src:
+            # an empty file is one empty part: S3 completes no upload without a part
+            while (block := src.read(part_size)) or not done:
+                number = len(done) + 1
+                reply = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block)
+                done.append({"PartNumber": number, "ETag": reply["ETag"]})
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done})
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
 
 
