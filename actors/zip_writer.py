@@ -47,6 +47,10 @@ class AssemblyPlan:
     notes: tuple[str, ...] = ()
     #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
     max_buffered_images: int = 256
+    #: where a local output is written before its final rename (None: ``<output>.partial``)
+    partial_path: str | None = None
+    #: the final rename may replace an output that appeared while the export ran (``--force``)
+    replace: bool = True
 
 
 #: Export totals, in the order they are reported.
@@ -77,9 +81,13 @@ class ExportAssembler:
         self.released = 0
         self.writers: list[FormatWriter] = []
         # An object-store output is assembled in the spool folder and uploaded once complete.
-        local_zip = self.spool / "export.zip" if self.remote_output else Path(plan.output)
         try:
-            self.zip = ZipStreamWriter(local_zip, plan.export_time)
+            if self.remote_output:
+                self.zip = ZipStreamWriter(self.spool / "export.zip", plan.export_time)
+            else:
+                self.zip = ZipStreamWriter(
+                    Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
+                )
         except BaseException:
             shutil.rmtree(self.spool, ignore_errors=True)
             raise

@@ -21,7 +21,8 @@ from .cluster import ensure_ray
 from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line
 from .options import MAP_STAGES, ExportOptions
-from .planning import assembly_plan, plan_export, preflight
+from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
+from .planning import assembly_plan, local_output_path, plan_export, preflight
 from .sources import SourceError
 
 log = logging.getLogger("ray_export")
@@ -103,6 +104,8 @@ class _ExportRun:
         self.progress: Any = None
         self.output: Path | str | None = None
         self.spool_dir: Path | None = None
+        #: the lock taken once the default output name is known (a named output is locked before Ray starts)
+        self.output_lock: OutputLock | None = None
 
     def enter(self, phase: str) -> None:
         """Move to ``phase`` unless a cancel got there first."""
@@ -160,19 +163,23 @@ class _ExportRun:
                 ray.kill(writer)
             if committing:
                 time.sleep(0.3)  # let a kill that raced a commit land before looking at the output
-        remove_export_files(self.output, self.spool_dir, self.started if committing else None)
+        remove_export_files(self.output, self.spool_dir, self.started if committing else None, self.export_id)
 
 
-def remove_export_files(output: Path | str | None, spool_dir: Path | None, written_since: float | None) -> None:
-    """Delete ``<output>.partial`` and the spool folder; with ``written_since``, also an output written
-    after that time (by this export). Never raises."""
+def remove_export_files(
+    output: Path | str | None, spool_dir: Path | None, written_since: float | None, export_id: str | None = None
+) -> None:
+    """Delete this export's partial file (``<output>.<export id>.partial``, or ``<output>.partial`` without
+    ``export_id``) and its spool folder; with ``written_since``, also an output written after that time
+    (by this export, which holds the output's lock). Never raises."""
     if spool_dir is not None:
         shutil.rmtree(spool_dir, ignore_errors=True)
     if output is None:
         return
     if isinstance(output, Path):
+        partial = partial_path(output, export_id) if export_id else Path(str(output) + ".partial")
         with contextlib.suppress(OSError):
-            Path(str(output) + ".partial").unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
         if written_since is not None:
             with contextlib.suppress(OSError):
                 if output.stat().st_mtime >= written_since - 1:
@@ -191,7 +198,7 @@ def remove_export_files(output: Path | str | None, spool_dir: Path | None, writt
 def make_spool_dir(output: Path | str) -> Path:
     """The folder for spooled aggregated members: beside a local output, in the temp folder otherwise."""
     if isinstance(output, Path):
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.spool-", dir=output.parent))
+        return Path(tempfile.mkdtemp(prefix=spool_prefix(output), dir=output.parent))
     return Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
 
 
@@ -209,20 +216,54 @@ def run_export(
     export's files at once, from a watcher thread, in every phase up to the commit. With
     ``handle_signals`` (main thread only), SIGTERM and SIGINT set ``cancel`` and the main thread is
     interrupted once the files are gone; the handlers are installed after Ray starts, which installs
-    handlers of its own.
+    handlers of its own. A local output is locked for the whole run (see :mod:`ray_export.output_lock`).
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from actors.progress import create_progress_actor
-    from actors.zip_writer import ZipWriterActor
-
     started = time.time()
     export_id = export_id or new_export_id()
     cancel = cancel or threading.Event()
     if on_start:
         on_start(export_id)
     preflight(options)
+    output_lock: OutputLock | None = None
+    named_output = local_output_path(options)
+    if named_output is not None:
+        output_lock = lock_output(named_output, export_id)
+    try:
+        return _run_locked(options, export_id, cancel, handle_signals, started, output_lock)
+    finally:
+        if output_lock is not None:
+            output_lock.release()
+
+
+def lock_output(output: Path, export_id: str) -> OutputLock:
+    """Take the output's lock for this export (removing what dead exports left beside it) or raise a
+    usage error naming the export that holds it."""
+    lock = OutputLock(output, export_id)
+    try:
+        removed = lock.acquire()
+    except OutputLocked as exc:
+        raise ExportError(str(exc), 2) from None
+    except OSError as exc:
+        raise ExportError(f"output {output}: cannot take its lock file: {error_line(exc)}", 2) from exc
+    if removed:
+        log.info("removed files left by an export that died: %s", ", ".join(p.name for p in removed))
+    return lock
+
+
+def _run_locked(
+    options: ExportOptions,
+    export_id: str,
+    cancel: threading.Event,
+    handle_signals: bool,
+    started: float,
+    output_lock: OutputLock | None,
+) -> ExportResult:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.progress import create_progress_actor
+    from actors.zip_writer import ZipWriterActor
+
     try:
         ensure_ray(options.address)
     except Exception as exc:
@@ -245,6 +286,9 @@ def run_export(
             plan = plan_export(options)
         except SourceError as exc:
             raise ExportError(str(exc), exc.exit_code) from exc
+        if output_lock is None and isinstance(plan.output, Path):  # the default name, known only now
+            output_lock = lock_output(plan.output, export_id)
+            run.output_lock = output_lock
         run.enter("starting")
         n = len(plan.rows)
         stage_totals = dict.fromkeys(MAP_STAGES, n)
@@ -258,7 +302,7 @@ def run_export(
         driver_node = ray.get_runtime_context().get_node_id()
         run.output = plan.output
         run.spool_dir = make_spool_dir(plan.output)
-        assembly = assembly_plan(options, plan, run.spool_dir)
+        assembly = assembly_plan(options, plan, run.spool_dir, export_id)
         run.set_writer(
             ZipWriterActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
@@ -300,6 +344,8 @@ def run_export(
             run.active = False
         watcher.stopped.set()
         heartbeat.stopped.set()
+        if run.output_lock is not None:
+            run.output_lock.release()
 
 
 def _final_state(progress: Any, state: str, message: str) -> None:
