@@ -3,21 +3,64 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .options import OptionError, add_export_arguments, build_options, options_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
+#: Where results go (the output path, status lines): the process's original stdout. Anything else that
+#: writes to file descriptor 1 (Ray's start-up messages, its processes' warnings) goes to stderr.
+_result_stream: TextIO = sys.stdout
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _out(line: str) -> None:
+    print(line, file=_result_stream, flush=True)
+
+
+def _keep_stdout_for_results() -> None:
+    """Point file descriptor 1 at stderr and keep the original stdout for results only."""
+    global _result_stream
+    try:
+        if sys.stdout is None or sys.stdout.fileno() != 1:
+            return
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return
+    _result_stream = os.fdopen(saved, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8")
+
+
+def _log_to_file() -> None:
+    """``RAY_EXPORT_LOG=<file>``: the details behind every error line (tracebacks) go to that file."""
+    path = os.environ.get("RAY_EXPORT_LOG")
+    if not path:
+        return
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        _err(f"warning: cannot write the log file {path}: {exc.strerror or exc}")
+        return
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for console in logging.getLogger().handlers:  # the console keeps to warnings
+        console.setLevel(max(console.level, logging.WARNING))
+    logger = logging.getLogger("ray_export")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +169,7 @@ def _run_export(options, quiet: bool) -> int:
     finally:
         if printer is not None:
             printer.stop()
-    print(result.output, flush=True)
+    _out(result.output)
     _err(f"done: {result.summary_line()}")
     return EXIT_OK
 
@@ -137,10 +180,17 @@ def _attach(address: str | None, purpose: str) -> bool:
 
     from actors.progress import PROGRESS_NAMESPACE
 
+    from .cluster import RayUnreachable, probe_ray_address
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        probe_ray_address(target)
+    except RayUnreachable as exc:
+        _err(f"error: no Ray cluster to {purpose}: {exc}")
+        return False
+    try:
+        ray.init(address=target, namespace=PROGRESS_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         _err(f"error: no Ray cluster to {purpose}: {reason}")
@@ -172,16 +222,16 @@ def _status(args) -> int:
         _err(f"error: export {args.export_id!r} did not answer (it may have just ended)")
         return EXIT_FAILED
     if args.json:
-        print(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
+        _out(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
     elif not snapshots:
-        print("no exports on this cluster")
+        _out("no exports on this cluster")
     else:
         for snap in snapshots:
-            print(_status_line(snap))
+            _out(_status_line(snap))
             if snap.get("output"):
-                print(f"  output: {snap['output']}")
+                _out(f"  output: {snap['output']}")
             if snap.get("message"):
-                print(f"  {snap['message']}")
+                _out(f"  {snap['message']}")
     return EXIT_OK
 
 
@@ -199,13 +249,13 @@ def _cancel(args) -> int:
     try:
         state = ray.get(actor.snapshot.remote(), timeout=10).get("state")
         if state in ("succeeded", "failed", "cancelled"):
-            print(f"export {args.export_id} already {state}; nothing to cancel")
+            _out(f"export {args.export_id} already {state}; nothing to cancel")
             return EXIT_OK
         ray.get(actor.request_cancel.remote(), timeout=10)
     except Exception as exc:
         _err(f"error: export {args.export_id!r} did not take the cancel request ({type(exc).__name__})")
         return EXIT_FAILED
-    print(f"cancel requested for {args.export_id}")
+    _out(f"cancel requested for {args.export_id}")
     return EXIT_OK
 
 
@@ -245,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     # executor collected at exit) would start a new local cluster as the process ends.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     args = _parser().parse_args(argv)
+    if argv is None:  # the command itself, not a call from Python
+        _keep_stdout_for_results()
+    _log_to_file()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
         _err("cancelled: no output was written")
         return EXIT_CANCELLED
     except Exception as exc:
+        logging.getLogger("ray_export").debug("unexpected error", exc_info=exc)
         text = str(exc).strip().splitlines()
         _err(f"error: {type(exc).__name__}: {text[-1] if text else ''}")
         return EXIT_FAILED

@@ -682,6 +682,16 @@ def check_option_keys(values: Mapping[str, Any], source: str = "options") -> Non
                             )
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line, column)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = str(problem) if problem else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if mark is not None:
+        text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(text.split())
+
+
 def load_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) options file into a checked mapping."""
     path = os.fspath(path)
@@ -705,7 +715,7 @@ def load_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as exc:  # json.JSONDecodeError
         raise OptionError("options", f"{path} is not valid JSON: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError
-        raise OptionError("options", f"{path} is not valid YAML: {exc}") from exc
+        raise OptionError("options", f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if values is None:
         values = {}
     check_option_keys(values, source=path)

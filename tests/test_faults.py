@@ -105,3 +105,83 @@ def test_leftovers_of_a_killed_driver_are_removed_by_the_next_export(big_demo, u
     assert result.output == str(out)
     assert out.read_bytes() == undisturbed_zip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.zip", other.name]
+
+
+def test_killed_writer_ends_with_one_line_and_no_files(big_demo, tmp_path):
+    import ray
+
+    from actors.progress import PROGRESS_NAMESPACE
+    from actors.zip_writer import writer_actor_name
+
+    out = tmp_path / "killed.zip"
+    proc = _cli("export", "--db", str(big_demo.db_path), "--project", big_demo.project_id, "--out", str(out),
+                "--address", _address(), "--quiet")
+    first = proc.stderr.readline()
+    export_id = first.split(":", 1)[1].strip()
+    _wait_for(lambda: list(tmp_path.glob("killed.zip.*.partial")), 120, "the partial file")
+    ray.kill(ray.get_actor(writer_actor_name(export_id), namespace=PROGRESS_NAMESPACE))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert stdout == ""
+    lines = _error_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: the ZIP writer on node ")
+    assert "died (killed, or out of memory?); no output was written" in lines[0]
+    assert len(lines[0]) < 160
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["export", "status", "cancel"])
+def test_unreachable_address_fails_at_once_with_one_line(demo_project, tmp_path, command):
+    args = {
+        "export": ["export", "--db", str(demo_project.db_path), "--project", demo_project.project_id,
+                   "--out", str(tmp_path / "never.zip")],
+        "status": ["status"],
+        "cancel": ["cancel", "0123456789ab"],
+    }[command]
+    started = time.monotonic()
+    proc = _cli(*args, "--address", "127.0.0.1:1")
+    stdout, stderr = proc.communicate(timeout=120)
+    print(f"{command} with an unreachable address ended after {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 1
+    assert stdout == ""
+    lines = _error_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert "no Ray cluster at 127.0.0.1:1 (connection refused)" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_hint_no_node_can_hold_is_a_usage_error(demo_project, tmp_path):
+    proc = _cli("export", "--db", str(demo_project.db_path), "--project", demo_project.project_id,
+                "--out", str(tmp_path / "never.zip"), "--num-cpus", "read=3", "--address", _address(), "--quiet")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert stdout == ""
+    assert _error_lines(stderr) == [
+        "error: invalid option stages.read.num_cpus: asks for 3 CPU, but reads of a SQLite database run on the "
+        "driver's node, which has 2; lower it"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    options = tmp_path / "options.yaml"
+    options.write_text("db: x.db\nproject: [a, b\nannotations: coco\n")
+    proc = _cli("export", "--options", str(options))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert stdout == ""
+    assert stderr.splitlines() == [
+        f"error: invalid option options: {options} is not valid YAML: expected ',' or ']', but got ':' "
+        "at line 3, column 12"
+    ]
+
+
+def test_stdout_carries_only_the_output_path(demo_project, tmp_path):
+    out = tmp_path / "only.zip"
+    proc = _cli("export", "--db", str(demo_project.db_path), "--project", demo_project.project_id,
+                "--out", str(out), "--address", _address())
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stdout == f"{out}\n"
+    assert stderr.splitlines()[-1].startswith("done: 12 images")
