@@ -174,6 +174,9 @@ MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
 MAX_BUFFERED_IMAGES_LIMIT = 100_000
+#: How long a read task keeps reconnecting to an unreachable database before the export fails (seconds).
+DEFAULT_DB_RETRY_S = 60.0
+MAX_DB_RETRY_S = 86_400.0
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_SCHEME = "sqlite://"
 
@@ -256,6 +259,8 @@ class ExportOptions:
     scale_um_per_px: float | None = None
     stages: dict[str, StageResources] = field(default_factory=default_stages)
     max_buffered_images: int = DEFAULT_MAX_BUFFERED_IMAGES
+    #: seconds a read task keeps reconnecting to an unreachable database (0: fail at once)
+    db_retry_s: float = DEFAULT_DB_RETRY_S
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -317,6 +322,8 @@ class ExportOptions:
                 raise OptionError(f"stages.{stage}", f"{hints!r} is not a StageResources")
             hints.validate(stage)
         _check_int("max_buffered_images", self.max_buffered_images, 1, MAX_BUFFERED_IMAGES_LIMIT)
+        if not _is_number(self.db_retry_s) or not 0.0 <= float(self.db_retry_s) <= MAX_DB_RETRY_S:
+            raise OptionError("db_retry_s", f"{self.db_retry_s!r} is not a number of seconds in 0..{MAX_DB_RETRY_S:g}")
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -642,6 +649,9 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("stages", "stages", _stages),
     OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
                 help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
+    OptionField("db_retry_s", "db_retry_s", _to_float, "--db-retry", metavar="SECONDS",
+                help=f"how long reads keep reconnecting to an unreachable database ({DEFAULT_DB_RETRY_S:g} s)",
+                group=RESOURCES_GROUP),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).

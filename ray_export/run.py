@@ -331,6 +331,8 @@ def _run_locked(
         ray.get(progress.set_totals.remote({**stage_totals, "write": n}))
         ray.get(progress.set_output.remote(str(plan.output)))
         quiet_ray_data()
+        # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
+        logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
         driver_node = ray.get_runtime_context().get_node_id()
         run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output

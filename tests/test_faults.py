@@ -185,3 +185,125 @@ def test_stdout_carries_only_the_output_path(demo_project, tmp_path):
     assert proc.returncode == 0, stderr
     assert stdout == f"{out}\n"
     assert stderr.splitlines()[-1].startswith("done: 12 images")
+
+
+@pytest.fixture(scope="module")
+def outage_pg(demo_project, tmp_path_factory):
+    """A PostgreSQL server of its own holding the demo project, and its (take down, bring up) controls."""
+    from ray_export.demo import copy_project_to_postgres
+    from tests.pg_server import outage_controls, start_postgres
+
+    dsn, stop = start_postgres(tmp_path_factory.mktemp("outage-pg"))
+    try:
+        outage_controls(dsn)
+    except KeyError:
+        stop()
+        pytest.skip("the outage tests need a server started by the tests")
+    copy_project_to_postgres(demo_project.db_path, dsn)
+    yield dsn, *outage_controls(dsn)
+    stop()
+
+
+def _outage_after_planning(monkeypatch, take_down, bring_up, outage_s: float | None) -> list[float]:
+    """Take the server down as soon as the driver's light query is done (before any read task runs);
+    bring it back after ``outage_s`` seconds (never with None)."""
+    import threading
+
+    import ray_export.run as run_module
+
+    plan_export = run_module.plan_export
+    taken_down: list[float] = []
+
+    def plan_then_outage(options):
+        plan = plan_export(options)
+        take_down()
+        taken_down.append(time.monotonic())
+        if outage_s is not None:
+            threading.Timer(outage_s, bring_up).start()
+        return plan
+
+    monkeypatch.setattr(run_module, "plan_export", plan_then_outage)
+    return taken_down
+
+
+@pytest.mark.postgres
+def test_short_database_outage_is_survived(outage_pg, demo_project, tmp_path, monkeypatch):
+    dsn, take_down, bring_up = outage_pg
+    common = {"db": dsn, "project": demo_project.project_id, "images_root": str(demo_project.images_root)}
+    reference = tmp_path / "reference.zip"
+    export(**common, output=str(reference))
+    taken_down = _outage_after_planning(monkeypatch, take_down, bring_up, outage_s=8.0)
+    out = tmp_path / "outage.zip"
+    result = export(**common, output=str(out))
+    print(f"export with an 8 s outage took {time.monotonic() - taken_down[0]:.1f} s after the outage began")
+    assert taken_down and result.output == str(out)
+    assert out.read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outage.zip", "reference.zip"]
+
+
+@pytest.mark.postgres
+def test_permanent_database_outage_fails_with_one_line(outage_pg, demo_project, tmp_path, monkeypatch):
+    from ray_export.errors import ExportError
+    from tests.pg_server import TEST_PASSWORD
+
+    dsn, take_down, bring_up = outage_pg
+    _outage_after_planning(monkeypatch, take_down, bring_up, outage_s=None)
+    out = tmp_path / "never.zip"
+    try:
+        with pytest.raises(ExportError) as failed:
+            export(db=dsn, project=demo_project.project_id, images_root=str(demo_project.images_root),
+                   output=str(out), db_retry_s=3)
+    finally:
+        bring_up()
+    message = str(failed.value)
+    assert failed.value.exit_code == 1
+    assert "\n" not in message and "Traceback" not in message
+    port = dsn.rsplit(":", 1)[1].split("/")[0]
+    assert message.startswith(f"database postgresql://ray_export:***@127.0.0.1:{port}/ray_export_test unreachable "
+                              "while reading images (")
+    assert TEST_PASSWORD not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+_READS_FROM_A_DEAD_SERVER = """
+import os
+import sys
+import ray_export.run as run_module
+from ray_export.sources import parse_db_target
+
+plan_export = run_module.plan_export
+
+def plan_then_server_gone(options):
+    plan = plan_export(options)
+    plan.target = parse_db_target(os.environ["DEAD_DSN"])  # same password, a port where nothing listens
+    return plan
+
+run_module.plan_export = plan_then_server_gone
+from ray_export.cli import main
+sys.argv[0] = "ray-export"
+sys.exit(main())
+"""
+
+
+@pytest.mark.postgres
+def test_permanent_outage_is_one_line_on_stderr(outage_pg, demo_project, tmp_path):
+    from tests.pg_server import TEST_PASSWORD
+
+    dsn = outage_pg[0]
+    dead = dsn.rsplit(":", 1)[0] + ":1/ray_export_test"
+    out = tmp_path / "never.zip"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO), "DEAD_DSN": dead}
+    proc = subprocess.run(
+        [sys.executable, "-c", _READS_FROM_A_DEAD_SERVER, "export", "--db", dsn, "--project", demo_project.project_id,
+         "--images-root", str(demo_project.images_root), "--out", str(out), "--address", _address(), "--quiet",
+         "--db-retry", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: database postgresql://ray_export:***@127.0.0.1:1/ray_export_test unreachable "
+                               "while reading images (")
+    assert TEST_PASSWORD not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
