@@ -307,3 +307,39 @@ def test_permanent_outage_is_one_line_on_stderr(outage_pg, demo_project, tmp_pat
                                "while reading images (")
     assert TEST_PASSWORD not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_folder_made_immutable_mid_run_names_the_files_left(big_demo, tmp_path):
+    import shutil
+
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if not _chattr("+i", folder):
+        pytest.skip("this file system or user cannot make a folder immutable")
+    _chattr("-i", folder)
+    out = folder / "frozen.zip"
+    handle = start(db=str(big_demo.db_path), project=big_demo.project_id, output=str(out))
+    try:
+        _wait_for(lambda: list(folder.glob("frozen.zip.*.partial")), 120, "the partial file")
+        assert _chattr("+i", folder)
+        from ray_export.errors import ExportError
+
+        with pytest.raises(ExportError) as failed:
+            handle.wait(timeout=300)
+    finally:
+        _chattr("-i", folder)
+    message = str(failed.value)
+    partial = folder / f"frozen.zip.{handle.export_id}.partial"
+    spools = list(folder.glob(".frozen.zip.spool-*"))
+    assert failed.value.exit_code == 1 and "\n" not in message
+    assert message.startswith("I/O error: PermissionError: [Errno 1] Operation not permitted")
+    assert len(spools) == 1
+    assert message.endswith(f"; could not remove {partial}, {spools[0]}")
+    assert list(spools[0].iterdir()) == []  # the spool's files are gone; the folder itself could not be removed
+    assert not out.exists()
