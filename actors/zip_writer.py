@@ -249,6 +249,16 @@ def driver_gone(snapshot: dict | None, unreachable_s: float, timeout_s: float) -
     return snapshot.get("state") in ("succeeded", "failed", "cancelled")
 
 
+def release_dead_lock(output: Path) -> None:
+    """Remove the lock file of ``output`` when no live export holds it (its driver died)."""
+    from ray_export.output_lock import OutputLock
+
+    lock = OutputLock(output, "ended")
+    with contextlib.suppress(Exception):
+        lock.acquire()
+        lock.release()
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ZipWriterActor:
     """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs).
@@ -281,6 +291,8 @@ class ZipWriterActor:
                 last_answer = time.monotonic()
             if driver_gone(snapshot, time.monotonic() - last_answer, HEARTBEAT_TIMEOUT_S):
                 self.assembler.abort()  # a no-op for the partial once committed
+                if not self.assembler.remote_output:
+                    release_dead_lock(Path(self.assembler.plan.output))
                 os._exit(0)
 
     def add_batch(self, table: pa.Table) -> tuple[int, int, int]:
