@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -30,8 +31,33 @@ def _out(line: str) -> None:
     print(line, file=_result_stream, flush=True)
 
 
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines go to the log (``ray_export.console``, kept off the console)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+        self._log = logging.getLogger("ray_export.console")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._log.info("%s", _ANSI_ESCAPE.sub("", line))
+        return len(text)
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _keep_stdout_for_results() -> None:
-    """Point file descriptor 1 at stderr and keep the original stdout for results only."""
+    """Keep the original stdout for results only: file descriptor 1 (what Ray's processes inherit)
+    points at stderr, and Python-level prints to ``sys.stdout`` (Ray relays its raylet's warnings that
+    way) go to the log."""
     global _result_stream
     try:
         if sys.stdout is None or sys.stdout.fileno() != 1:
@@ -42,6 +68,7 @@ def _keep_stdout_for_results() -> None:
     except (OSError, ValueError, io.UnsupportedOperation):
         return
     _result_stream = os.fdopen(saved, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8")
+    sys.stdout = _LogLines()
 
 
 def _log_to_file() -> None:
