@@ -8,7 +8,10 @@ selected format of :mod:`ray_export.formats.registry` and drives them all throug
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +52,10 @@ class AssemblyPlan:
     notes: tuple[str, ...] = ()
     #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
     max_buffered_images: int = 256
+    #: where a local output is written before its final rename (None: ``<output>.partial``)
+    partial_path: str | None = None
+    #: the final rename may replace an output that appeared while the export ran (``--force``)
+    replace: bool = True
 
 
 #: Export totals, in the order they are reported.
@@ -80,9 +87,13 @@ class ExportAssembler:
         self.released = 0
         self.writers: list[FormatWriter] = []
         # An object-store output is assembled in the spool folder and uploaded once complete.
-        local_zip = self.spool / "export.zip" if self.remote_output else Path(plan.output)
         try:
-            self.zip = ZipStreamWriter(local_zip, plan.export_time)
+            if self.remote_output:
+                self.zip = ZipStreamWriter(self.spool / "export.zip", plan.export_time)
+            else:
+                self.zip = ZipStreamWriter(
+                    Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
+                )
         except BaseException:
             shutil.rmtree(self.spool, ignore_errors=True)
             raise
@@ -290,13 +301,70 @@ def _upload_s3(client: Any, local: Path, uri: str, chunk: int) -> None:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
 
+#: Prefix of the writer actor's name (followed by the export id), in the progress actors' namespace.
+WRITER_ACTOR_PREFIX = "ray_export_writer_"
+#: How often the writer looks at the driver's heartbeat (through the progress actor).
+DRIVER_WATCH_PERIOD_S = 2.0
+
+
+def writer_actor_name(export_id: str) -> str:
+    """Name of the ZIP-writer actor of ``export_id``."""
+    return WRITER_ACTOR_PREFIX + export_id
+
+
+def driver_gone(snapshot: dict | None, unreachable_s: float, timeout_s: float) -> bool:
+    """Whether the writer should give up its export: the progress actor reports it ended (a lost driver
+    heartbeat counts as ``failed``), or has not answered for longer than the heartbeat timeout."""
+    if snapshot is None:
+        return unreachable_s > timeout_s
+    return snapshot.get("state") in ("succeeded", "failed", "cancelled")
+
+
+def release_dead_lock(output: Path) -> None:
+    """Remove the lock file of ``output`` when no live export holds it (its driver died)."""
+    from ray_export.output_lock import OutputLock
+
+    lock = OutputLock(output, "ended")
+    with contextlib.suppress(Exception):
+        lock.acquire()
+        lock.release()
+
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class ZipWriterActor:
-    """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs)."""
+    """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs).
 
-    def __init__(self, plan: AssemblyPlan) -> None:
+    Created detached, so that a driver killed outright does not take it down mid-write: with
+    ``export_id``, a thread watches the driver's heartbeat through the progress actor and, once the export
+    ended without the writer being stopped (the driver died), removes the partial file and spool folder and
+    ends the actor's process.
+    """
+
+    def __init__(self, plan: AssemblyPlan, export_id: str | None = None) -> None:
         self.assembler = ExportAssembler(plan)
+        if export_id:
+            threading.Thread(
+                target=self._watch_driver, args=(export_id,), name="ray-export-driver-watch", daemon=True
+            ).start()
+
+    def _watch_driver(self, export_id: str) -> None:
+        from actors.progress import HEARTBEAT_TIMEOUT_S, get_progress_actor
+
+        last_answer = time.monotonic()
+        while True:
+            time.sleep(DRIVER_WATCH_PERIOD_S)
+            snapshot = None
+            with contextlib.suppress(Exception):
+                actor = get_progress_actor(export_id)
+                if actor is not None:
+                    snapshot = ray.get(actor.snapshot.remote(), timeout=10)
+            if snapshot is not None:
+                last_answer = time.monotonic()
+            if driver_gone(snapshot, time.monotonic() - last_answer, HEARTBEAT_TIMEOUT_S):
+                self.assembler.abort()  # a no-op for the partial once committed
+                if not self.assembler.remote_output:
+                    release_dead_lock(Path(self.assembler.plan.output))
+                os._exit(0)
 
     def add_batch(self, table: pa.Table) -> tuple[int, int, int]:
         """(images written now, problems those images carry, bytes written so far)."""

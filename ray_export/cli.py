@@ -3,21 +3,91 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .options import OptionError, add_export_arguments, build_options, options_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
+#: Where results go (the output path, status lines): the process's original stdout. Anything else that
+#: writes to file descriptor 1 (Ray's start-up messages, its processes' warnings) goes to stderr.
+_result_stream: TextIO = sys.stdout
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _out(line: str) -> None:
+    print(line, file=_result_stream, flush=True)
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines go to the log (``ray_export.console``, kept off the console)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+        self._log = logging.getLogger("ray_export.console")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._log.info("%s", _ANSI_ESCAPE.sub("", line))
+        return len(text)
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _keep_stdout_for_results() -> None:
+    """Keep the original stdout for results only: file descriptor 1 (what Ray's processes inherit)
+    points at stderr, and Python-level prints to ``sys.stdout`` (Ray relays its raylet's warnings that
+    way) go to the log."""
+    global _result_stream
+    try:
+        if sys.stdout is None or sys.stdout.fileno() != 1:
+            return
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return
+    _result_stream = os.fdopen(saved, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8")
+    sys.stdout = _LogLines()
+
+
+def _log_to_file() -> None:
+    """``RAY_EXPORT_LOG=<file>``: the details behind every error line (tracebacks) go to that file."""
+    path = os.environ.get("RAY_EXPORT_LOG")
+    if not path:
+        return
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        _err(f"warning: cannot write the log file {path}: {exc.strerror or exc}")
+        return
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for console in logging.getLogger().handlers:  # the console keeps to warnings
+        console.setLevel(max(console.level, logging.WARNING))
+    logger = logging.getLogger("ray_export")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +196,7 @@ def _run_export(options, quiet: bool) -> int:
     finally:
         if printer is not None:
             printer.stop()
-    print(result.output, flush=True)
+    _out(result.output)
     _err(f"done: {result.summary_line()}")
     return EXIT_OK
 
@@ -137,10 +207,17 @@ def _attach(address: str | None, purpose: str) -> bool:
 
     from actors.progress import PROGRESS_NAMESPACE
 
+    from .cluster import RayUnreachable, probe_ray_address
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        probe_ray_address(target)
+    except RayUnreachable as exc:
+        _err(f"error: no Ray cluster to {purpose}: {exc}")
+        return False
+    try:
+        ray.init(address=target, namespace=PROGRESS_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         _err(f"error: no Ray cluster to {purpose}: {reason}")
@@ -172,16 +249,16 @@ def _status(args) -> int:
         _err(f"error: export {args.export_id!r} did not answer (it may have just ended)")
         return EXIT_FAILED
     if args.json:
-        print(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
+        _out(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
     elif not snapshots:
-        print("no exports on this cluster")
+        _out("no exports on this cluster")
     else:
         for snap in snapshots:
-            print(_status_line(snap))
+            _out(_status_line(snap))
             if snap.get("output"):
-                print(f"  output: {snap['output']}")
+                _out(f"  output: {snap['output']}")
             if snap.get("message"):
-                print(f"  {snap['message']}")
+                _out(f"  {snap['message']}")
     return EXIT_OK
 
 
@@ -199,13 +276,13 @@ def _cancel(args) -> int:
     try:
         state = ray.get(actor.snapshot.remote(), timeout=10).get("state")
         if state in ("succeeded", "failed", "cancelled"):
-            print(f"export {args.export_id} already {state}; nothing to cancel")
+            _out(f"export {args.export_id} already {state}; nothing to cancel")
             return EXIT_OK
         ray.get(actor.request_cancel.remote(), timeout=10)
     except Exception as exc:
         _err(f"error: export {args.export_id!r} did not take the cancel request ({type(exc).__name__})")
         return EXIT_FAILED
-    print(f"cancel requested for {args.export_id}")
+    _out(f"cancel requested for {args.export_id}")
     return EXIT_OK
 
 
@@ -245,12 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     # local cluster as the process ends.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     args = _parser().parse_args(argv)
+    if argv is None:  # the command itself, not a call from Python
+        _keep_stdout_for_results()
+    _log_to_file()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
         _err("cancelled: no output was written")
         return EXIT_CANCELLED
     except Exception as exc:
+        logging.getLogger("ray_export").debug("unexpected error", exc_info=exc)
         text = str(exc).strip().splitlines()
         _err(f"error: {type(exc).__name__}: {text[-1] if text else ''}")
         return EXIT_FAILED

@@ -5,19 +5,62 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from .errors import ExportError
 from .options import MAP_STAGES, ExportOptions, is_remote_uri
 
+#: Seconds a Ray address gets to accept a TCP connection before it counts as unreachable.
+PROBE_TIMEOUT_S = 3.0
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray cluster answers at the given address (one line)."""
+
+
+def probe_ray_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`RayUnreachable` unless the cluster at ``address`` (``host:port``, ``ray://host:port``,
+    ``auto``) accepts a TCP connection within ``timeout_s``: ``ray.init`` would wait minutes for it."""
+    if address == "local":
+        return
+    if address.startswith("ray://"):
+        bootstrap = address[len("ray://") :]
+    elif address != "auto":
+        bootstrap = address
+    else:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            bootstrap = canonicalize_bootstrap_address_or_die(address)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()
+            raise RayUnreachable(f"no Ray cluster found ({detail[0] if detail else type(exc).__name__})") from None
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except ValueError:
+        raise RayUnreachable(f"{address!r} is not a Ray address (host:port)") from None
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {timeout_s:g} s"
+        else:
+            reason = (exc.strerror or type(exc).__name__).lower()
+        raise RayUnreachable(f"no Ray cluster at {bootstrap} ({reason})") from None
+
 
 def ensure_ray(address: str | None) -> None:
-    """Attach to ``address`` / ``RAY_ADDRESS`` or start a local Ray on demand."""
+    """Attach to ``address`` / ``RAY_ADDRESS`` or start a local Ray on demand; an address where no cluster
+    answers fails within seconds (:class:`RayUnreachable`)."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        probe_ray_address(target)
     kwargs: dict[str, Any] = {"namespace": "ray_export", "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address

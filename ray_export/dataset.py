@@ -97,6 +97,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         need_path=plan.need_path,
         rows_per_task=rows_per_task,
         ray_remote_args=read_hints.ray_remote_args(),
+        retry_s=options.db_retry_s,
     )
     chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
     for position, step in enumerate(chain):

@@ -10,6 +10,7 @@ read-only and its reads run on the driver's node only.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -19,10 +20,14 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from .options import DEFAULT_DB_RETRY_S
 from .problems import PROBLEMS_TYPE
 from .sources import POSTGRES, SQLITE, DbTarget, SourceError, connect, fetch_image_rows, map_db_error
 
 DEFAULT_ROWS_PER_TASK = 32
+#: Backoff between reconnection attempts of a read task: doubling from the first delay up to the last.
+RETRY_FIRST_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
 
 #: Columns every block has, in this order (pass-through fields follow ``image_id``).
 FETCHED_FIELDS: list[tuple[str, pa.DataType]] = [
@@ -75,29 +80,66 @@ def block_schema(rows: Sequence[dict[str, Any]]) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _is_outage(target: DbTarget, exc: SourceError) -> bool:
+    """Whether a read failed because the PostgreSQL server could not be reached or dropped the
+    connection (worth reconnecting), rather than for a reason a retry cannot change."""
+    if target.kind != POSTGRES or exc.exit_code != 1:
+        return False
+    import psycopg
+
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, psycopg.OperationalError)
+
+
 class _RangeReader:
     """Picklable read function of one read task: fetch the rows of one contiguous index range."""
 
     def __init__(self, target: DbTarget, rows: list[dict[str, Any]], schema: pa.Schema,
-                 need_polygons: bool, need_path: bool) -> None:
+                 need_polygons: bool, need_path: bool, retry_s: float = DEFAULT_DB_RETRY_S) -> None:
+        self.retry_s = float(retry_s)
         self.target = target
         self.rows = rows
         self.schema = schema
         self.need_polygons = need_polygons
         self.need_path = need_path
 
-    def __call__(self) -> Iterable[pa.Table]:
-        ids = [str(r["image_id"]) for r in self.rows]
+    def _fetch(self, ids: list[str]) -> list[dict[str, Any]]:
         try:
             conn = connect(self.target)
             try:
-                fetched = fetch_image_rows(conn, self.target.kind, ids, self.need_polygons, self.need_path)
+                return fetch_image_rows(conn, self.target.kind, ids, self.need_polygons, self.need_path)
             finally:
                 conn.close()
         except SourceError:
             raise
         except Exception as exc:
-            raise map_db_error(self.target, exc, "reading images from") from None
+            raise map_db_error(self.target, exc, "reading images from") from exc
+
+    def _fetch_with_retry(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Fetch the rows, reconnecting with backoff while the database is unreachable (a server restart,
+        a network outage), for at most ``retry_s`` seconds."""
+        deadline = time.monotonic() + self.retry_s
+        delay = RETRY_FIRST_DELAY_S
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return self._fetch(ids)
+            except SourceError as exc:
+                if not _is_outage(self.target, exc):
+                    raise SourceError(exc.message, exc.exit_code) from None
+                if time.monotonic() + delay > deadline:
+                    raise SourceError(
+                        f"database {self.target.display()} unreachable while reading images ({attempts} "
+                        f"attempts in {self.retry_s:g} s, db_retry_s): {exc.message}",
+                        exc.exit_code,
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
+    def __call__(self) -> Iterable[pa.Table]:
+        ids = [str(r["image_id"]) for r in self.rows]
+        fetched = self._fetch_with_retry(ids)
         by_id = {row["image_id"]: row for row in fetched}
         columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         fetched_names = {"original_path"} if self.need_path else set()
@@ -131,8 +173,9 @@ class ProjectImagesDatasource(Datasource):
     """
 
     def __init__(self, target: DbTarget, rows: Sequence[dict[str, Any]], need_polygons: bool, need_path: bool,
-                 rows_per_task: int = DEFAULT_ROWS_PER_TASK) -> None:
+                 rows_per_task: int = DEFAULT_ROWS_PER_TASK, retry_s: float = DEFAULT_DB_RETRY_S) -> None:
         super().__init__()
+        self.retry_s = float(retry_s)
         if isinstance(rows_per_task, bool) or not isinstance(rows_per_task, int) or rows_per_task < 1:
             raise ValueError(f"rows_per_task must be a positive integer, not {rows_per_task!r}")
         for row in rows:
@@ -177,7 +220,7 @@ class ProjectImagesDatasource(Datasource):
         """The read function of each contiguous range of ``rows_per_task`` rows, in index order."""
         return [
             _RangeReader(self.target, self.rows[start:start + self.rows_per_task], self.schema,
-                         self.need_polygons, self.need_path)
+                         self.need_polygons, self.need_path, self.retry_s)
             for start in range(0, len(self.rows), self.rows_per_task)
         ]
 
@@ -204,16 +247,18 @@ def read_project_images(
     need_path: bool,
     rows_per_task: int = DEFAULT_ROWS_PER_TASK,
     ray_remote_args: dict[str, Any] | None = None,
+    retry_s: float = DEFAULT_DB_RETRY_S,
 ) -> ray.data.Dataset:
     """A Dataset of the selected images' rows, one block per contiguous index range.
 
     ``ray_remote_args`` (``num_cpus``, ``memory``, ``label_selector``, ``resources``, ...) go to the
     read tasks. A SQLite target is pinned to the driver's node automatically (through the datasource's
-    ``supports_distributed_reads``, which adds a ``ray.io/node-id`` label selector).
+    ``supports_distributed_reads``, which adds a ``ray.io/node-id`` label selector). Each read task
+    keeps reconnecting to an unreachable PostgreSQL server for ``retry_s`` seconds before it fails.
     """
     if target.kind not in (SQLITE, POSTGRES):
         raise ValueError(f"unknown database kind {target.kind!r}")
-    datasource = ProjectImagesDatasource(target, rows, need_polygons, need_path, rows_per_task)
+    datasource = ProjectImagesDatasource(target, rows, need_polygons, need_path, rows_per_task, retry_s)
     if not datasource.rows:
         raise ValueError("no rows to read")
     named = {k: v for k, v in (ray_remote_args or {}).items() if k in _NAMED_REMOTE_ARGS}

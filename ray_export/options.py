@@ -186,6 +186,9 @@ DEFAULT_READ_TIMEOUT_S = 300.0
 MAX_READ_TIMEOUT_S = 86_400.0
 #: Largest image decoded (width x height from the file's header); a bigger one is not decoded (``image_too_large``).
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: How long a read task keeps reconnecting to an unreachable database before the export fails (seconds).
+DEFAULT_DB_RETRY_S = 60.0
+MAX_DB_RETRY_S = 86_400.0
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_SCHEME = "sqlite://"
 
@@ -271,6 +274,8 @@ class ExportOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: seconds a read task keeps reconnecting to an unreachable database (0: fail at once)
+    db_retry_s: float = DEFAULT_DB_RETRY_S
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -340,6 +345,8 @@ class ExportOptions:
                 "read_timeout_s", f"{timeout!r} is not a number of seconds in (0, {MAX_READ_TIMEOUT_S:g}]"
             )
         _check_positive_int("max_image_pixels", self.max_image_pixels)
+        if not _is_number(self.db_retry_s) or not 0.0 <= float(self.db_retry_s) <= MAX_DB_RETRY_S:
+            raise OptionError("db_retry_s", f"{self.db_retry_s!r} is not a number of seconds in 0..{MAX_DB_RETRY_S:g}")
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -678,6 +685,9 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("max_image_pixels", "max_image_pixels", _to_int, "--max-image-pixels", metavar="N",
                 help=f"largest image decoded, width x height ({DEFAULT_MAX_IMAGE_PIXELS})", group=RESOURCES_GROUP,
                 content=True),
+    OptionField("db_retry_s", "db_retry_s", _to_float, "--db-retry", metavar="SECONDS",
+                help=f"how long reads keep reconnecting to an unreachable database ({DEFAULT_DB_RETRY_S:g} s)",
+                group=RESOURCES_GROUP),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).
@@ -718,6 +728,16 @@ def check_option_keys(values: Mapping[str, Any], source: str = "options") -> Non
                             )
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line, column)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = str(problem) if problem else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if mark is not None:
+        text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(text.split())
+
+
 def load_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) options file into a checked mapping."""
     path = os.fspath(path)
@@ -741,7 +761,7 @@ def load_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as exc:  # json.JSONDecodeError
         raise OptionError("options", f"{path} is not valid JSON: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError
-        raise OptionError("options", f"{path} is not valid YAML: {exc}") from exc
+        raise OptionError("options", f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if values is None:
         values = {}
     check_option_keys(values, source=path)

@@ -67,11 +67,17 @@ def _check_uri_output(uri: str, force: bool) -> str:
     return uri
 
 
+def local_output_path(options: ExportOptions) -> Path | None:
+    """The local output file named by the options (None: a URI, or the default name from the title)."""
+    if not options.output or is_uri(options.output):
+        return None
+    return Path(options.output).expanduser().absolute()
+
+
 def _check_output(options: ExportOptions, title: str) -> Path | str:
     if options.output and is_uri(options.output):
         return _check_uri_output(options.output, options.force)
-    out = Path(options.output) if options.output else Path.cwd() / default_output_name(title, datetime.now())
-    out = out.expanduser().absolute()
+    out = local_output_path(options) or Path.cwd() / default_output_name(title, datetime.now())
     if out.is_dir():
         raise ExportError(f"output {out} is a folder", 2)
     if out.exists() and not options.force:
@@ -178,9 +184,12 @@ def preflight(options: ExportOptions) -> None:
         _check_output(options, "")
 
 
-def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path) -> Any:
-    """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`)."""
+def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path, export_id: str | None = None) -> Any:
+    """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`);
+    a local output is written to the export's own partial file."""
     from actors.zip_writer import AssemblyPlan
+
+    from .output_lock import partial_path
 
     summary = ExportSummary(
         project_id=plan.project.id,
@@ -212,6 +221,8 @@ def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path) -> 
         notes=plan.notes,
         max_buffered_images=options.max_buffered_images,
         spool_dir=str(spool_dir),
+        partial_path=str(partial_path(plan.output, export_id)) if export_id and isinstance(plan.output, Path) else None,
+        replace=options.force,
     )
 
 

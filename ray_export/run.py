@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cluster import ensure_ray
+from .cluster import RayUnreachable, ensure_ray
 from .dataset import build_dataset, quiet_ray_data, streamed_bundles
-from .errors import ExportCancelled, ExportError, error_line
+from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions
-from .planning import assembly_plan, plan_export, preflight
+from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
+from .planning import assembly_plan, local_output_path, plan_export, preflight
 from .sources import SourceError
 
 log = logging.getLogger("ray_export")
@@ -103,6 +105,10 @@ class _ExportRun:
         self.progress: Any = None
         self.output: Path | str | None = None
         self.spool_dir: Path | None = None
+        #: the address of the driver's node (where the writer runs)
+        self.driver_ip: str | None = None
+        #: the lock taken once the default output name is known (a named output is locked before Ray starts)
+        self.output_lock: OutputLock | None = None
 
     def enter(self, phase: str) -> None:
         """Move to ``phase`` unless a cancel got there first."""
@@ -112,12 +118,26 @@ class _ExportRun:
             self.phase = phase
 
     def finished(self) -> None:
-        """The ZIP is committed: from now on a cancel no longer applies (unless it came first)."""
+        """The ZIP is committed: from now on a cancel no longer applies (unless it came first). The
+        writer (a detached actor) is ended."""
+        import ray
+
         with self.lock:
             if self.phase == "cancelling":
                 raise ExportCancelled()
             self.phase = "done"
-            self.writer = None
+            writer, self.writer = self.writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(writer)
+
+    def actor_names(self) -> dict[str, str]:
+        """What the export's actors are, by actor id (hex)."""
+        names = {}
+        for handle, what in ((self.writer, "the ZIP writer"), (self.progress, "the progress actor")):
+            with contextlib.suppress(Exception):
+                names[handle._actor_id.hex()] = what
+        return names
 
     def set_writer(self, writer: Any) -> None:
         with self.lock:
@@ -136,14 +156,19 @@ class _ExportRun:
             if self.interrupt_main and self.active:
                 _thread.interrupt_main()
 
-    def fail(self, state: str, message: str) -> None:
+    def fail(self, state: str, message: str) -> str:
+        """Remove the export's files and record ``state``; returns ``message``, naming the files that
+        could not be removed, if any."""
         with self.lock:
             committing = self.phase in ("finalizing", "cancelling")
             self.phase = "done"
-        self.discard(committing)
+        left = self.discard(committing)
+        if left:
+            message += f"; could not remove {', '.join(str(p) for p in left)}"
         _final_state(self.progress, state, message)
+        return message
 
-    def discard(self, committing: bool) -> None:
+    def discard(self, committing: bool) -> list[Path]:
         """Stop the writer and delete the partial output and spool folder from the driver (same node).
 
         ``committing``: the writer may have committed the ZIP in the meantime; then the output this run
@@ -160,24 +185,34 @@ class _ExportRun:
                 ray.kill(writer)
             if committing:
                 time.sleep(0.3)  # let a kill that raced a commit land before looking at the output
-        remove_export_files(self.output, self.spool_dir, self.started if committing else None)
+        return remove_export_files(self.output, self.spool_dir, self.started if committing else None, self.export_id)
 
 
-def remove_export_files(output: Path | str | None, spool_dir: Path | None, written_since: float | None) -> None:
-    """Delete ``<output>.partial`` and the spool folder; with ``written_since``, also an output written
-    after that time (by this export). Never raises."""
+def remove_export_files(
+    output: Path | str | None, spool_dir: Path | None, written_since: float | None, export_id: str | None = None
+) -> list[Path]:
+    """Delete this export's partial file (``<output>.<export id>.partial``, or ``<output>.partial`` without
+    ``export_id``) and its spool folder; with ``written_since``, also an output written after that time
+    (by this export, which holds the output's lock). Returns the export's files that are still there (a
+    folder that forbids removal). Never raises."""
+    left: list[Path] = []
     if spool_dir is not None:
         shutil.rmtree(spool_dir, ignore_errors=True)
+        if os.path.lexists(spool_dir):
+            left.append(spool_dir)
     if output is None:
-        return
+        return left
     if isinstance(output, Path):
+        partial = partial_path(output, export_id) if export_id else Path(str(output) + ".partial")
         with contextlib.suppress(OSError):
-            Path(str(output) + ".partial").unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+        if os.path.lexists(partial):
+            left.insert(0, partial)
         if written_since is not None:
             with contextlib.suppress(OSError):
                 if output.stat().st_mtime >= written_since - 1:
                     output.unlink()
-        return
+        return left
     if written_since is not None:
         import pyarrow.fs as pafs
 
@@ -186,12 +221,13 @@ def remove_export_files(output: Path | str | None, spool_dir: Path | None, writt
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File and (info.mtime is None or info.mtime.timestamp() >= written_since - 1):
                 fs.delete_file(path)
+    return left
 
 
 def make_spool_dir(output: Path | str) -> Path:
     """The folder for spooled aggregated members: beside a local output, in the temp folder otherwise."""
     if isinstance(output, Path):
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.spool-", dir=output.parent))
+        return Path(tempfile.mkdtemp(prefix=spool_prefix(output), dir=output.parent))
     return Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
 
 
@@ -209,24 +245,61 @@ def run_export(
     export's files at once, from a watcher thread, in every phase up to the commit. With
     ``handle_signals`` (main thread only), SIGTERM and SIGINT set ``cancel`` and the main thread is
     interrupted once the files are gone; the handlers are installed after Ray starts, which installs
-    handlers of its own.
+    handlers of its own. A local output is locked for the whole run (see :mod:`ray_export.output_lock`).
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from actors.progress import create_progress_actor
-    from actors.zip_writer import ZipWriterActor
-
     started = time.time()
     export_id = export_id or new_export_id()
     cancel = cancel or threading.Event()
     if on_start:
         on_start(export_id)
     preflight(options)
+    output_lock: OutputLock | None = None
+    named_output = local_output_path(options)
+    if named_output is not None:
+        output_lock = lock_output(named_output, export_id)
+    try:
+        return _run_locked(options, export_id, cancel, handle_signals, started, output_lock)
+    finally:
+        if output_lock is not None:
+            output_lock.release()
+
+
+def lock_output(output: Path, export_id: str) -> OutputLock:
+    """Take the output's lock for this export (removing what dead exports left beside it) or raise a
+    usage error naming the export that holds it."""
+    lock = OutputLock(output, export_id)
+    try:
+        removed = lock.acquire()
+    except OutputLocked as exc:
+        raise ExportError(str(exc), 2) from None
+    except OSError as exc:
+        raise ExportError(f"output {output}: cannot take its lock file: {error_line(exc)}", 2) from exc
+    if removed:
+        log.info("removed files left by an export that died: %s", ", ".join(p.name for p in removed))
+    return lock
+
+
+def _run_locked(
+    options: ExportOptions,
+    export_id: str,
+    cancel: threading.Event,
+    handle_signals: bool,
+    started: float,
+    output_lock: OutputLock | None,
+) -> ExportResult:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.progress import PROGRESS_NAMESPACE, create_progress_actor
+    from actors.zip_writer import ZipWriterActor, writer_actor_name
+
     try:
         ensure_ray(options.address)
+    except RayUnreachable as exc:
+        raise ExportError(f"cannot reach Ray: {exc}", 1) from None
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    check_read_fits(options)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
         install_signal_handlers(cancel)
@@ -245,6 +318,9 @@ def run_export(
             plan = plan_export(options)
         except SourceError as exc:
             raise ExportError(str(exc), exc.exit_code) from exc
+        if output_lock is None and isinstance(plan.output, Path):  # the default name, known only now
+            output_lock = lock_output(plan.output, export_id)
+            run.output_lock = output_lock
         run.enter("starting")
         n = len(plan.rows)
         stage_totals = dict.fromkeys(MAP_STAGES, n)
@@ -255,14 +331,20 @@ def run_export(
         ray.get(progress.set_totals.remote({**stage_totals, "write": n}))
         ray.get(progress.set_output.remote(str(plan.output)))
         quiet_ray_data()
+        # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
+        logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
         driver_node = ray.get_runtime_context().get_node_id()
+        run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output
         run.spool_dir = make_spool_dir(plan.output)
-        assembly = assembly_plan(options, plan, run.spool_dir)
+        assembly = assembly_plan(options, plan, run.spool_dir, export_id)
         run.set_writer(
             ZipWriterActor.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False)
-            ).remote(assembly)
+                name=writer_actor_name(export_id),
+                namespace=PROGRESS_NAMESPACE,
+                lifetime="detached",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+            ).remote(assembly, export_id)
         )
         dataset = build_dataset(options, plan, driver_node, progress)
         run.enter("running")
@@ -282,24 +364,58 @@ def run_export(
             raise
         raise ExportCancelled() from exc
     except ExportError as exc:
-        run.fail("failed", str(exc))
-        raise
-    except OSError as exc:  # also a writer-actor error caused by one (Ray errors subclass their cause)
-        message = f"I/O error: {error_line(exc)}"
-        run.fail("failed", message)
-        raise ExportError(message, 1) from exc
+        message = run.fail("failed", str(exc))
+        if message == str(exc):
+            raise
+        raise ExportError(message, exc.exit_code) from exc
+    except SourceError as exc:  # also a read task's (Ray errors subclass their cause)
+        cause = getattr(exc, "cause", exc)
+        message = run.fail("failed", str(cause) if isinstance(cause, SourceError) else error_line(exc))
+        raise ExportError(message, exc.exit_code) from None
+    except OSError as exc:  # also a writer-actor error caused by one
+        log.info("export %s failed", export_id, exc_info=exc)
+        message = run.fail("failed", f"I/O error: {error_line(exc)}")
+        raise ExportError(message, 1) from None
     except Exception as exc:
         if cancel.is_set():
             run.fail("cancelled", "export cancelled")
             raise ExportCancelled() from exc
-        message = f"{type(exc).__name__}: {error_line(exc)}"
-        run.fail("failed", message)
-        raise ExportError(f"export failed: {message}", 1) from exc
+        log.info("export %s failed", export_id, exc_info=exc)
+        line = ray_error_line(exc, run.actor_names(), run.driver_ip)
+        message = run.fail("failed", line or f"export failed: {type(exc).__name__}: {error_line(exc)}")
+        raise ExportError(message, 1) from None
     finally:
         with run.lock:
             run.active = False
         watcher.stopped.set()
         heartbeat.stopped.set()
+        if run.output_lock is not None:
+            run.output_lock.release()
+
+
+def check_read_fits(options: ExportOptions) -> None:
+    """SQLite read tasks run on the driver's node: read hints that node cannot hold are a usage error
+    (the tasks would wait forever)."""
+    import ray
+
+    from .cluster import node_resources
+    from .sources import parse_db_target
+
+    if parse_db_target(options.db).kind != "sqlite":
+        return
+    hints = options.stages["read"]
+    wanted = {"CPU": float(hints.num_cpus), **hints.resource_dict()}
+    if hints.memory:
+        wanted["memory"] = float(hints.memory)
+    have = node_resources(ray.get_runtime_context().get_node_id())
+    for resource, amount in wanted.items():
+        if amount > float(have.get(resource, 0.0)):
+            option = {"CPU": "num_cpus", "memory": "memory"}.get(resource, f"resources.{resource}")
+            raise ExportError(
+                f"invalid option stages.read.{option}: asks for {amount:g} {resource}, but reads of a SQLite "
+                f"database run on the driver's node, which has {float(have.get(resource, 0.0)):g}; lower it",
+                2,
+            )
 
 
 def _final_state(progress: Any, state: str, message: str) -> None:

@@ -26,6 +26,8 @@ TEST_PASSWORD = "rx-S3cret-pw"
 TEST_DATABASE = "ray_export_test"
 
 _shared: tuple[str, Callable[[], None]] | None = None
+#: (take down, bring up) of each server started here, by DSN: an outage of the server in a test
+_outages: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
 
 
 def find_pg_bin() -> Path | None:
@@ -133,7 +135,22 @@ def start_postgres(base_dir: Path | str | None = None) -> tuple[str, Callable[[]
     except BaseException:
         stop()
         raise
-    return f"postgresql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:{port}/{TEST_DATABASE}", stop
+    dsn = f"postgresql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:{port}/{TEST_DATABASE}"
+
+    def take_down() -> None:
+        _run(_as_postgres([pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "stop"]))
+
+    def bring_up() -> None:
+        _run(_as_postgres([pg_ctl, "-D", str(data_dir), "-l", str(root / "server.log"), "-w", "-t", "60",
+                           "-o", options, "start"]))
+
+    _outages[dsn] = (take_down, bring_up)
+    return dsn, stop
+
+
+def outage_controls(dsn: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(take_down, bring_up)`` of a server started by :func:`start_postgres` (same port, same data)."""
+    return _outages[dsn]
 
 
 def postgres_dsn_or_skip() -> str:

@@ -91,9 +91,9 @@ def test_sigterm_cancels_cli_export(big_demo, tmp_path):
 
     _wait_state(snapshot, {"running"}, 60)
     deadline = time.monotonic() + 30
-    while not (tmp_path / "term.zip.partial").exists() and time.monotonic() < deadline:
+    while not list(tmp_path.glob("term.zip.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (tmp_path / "term.zip.partial").exists()
+    assert [p.name for p in tmp_path.glob("term.zip.*.partial")] == [f"term.zip.{export_id}.partial"]
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     # `ray job stop` sends SIGKILL 3 s after SIGTERM by default: the partial output must be gone by then

@@ -380,6 +380,7 @@ def test_option_table_declares_every_field_once() -> None:
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
         "max_file_bytes", "read_timeout_s", "max_image_pixels",
+        "db_retry_s",
     )  # fmt: skip
 
 
