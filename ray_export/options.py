@@ -174,6 +174,9 @@ MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
 MAX_BUFFERED_IMAGES_LIMIT = 100_000
+DEFAULT_STALL_TIMEOUT_S = 300.0
+MIN_STALL_TIMEOUT_S = 1.0
+MAX_STALL_TIMEOUT_S = 7 * 24 * 3600.0
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_SCHEME = "sqlite://"
 
@@ -256,6 +259,8 @@ class ExportOptions:
     scale_um_per_px: float | None = None
     stages: dict[str, StageResources] = field(default_factory=default_stages)
     max_buffered_images: int = DEFAULT_MAX_BUFFERED_IMAGES
+    #: a running stage with work waiting that advances for this long is reported as stalled
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -317,6 +322,12 @@ class ExportOptions:
                 raise OptionError(f"stages.{stage}", f"{hints!r} is not a StageResources")
             hints.validate(stage)
         _check_int("max_buffered_images", self.max_buffered_images, 1, MAX_BUFFERED_IMAGES_LIMIT)
+        stall = self.stall_timeout_s
+        if not _is_number(stall) or not MIN_STALL_TIMEOUT_S <= float(stall) <= MAX_STALL_TIMEOUT_S:
+            raise OptionError(
+                "stall_timeout_s",
+                f"{stall!r} is not a number of seconds in {MIN_STALL_TIMEOUT_S:g}..{MAX_STALL_TIMEOUT_S:g}",
+            )
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -642,6 +653,9 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("stages", "stages", _stages),
     OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
                 help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
+    OptionField("stall_timeout_s", "stall_timeout_s", _to_float, "--stall-timeout", metavar="SECONDS",
+                help=f"report a stage that makes no progress this long as stalled ({DEFAULT_STALL_TIMEOUT_S:g})",
+                group=RESOURCES_GROUP),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).

@@ -513,8 +513,9 @@ def test_multinode_export_is_byte_identical(cluster_demo, reference_zip, tmp_pat
 # ----------------------------------------------------------------------------------------- autoscaling
 
 
-def fake_autoscaling_config(gcs_port: int) -> dict:
-    """A complete ``fake_multinode`` autoscaling config: a 1-CPU head and up to two 1-CPU workers.
+def fake_autoscaling_config(gcs_port: int, worker_cpus: int = 1) -> dict:
+    """A complete ``fake_multinode`` autoscaling config: a 1-CPU head and up to two workers of
+    ``worker_cpus`` CPUs, none at the start.
 
     The monitor reads this file as is (no defaults are merged in: the provider's example.yaml is not in
     the pip wheel), so every field is given.
@@ -536,7 +537,7 @@ def fake_autoscaling_config(gcs_port: int) -> dict:
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
             "ray.worker.cpu": {
-                "resources": {"CPU": 1, "object_store_memory": 150 * 1024 * 1024},
+                "resources": {"CPU": worker_cpus, "object_store_memory": 150 * 1024 * 1024},
                 "node_config": {},
                 "min_workers": 0,
                 "max_workers": 2,
@@ -555,6 +556,81 @@ def fake_autoscaling_config(gcs_port: int) -> dict:
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+STAGE_TASKS_SCRIPT = """
+import json, sys
+import ray
+from ray.util.state import list_tasks
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+tasks = list_tasks(address=sys.argv[2], filters=[("type", "=", "NORMAL_TASK")], limit=10000,
+                   raise_on_missing_output=False)
+print(json.dumps({"head": head, "tasks": [[t.name, t.node_id] for t in tasks if t.node_id]}))
+"""
+
+
+def _stage_task_nodes(box: Sandbox, head: Head) -> tuple[str, dict[str, set[str]]]:
+    """The head's node id, and for each stage the nodes its tasks ran on (Ray's state API)."""
+    done = box.run([sys.executable, "-c", STAGE_TASKS_SCRIPT, head.address, head.dashboard], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    listing = json.loads(done.stdout.strip().splitlines()[-1])
+    nodes: dict[str, set[str]] = {}
+    for name, node_id in listing["tasks"]:
+        for stage in re.findall(r"(\w+)_stage", name):
+            nodes.setdefault(stage, set()).add(node_id)
+    return listing["head"], nodes
+
+
+@pytest.mark.cluster
+def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(cluster_demo, reference_zip, tmp_path):
+    """A ``fake_multinode`` head with 1 CPU and 2-CPU workers (none at the start).
+
+    - ``--num-cpus visualize=4`` fits no node type: exit 2 before any work, naming the option.
+    - Later stages asking for 2 CPUs fit only a launched worker: with a local images root (copy pinned
+      to the head) and with a shared one, the export grows the cluster, the visualize tasks run on a
+      launched worker, and the ZIP is the reference's.
+    """
+    export = [sys.executable, "-m", "ray_export", "export", "--db", str(cluster_demo.db_path),
+              "--project", cluster_demo.project_id, "--quiet"]  # fmt: skip
+    two_cpu_stages = ["--num-cpus", "visualize=2", "--num-cpus", "annotate=2", "--num-cpus", "metrics=2"]
+    with sandbox() as box:
+        gcs_port = _free_ports(1)[0]
+        config_path = box.root / "fake-autoscaling.yaml"
+        config_path.write_text(yaml.safe_dump(fake_autoscaling_config(gcs_port, worker_cpus=2)), encoding="utf-8")
+        box.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+        head = start_head(box, num_cpus=1, extra_args=(f"--autoscaling-config={config_path}",), gcs_port=gcs_port)
+
+        infeasible = box.run(
+            [*export, "--out", str(tmp_path / "infeasible.zip"), "--address", head.address,
+             "--num-cpus", "visualize=4"],
+            cwd=str(box.root), timeout=90,
+        )  # fmt: skip
+        assert infeasible.returncode == 2, infeasible.stderr[-3000:]
+        assert "stages.visualize.num_cpus" in infeasible.stderr and "largest: 2" in infeasible.stderr
+        assert not (tmp_path / "infeasible.zip").exists()
+
+        outputs = {"local": tmp_path / "local-root.zip", "shared": tmp_path / "shared-root.zip"}
+        local = box.run([*export, "--out", str(outputs["local"]), "--address", head.address, *two_cpu_stages],
+                        cwd=str(box.root))  # fmt: skip
+        assert local.returncode == 0, local.stderr[-4000:]
+        head_node, local_nodes = _stage_task_nodes(box, head)
+        shared = box.run(
+            [*export, "--out", str(outputs["shared"]), "--address", head.address, *two_cpu_stages,
+             "--shared-images-root"],
+            cwd=str(box.root),
+        )  # fmt: skip
+        assert shared.returncode == 0, shared.stderr[-4000:]
+        _, all_nodes = _stage_task_nodes(box, head)
+        monitor_log = "\n".join(p.read_text(errors="replace") for p in box.root.glob("session_*/logs/monitor.log"))
+    assert "fake_multinode" in monitor_log, "the autoscaler ran with the fake provider"
+    # local images root: copy stays on the head (the only node with the files), the rest ran on workers
+    assert local_nodes["copy"] == {head_node}, local_nodes
+    assert local_nodes["visualize"] and head_node not in local_nodes["visualize"], local_nodes
+    assert all_nodes["visualize"] - {head_node}, all_nodes
+    for out in outputs.values():
+        _assert_same_zip(out, reference_zip)
 
 
 @pytest.mark.cluster

@@ -378,6 +378,7 @@ def test_option_table_declares_every_field_once() -> None:
     assert OPTION_KEYS == (
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
+        "stall_timeout_s",
     )  # fmt: skip
 
 
