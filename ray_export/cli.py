@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class _ProgressPrinter(threading.Thread):
             elif not self.tty:
                 line = _status_line(snap)
                 if line != last_line:
-                    _err(line)
+                    _err(f"{_clock(time.time())} {line}")
                     last_line = line
 
     def stop(self) -> None:
@@ -100,7 +101,18 @@ def _status_line(snap: dict) -> str:
     stages = " ".join(f"{k}={done.get(k, 0)}/{v}" for k, v in totals.items())
     eta = snap.get("eta_s")
     eta_text = f" eta={eta:.0f}s" if isinstance(eta, (int, float)) else ""
-    return f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    stalled = snap.get("stalled")
+    if stalled:
+        from .dataset import stall_message
+
+        line += f" ({stall_message(stalled)})"
+    return line
+
+
+def _clock(seconds: float) -> str:
+    """A wall-clock time for log lines and status: ``2026-01-31 12:00:05 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _run_export(options, quiet: bool) -> int:
@@ -138,9 +150,11 @@ def _attach(address: str | None, purpose: str) -> bool:
     from actors.progress import PROGRESS_NAMESPACE
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from .cluster import gcs_address_of
+
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=PROGRESS_NAMESPACE,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=gcs_address_of(address or os.environ.get("RAY_ADDRESS")) or "auto",
+                 namespace=PROGRESS_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         _err(f"error: no Ray cluster to {purpose}: {reason}")
@@ -178,6 +192,9 @@ def _status(args) -> int:
     else:
         for snap in snapshots:
             print(_status_line(snap))
+            started, ended = snap.get("started_at"), snap.get("finished_at")
+            if started:
+                print(f"  started: {_clock(started)}" + (f", ended: {_clock(ended)}" if ended else ""))
             if snap.get("output"):
                 print(f"  output: {snap['output']}")
             if snap.get("message"):

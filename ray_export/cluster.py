@@ -233,3 +233,50 @@ def place_stages(options: ExportOptions, images_root: str, driver_node: str) -> 
     check_pinned_stages_fit(options, placement, node_resources(driver_node))
     check_stages_feasible(options, ["read", *MAP_STAGES], launchable_node_shapes())
     return placement
+
+
+DEFAULT_GCS_PORT = 6379
+
+
+def is_dashboard_url(address: str | None) -> bool:
+    """Whether ``address`` is a dashboard URL (``http://head:8265``, the form the Jobs CLI uses)."""
+    return bool(address) and address.lower().startswith(("http://", "https://"))
+
+
+def gcs_address_of(address: str | None) -> str | None:
+    """The GCS address to attach to for ``address``; a dashboard URL is mapped to the cluster whose
+    dashboard it is: a GCS running on this machine that publishes that dashboard port, else the
+    dashboard's host with Ray's default GCS port. Any other address is returned as given."""
+    from urllib.parse import urlsplit
+
+    if not is_dashboard_url(address):
+        return address
+    url = urlsplit(address)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    for gcs in _local_gcs_addresses():
+        if _dashboard_port(gcs) == port:
+            return gcs
+    return f"{url.hostname}:{DEFAULT_GCS_PORT}"
+
+
+def _local_gcs_addresses() -> list[str]:
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        return sorted(find_gcs_addresses())
+    except Exception:
+        return []
+
+
+def _dashboard_port(gcs: str) -> int | None:
+    """The dashboard port the cluster at ``gcs`` publishes, or None."""
+    try:
+        from ray._private import ray_constants
+        from ray._raylet import GcsClient
+
+        raw = GcsClient(address=gcs).internal_kv_get(
+            ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=5
+        )
+        return int(raw.decode().rsplit(":", 1)[1]) if raw else None
+    except Exception:
+        return None
