@@ -704,29 +704,6 @@ def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(clu
         _assert_same_zip(out, reference_zip)
 
 
-@pytest.mark.cluster
-def test_export_on_autoscaling_head_is_byte_identical(cluster_demo, reference_zip, tmp_path):
-    """An export attached to an autoscaling head (``fake_multinode`` provider) gives the reference ZIP."""
-    out = tmp_path / "autoscaling.zip"
-    with sandbox() as box:
-        gcs_port = _free_ports(1)[0]
-        config_path = box.root / "fake-autoscaling.yaml"
-        config_path.write_text(yaml.safe_dump(fake_autoscaling_config(gcs_port)), encoding="utf-8")
-        box.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
-        head = start_head(
-            box, num_cpus=1, dashboard=False, extra_args=(f"--autoscaling-config={config_path}",), gcs_port=gcs_port
-        )
-        done = box.run(
-            [sys.executable, "-m", "ray_export", "export", "--db", str(cluster_demo.db_path),
-             "--project", cluster_demo.project_id, "--out", str(out), "--address", head.address, "--quiet"],
-            cwd=str(box.root),
-        )  # fmt: skip
-        monitor_log = "\n".join(p.read_text(errors="replace") for p in box.root.glob("session_*/logs/monitor.log"))
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "fake_multinode" in monitor_log, "the autoscaler ran with the fake provider"
-    _assert_same_zip(out, reference_zip)
-
-
 NOTEBOOK_SESSION_SCRIPT = """
 import json, logging, sys, time
 import ray
