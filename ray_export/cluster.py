@@ -213,12 +213,20 @@ def check_stages_feasible(options: ExportOptions, stages: list[str], shapes: lis
         demand = stage_demand(options, stage)
         if any(_fits(demand, shape) for shape in shapes):
             continue
-        resource = next(r for r in demand if not any(demand[r] <= float(s.get(r, 0.0)) for s in shapes))
-        largest = max(float(s.get(resource, 0.0)) for s in shapes)
+        short = [r for r in demand if not any(demand[r] <= float(s.get(r, 0.0)) for s in shapes)]
+        if short:
+            resource = short[0]
+            largest = max(float(s.get(resource, 0.0)) for s in shapes)
+            raise ExportError(
+                f"invalid option stages.{stage}.{_option_name(resource)}: asks for {demand[resource]:g} {resource} "
+                f"per task, but no node of this cluster, present or launchable, has that much (largest: "
+                f"{largest:g}); lower it",
+                2,
+            )
+        wants = ", ".join(f"{r}={a:g}" for r, a in sorted(demand.items()))
         raise ExportError(
-            f"invalid option stages.{stage}.{_option_name(resource)}: asks for {demand[resource]:g} {resource} per "
-            f"task, but no node of this cluster, present or launchable, has that much (largest: {largest:g}); "
-            "lower it",
+            f"invalid option stages.{stage}: a task asks for {wants}, but no node of this cluster, present or "
+            "launchable, has all of it at once; lower it",
             2,
         )
 

@@ -89,3 +89,40 @@ def test_five_exports_share_one_progress_actor(demo_project, tmp_path):
         assert snapshot["done"]["write"] == snapshot["totals"]["write"] == 12
         assert snapshot["finished_at"] >= snapshot["started_at"]
     assert _alive_progress_actors() == 1
+
+
+def test_a_stage_waiting_for_cpus_is_reported_stalled_then_resumes(demo_project, tmp_path, caplog):
+    """Every CPU held by another task: the export's first stage cannot start; after the stall time the
+    progress and the log name it and what its tasks ask for; once the CPUs are free the export ends."""
+    import logging
+
+    import ray
+
+    release = tmp_path / "release"
+
+    @ray.remote(num_cpus=ray.cluster_resources()["CPU"])
+    def hold_every_cpu(flag: str) -> None:
+        import os
+        import time
+
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+
+    held = hold_every_cpu.remote(str(release))
+    _wait_until(lambda: ray.available_resources().get("CPU", 0) == 0, 60, "the CPUs being taken")
+    caplog.set_level(logging.WARNING, logger="ray_export.dataset")
+    try:
+        handle = start(db=str(demo_project.db_path), project=demo_project.project_id,
+                       output=str(tmp_path / "stalled.zip"), stall_timeout_s=1.5)  # fmt: skip
+        stalled = _wait_until(lambda: handle.progress().get("stalled"), 60, "a stall report")
+        assert stalled["stage"] == "copy"
+        assert stalled["resources"] == {"CPU": 1.0}
+        assert stalled["seconds"] >= 1.5
+        _wait_until(lambda: "stage copy stalled" in caplog.text, 30, "the stall warning")
+        assert "waiting for CPU=1" in caplog.text
+    finally:
+        release.touch()
+        ray.get(held)
+    result = handle.wait(timeout=120)
+    assert result.counts["images"] == 12
+    assert handle.progress()["stalled"] is None
