@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .cluster import ensure_ray
+from .cluster import ensure_ray, gcs_address_of
 from .errors import ExportCancelled, ExportError
 from .options import ExportOptions, build_options
 from .planning import preflight
@@ -34,14 +34,14 @@ def start_ray_for_caller(address: str | None) -> None:
     """Start or attach Ray the way a plain ``ray.init()`` would, when the caller has not: Ray's defaults
     (the dashboard when installed, worker output shown in this process, Ray's own log level, the
     anonymous namespace), so the caller's session behaves as if they had started Ray themselves; a
-    later ``ray.init(ignore_reinit_error=True)`` of theirs is a no-op, as it is after their own."""
+    later ``ray.init(ignore_reinit_error=True)`` of theirs is a no-op, as it is after their own. A
+    dashboard URL as the address is mapped to the cluster's GCS (see :func:`gcs_address_of`)."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address)
+    ray.init(address=gcs_address_of(address or os.environ.get("RAY_ADDRESS")) or None)
 
 
 @contextlib.contextmanager
@@ -149,7 +149,8 @@ class ExportHandle:
                 bar = tqdm(total=total, desc=f"export {self.export_id}", unit="img")
             if bar is not None:
                 bar.n = (snap.get("done") or {}).get("write", 0)
-                bar.set_postfix_str(snap.get("state", ""))
+                stalled = snap.get("stalled")
+                bar.set_postfix_str(snap.get("state", "") + (f", {stalled['stage']} stalled" if stalled else ""))
                 bar.refresh()
             time.sleep(poll_seconds)
         if bar is not None:
