@@ -1,14 +1,14 @@
-"""Progress of one export: a pure state object and a thin detached Ray actor around it.
+"""Progress of exports: a pure state object per export and one detached Ray actor holding them all.
 
-``ProgressState`` holds the state machine and the counters and computes snapshots from an injected clock.
-``ProgressActor`` wraps it in a named, detached Ray actor (namespace ``PROGRESS_NAMESPACE``) that any
-process attached to the cluster can find by export id.
+``ProgressState`` holds one export's state machine and counters and computes snapshots from an injected
+clock. ``ProgressActor`` is a single named, detached Ray actor (``PROGRESS_ACTOR_NAME`` in namespace
+``PROGRESS_NAMESPACE``) holding the states of every export of the cluster, so any process attached to
+the cluster finds an export by its id, and many exports cost one process. :class:`ExportProgress` is a
+picklable handle on one export's state in it, called like an actor handle (``progress.add_done.remote``).
 
-Retention: when the state becomes terminal (or the driver's heartbeat has been lost, which snapshots
-report as failed), a daemon thread inside the actor waits ``keep_seconds`` and then calls the actor's own
-``expire_if_due`` method through its handle; that method re-checks the deadline and calls
-``ray.actor.exit_actor()``. ``exit_actor`` only takes effect when called from inside an actor method, which
-is why the thread goes through the handle instead of exiting directly. The exit frees the actor's name.
+Retention: a state that became terminal (or whose driver's heartbeat was lost, which snapshots report
+as failed) is dropped ``keep_seconds`` later by a sweep inside the actor; at most
+``MAX_RETAINED_EXPORTS`` ended exports are kept (the oldest go first).
 """
 
 from __future__ import annotations
@@ -20,29 +20,34 @@ from typing import Any
 import ray
 
 __all__ = [
+    "DEFAULT_STALL_TIMEOUT_S",
     "HEARTBEAT_LOST_MESSAGE",
     "HEARTBEAT_TIMEOUT_S",
     "KEEP_SECONDS",
-    "PROGRESS_ACTOR_PREFIX",
+    "MAX_RETAINED_EXPORTS",
+    "PROGRESS_ACTOR_NAME",
     "PROGRESS_NAMESPACE",
     "STATES",
     "TERMINAL_STATES",
+    "ExportProgress",
     "ProgressActor",
     "ProgressState",
     "create_progress_actor",
     "get_progress_actor",
     "list_progress_actors",
-    "progress_actor_name",
 ]
 
 PROGRESS_NAMESPACE = "ray_export"
-PROGRESS_ACTOR_PREFIX = "ray_export_progress_"
+PROGRESS_ACTOR_NAME = "ray_export_progress"
 STATES = ("querying", "running", "finalizing", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 HEARTBEAT_TIMEOUT_S = 30.0
 HEARTBEAT_LOST_MESSAGE = "driver heartbeat lost"
 KEEP_SECONDS = 600.0
-PROGRESS_ACTOR_MAX_CONCURRENCY = 4
+MAX_RETAINED_EXPORTS = 1000
+DEFAULT_STALL_TIMEOUT_S = 300.0
+PROGRESS_ACTOR_MAX_CONCURRENCY = 8
+SWEEP_PERIOD_S = 1.0
 
 
 def _count(value: int, what: str) -> int:
@@ -51,12 +56,32 @@ def _count(value: int, what: str) -> int:
     return value
 
 
+def _mark(bits: bytearray, indices: Any) -> int:
+    """Set the bits of ``indices`` in ``bits`` (grown as needed); returns how many were not set before."""
+    new = 0
+    for value in indices:
+        index = _count(value, "image index")
+        byte, bit = divmod(index, 8)
+        if byte >= len(bits):
+            bits.extend(bytes(byte + 1 - len(bits)))
+        if not bits[byte] >> bit & 1:
+            bits[byte] |= 1 << bit
+            new += 1
+    return new
+
+
 class ProgressState:
     """State, per-stage counters and timing of one export; every time is wall-clock seconds (``time.time()``).
 
-    Stage counters: ``add_done(stage, n, failed)`` means ``n`` images finished ``stage``, ``failed`` of
-    them with a problem, so ``done`` includes ``failed``. Terminal states are final: later state changes
-    are ignored (counters still update). Times are for status display only and never reach the ZIP.
+    Stage counters: ``add_images(stage, indices, failed_indices)`` marks images (by export index) as
+    finished in ``stage``, some of them with a failure, so ``done`` includes ``failed``; an image
+    reported again (a retried task) is counted once. ``add_done(stage, n, failed)`` adds plain counts
+    (the writer's, which never repeats an image). Terminal states are final: later state changes are
+    ignored (counters still update). Times are for status display only and never reach the ZIP.
+
+    A running stage that has work waiting (fewer images done than the stage before it) and has not
+    advanced for ``stall_timeout_s`` is reported as stalled, with the resources one of its tasks asks
+    for (``set_stage_demands``).
     """
 
     def __init__(
@@ -65,10 +90,16 @@ class ProgressState:
         output: str | None = None,
         now: float | None = None,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     ) -> None:
         if not isinstance(export_id, str) or not export_id:
             raise ValueError(f"export_id must be a non-empty string, got {export_id!r}")
         now = time.time() if now is None else float(now)
+        self._seen: dict[str, bytearray] = {}
+        self._seen_failed: dict[str, bytearray] = {}
+        self.last_advance: dict[str, float] = {}
+        self.stage_demands: dict[str, dict[str, float]] = {}
+        self.stall_timeout_s = float(stall_timeout_s)
         self.export_id = export_id
         self.output = output
         self.state = "querying"
@@ -137,9 +168,34 @@ class ProgressState:
         _count(failed, "failed")
         if failed > n:
             raise ValueError(f"failed ({failed}) cannot exceed n ({n})")
+        now = self._clock(now)
         self.done[stage] = self.done.get(stage, 0) + n
         self.failed[stage] = self.failed.get(stage, 0) + failed
-        self.updated_at = self._clock(now)
+        if n:
+            self.last_advance[stage] = now
+        self.updated_at = now
+
+    def add_images(
+        self, stage: str, indices: list[int], failed_indices: list[int] = (), now: float | None = None
+    ) -> None:
+        """The images with these export indices finished ``stage`` (``failed_indices`` with a failure);
+        an index already counted for the stage is not counted again."""
+        now = self._clock(now)
+        new = _mark(self._seen.setdefault(stage, bytearray()), indices)
+        new_failed = _mark(self._seen_failed.setdefault(stage, bytearray()), failed_indices)
+        self.done[stage] = self.done.get(stage, 0) + new
+        self.failed[stage] = self.failed.get(stage, 0) + new_failed
+        if new:
+            self.last_advance[stage] = now
+        self.updated_at = now
+
+    def set_stage_demands(self, demands: dict[str, dict[str, float]], stall_timeout_s: float | None = None) -> None:
+        """Resources one task of each stage asks for (named when the stage stalls), and the stall time."""
+        self.stage_demands = {str(stage): {str(k): float(v) for k, v in d.items()} for stage, d in demands.items()}
+        if stall_timeout_s is not None:
+            if not float(stall_timeout_s) > 0:
+                raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s!r}")
+            self.stall_timeout_s = float(stall_timeout_s)
 
     def set_bytes(self, n: int, now: float | None = None) -> None:
         """Bytes written to the output so far."""
@@ -183,6 +239,42 @@ class ProgressState:
                 slowest, slowest_fraction = stage, fraction
         return slowest
 
+    def stalled(self, now: float | None = None) -> dict[str, Any] | None:
+        """A running stage that has work waiting (fewer images done than the stage before it) and made
+        no progress for ``stall_timeout_s``: ``{"stage", "seconds", "resources"}``. Of several, the last
+        one: the stages before it are held back by it. None when every stage moves or the export is not
+        running."""
+        now = self._clock(now)
+        if self.state != "running" or self.running_since is None:
+            return None
+        found: dict[str, Any] | None = None
+        upstream_done: int | None = None
+        for stage, total in self.totals.items():
+            done = min(self.done.get(stage, 0), total)
+            waiting = total if upstream_done is None else min(upstream_done, total)
+            upstream_done = done
+            if done >= waiting:
+                continue
+            since = max(self.last_advance.get(stage, self.running_since), self.running_since)
+            if now - since >= self.stall_timeout_s:
+                found = {"stage": stage, "seconds": now - since, "resources": dict(self.stage_demands.get(stage, {}))}
+        return found
+
+    def _eta(self, now: float) -> float | None:
+        """Seconds left: the longest of each stage's remaining images over its own rate so far (stages
+        that have not started are left out), so an estimate exists from the first finished batch."""
+        if self.running_since is None:
+            return None
+        elapsed = now - self.running_since
+        longest: float | None = None
+        for stage, total in self.totals.items():
+            done = min(self.done.get(stage, 0), total)
+            if done == 0 or elapsed <= 0:
+                continue
+            left = (total - done) / (done / elapsed)
+            longest = left if longest is None else max(longest, left)
+        return longest
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Plain-dict view for status displays (JSON-serialisable)."""
         now = self._clock(now)
@@ -205,11 +297,8 @@ class ProgressState:
         if state == "succeeded":
             eta = 0.0
         elif state == "running" and images_total is not None:
-            remaining = images_total - images_done
-            if remaining == 0:
-                eta = 0.0
-            elif throughput:
-                eta = remaining / throughput
+            eta = 0.0 if images_total == images_done else self._eta(now)
+        stalled = self.stalled(now) if state == "running" else None
 
         return {
             "export_id": self.export_id,
@@ -227,7 +316,10 @@ class ProgressState:
             "output": self.output,
             "message": message,
             "cancel_requested": self._cancel_requested,
+            "stalled": stalled,
             "started_at": self.started_at,
+            "running_since": self.running_since,
+            "finished_at": self.finished_at,
             "updated_at": self.updated_at,
             "heartbeat_age_s": max(0.0, now - self.last_heartbeat),
         }
@@ -237,94 +329,143 @@ class ProgressState:
 # Ray actor
 
 
+#: ProgressState methods an :class:`ExportProgress` may call through the actor
+_STATE_CALLS = frozenset(
+    {
+        "set_state", "set_output", "set_totals", "add_done", "add_images", "set_bytes", "add_problems",
+        "heartbeat", "request_cancel", "set_stage_demands", "snapshot",
+    }
+)  # fmt: skip
+
+
+class UnknownExport(KeyError):
+    """No export with this id is held (never started here, or dropped after its retention time)."""
+
+
 @ray.remote(num_cpus=0, max_concurrency=PROGRESS_ACTOR_MAX_CONCURRENCY)
 class ProgressActor:
-    """Detached Ray actor around ``ProgressState``; exits ``keep_seconds`` after a (reported) terminal state."""
+    """The one detached actor holding every export's :class:`ProgressState`, each dropped
+    ``keep_seconds`` after it (reportedly) ended. The actor's own clock is used for every time, so
+    driver clock skew is harmless."""
 
-    def __init__(
+    def __init__(self, max_retained: int = MAX_RETAINED_EXPORTS, sweep_period_s: float | None = SWEEP_PERIOD_S) -> None:
+        self._states: dict[str, ProgressState] = {}
+        self._keep: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._max_retained = int(max_retained)
+        if sweep_period_s is not None:
+            threading.Thread(
+                target=self._sweep_forever, args=(float(sweep_period_s),), name="progress-retention", daemon=True
+            ).start()
+
+    def register(
         self,
         export_id: str,
         keep_seconds: float = KEEP_SECONDS,
         output: str | None = None,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-    ) -> None:
-        self._state = ProgressState(export_id, output=output, heartbeat_timeout_s=heartbeat_timeout_s)
-        self._lock = threading.Lock()
-        self._keep_seconds = float(keep_seconds)
-        self._poll_s = min(1.0, max(0.1, self._keep_seconds / 10.0))
-        threading.Thread(target=self._watch_retention, name="progress-retention", daemon=True).start()
-
-    # Mirrors of ProgressState (the actor's own clock is used for every time, so driver clock skew is harmless).
-    def set_state(self, state: str, message: str | None = None) -> bool:
+    ) -> bool:
+        """Hold a new export's state (an id already held keeps its state); returns whether it is new."""
         with self._lock:
-            return self._state.set_state(state, message)
+            if export_id in self._states:
+                return False
+            self._states[export_id] = ProgressState(export_id, output=output, heartbeat_timeout_s=heartbeat_timeout_s)
+            self._keep[export_id] = float(keep_seconds)
+            return True
 
-    def set_output(self, output: str | None) -> None:
+    def call(self, export_id: str, method: str, *args: Any) -> Any:
+        """Call a :class:`ProgressState` method of one export."""
+        if method not in _STATE_CALLS:
+            raise AttributeError(f"progress has no method {method!r}")
         with self._lock:
-            self._state.set_output(output)
+            state = self._states.get(export_id)
+            if state is None:
+                raise UnknownExport(export_id)
+            return getattr(state, method)(*args)
 
-    def set_totals(self, totals: dict[str, int]) -> None:
+    def cancel_requested(self, export_id: str) -> bool:
         with self._lock:
-            self._state.set_totals(totals)
+            state = self._states.get(export_id)
+            if state is None:
+                raise UnknownExport(export_id)
+            return state.cancel_requested
 
-    def add_done(self, stage: str, n: int, failed: int = 0) -> None:
+    def has(self, export_id: str) -> bool:
         with self._lock:
-            self._state.add_done(stage, n, failed)
+            return export_id in self._states
 
-    def set_bytes(self, n: int) -> None:
+    def export_ids(self) -> list[str]:
+        """Ids of the exports held, sorted."""
         with self._lock:
-            self._state.set_bytes(n)
+            return sorted(self._states)
 
-    def add_problems(self, n: int) -> None:
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Drop the exports past their retention time, then the oldest ended ones beyond the cap;
+        returns the ids dropped."""
+        now = time.time() if now is None else float(now)
         with self._lock:
-            self._state.add_problems(n)
+            ended = {}
+            for export_id, state in self._states.items():
+                since = state.reported_terminal_since(now)
+                if since is not None:
+                    ended[export_id] = since
+            dropped = [i for i, since in ended.items() if now >= since + self._keep[i]]
+            kept_ended = sorted((since, i) for i, since in ended.items() if i not in dropped)
+            dropped += [i for _, i in kept_ended[: max(0, len(kept_ended) - self._max_retained)]]
+            for export_id in dropped:
+                self._states.pop(export_id, None)
+                self._keep.pop(export_id, None)
+            return dropped
 
-    def heartbeat(self) -> bool:
-        with self._lock:
-            return self._state.heartbeat()
-
-    def request_cancel(self) -> None:
-        with self._lock:
-            self._state.request_cancel()
-
-    def cancel_requested(self) -> bool:
-        with self._lock:
-            return self._state.cancel_requested
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return self._state.snapshot()
-
-    # Retention -------------------------------------------------------------------------------------------------
-    def _expiry_due(self) -> bool:
-        with self._lock:
-            now = time.time()
-            since = self._state.reported_terminal_since(now)
-        return since is not None and now >= since + self._keep_seconds
-
-    def expire_if_due(self) -> bool:
-        """Exit the actor when its retention time has passed; returns False (and stays) otherwise."""
-        if not self._expiry_due():
-            return False
-        ray.actor.exit_actor()
-        return True  # not reached: exit_actor raises
-
-    def _watch_retention(self) -> None:
-        retry_at = 0.0
+    def _sweep_forever(self, period_s: float) -> None:
         while True:
-            time.sleep(self._poll_s)
-            if time.time() < retry_at or not self._expiry_due():
-                continue
-            try:
-                ray.get_runtime_context().current_actor.expire_if_due.remote()
-            except Exception:  # the runtime is shutting down; nothing left to clean up
-                return
-            retry_at = time.time() + 5.0
+            time.sleep(period_s)
+            self.sweep()
 
 
-def progress_actor_name(export_id: str) -> str:
-    """Name of the progress actor of ``export_id`` (in ``PROGRESS_NAMESPACE``)."""
-    return PROGRESS_ACTOR_PREFIX + export_id
+class _StateCall:
+    """``progress.<method>.remote(*args)`` on one export's state in the progress actor."""
+
+    def __init__(self, actor: ray.actor.ActorHandle, export_id: str, method: str) -> None:
+        self._actor, self._export_id, self._method = actor, export_id, method
+
+    def remote(self, *args: Any) -> ray.ObjectRef:
+        if self._method == "cancel_requested":
+            return self._actor.cancel_requested.remote(self._export_id)
+        return self._actor.call.remote(self._export_id, self._method, *args)
+
+
+class ExportProgress:
+    """A picklable handle on one export's progress, used like an actor handle:
+    ``ray.get(progress.snapshot.remote())``, ``progress.add_images.remote("copy", [0, 1])``."""
+
+    def __init__(self, actor: ray.actor.ActorHandle, export_id: str) -> None:
+        self.actor = actor
+        self.export_id = export_id
+
+    def __getattr__(self, method: str) -> _StateCall:
+        if method not in _STATE_CALLS and method != "cancel_requested":
+            raise AttributeError(method)
+        return _StateCall(self.actor, self.export_id, method)
+
+    def __reduce__(self):
+        return ExportProgress, (self.actor, self.export_id)
+
+
+def _progress_actor(create: bool) -> ray.actor.ActorHandle | None:
+    if create:
+        return ProgressActor.options(
+            name=PROGRESS_ACTOR_NAME,
+            namespace=PROGRESS_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=PROGRESS_ACTOR_MAX_CONCURRENCY,
+        ).remote()
+    try:
+        return ray.get_actor(PROGRESS_ACTOR_NAME, namespace=PROGRESS_NAMESPACE)
+    except ValueError:
+        return None
 
 
 def create_progress_actor(
@@ -332,32 +473,34 @@ def create_progress_actor(
     keep_seconds: float = KEEP_SECONDS,
     output: str | None = None,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-) -> ray.actor.ActorHandle:
-    """Create (or attach to) the detached, named progress actor of ``export_id``; needs a connected Ray."""
+) -> ExportProgress:
+    """Register ``export_id`` in the cluster's progress actor (started on first use; an id already held
+    keeps its state) and return its handle; needs a connected Ray."""
     if not isinstance(export_id, str) or not export_id:
         raise ValueError(f"export_id must be a non-empty string, got {export_id!r}")
-    return ProgressActor.options(
-        name=progress_actor_name(export_id),
-        namespace=PROGRESS_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=0,
-        max_concurrency=PROGRESS_ACTOR_MAX_CONCURRENCY,
-    ).remote(export_id, keep_seconds, output, heartbeat_timeout_s)
+    actor = _progress_actor(create=True)
+    ray.get(actor.register.remote(export_id, keep_seconds, output, heartbeat_timeout_s))
+    return ExportProgress(actor, export_id)
 
 
-def get_progress_actor(export_id: str) -> ray.actor.ActorHandle | None:
-    """Handle of the live progress actor of ``export_id``, or None when there is none."""
-    try:
-        return ray.get_actor(progress_actor_name(export_id), namespace=PROGRESS_NAMESPACE)
-    except ValueError:
+def get_progress_actor(export_id: str) -> ExportProgress | None:
+    """Handle on the progress of ``export_id``, or None when the cluster holds none."""
+    actor = _progress_actor(create=False)
+    if actor is None:
         return None
+    try:
+        held = ray.get(actor.has.remote(export_id), timeout=30)
+    except ray.exceptions.RayActorError:
+        return None
+    return ExportProgress(actor, export_id) if held else None
 
 
 def list_progress_actors() -> list[str]:
-    """Export ids of the live progress actors in the cluster, sorted."""
-    return sorted(
-        entry["name"][len(PROGRESS_ACTOR_PREFIX) :]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == PROGRESS_NAMESPACE and entry["name"].startswith(PROGRESS_ACTOR_PREFIX)
-    )
+    """Export ids whose progress the cluster holds, sorted."""
+    actor = _progress_actor(create=False)
+    if actor is None:
+        return []
+    try:
+        return ray.get(actor.export_ids.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return []

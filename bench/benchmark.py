@@ -452,14 +452,15 @@ def summarize_timeline(
 
 
 def drop_progress_actor(export_id: str) -> None:
-    """Kill a finished export's progress actor (kept for minutes by design) so runs start from equal footing."""
+    """Kill the progress actor holding a finished export's state (kept for minutes by design) so runs
+    start from equal footing; the next export starts a new one."""
     import ray
 
     from actors.progress import get_progress_actor
 
-    actor = get_progress_actor(export_id)
-    if actor is not None:
-        ray.kill(actor)
+    progress = get_progress_actor(export_id)
+    if progress is not None:
+        ray.kill(progress.actor)
 
 
 def run_plan(

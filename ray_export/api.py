@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from .cluster import ensure_ray
+from .cluster import ensure_ray, gcs_address_of
 from .errors import ExportCancelled, ExportError
 from .options import ExportOptions, build_options
+from .planning import preflight
 from .run import ExportResult, new_export_id, run_export
 
 
@@ -21,22 +26,63 @@ def _as_options(options: ExportOptions | dict | None, overrides: dict[str, Any])
     return build_options(options or None, overrides)
 
 
+#: loggers an export quiets while it runs (Ray Data's own progress and executor notices)
+QUIETED_LOGGERS = ("ray.data", "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress")
+
+
+def start_ray_for_caller(address: str | None) -> None:
+    """Start or attach Ray the way a plain ``ray.init()`` would, when the caller has not: Ray's defaults
+    (the dashboard when installed, worker output shown in this process, Ray's own log level, the
+    anonymous namespace), so the caller's session behaves as if they had started Ray themselves; a
+    later ``ray.init(ignore_reinit_error=True)`` of theirs is a no-op, as it is after their own. A
+    dashboard URL as the address is mapped to the cluster's GCS (see :func:`gcs_address_of`)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=gcs_address_of(address or os.environ.get("RAY_ADDRESS")) or None)
+
+
+@contextlib.contextmanager
+def _caller_logging() -> Iterator[None]:
+    """Restore the levels of the loggers an export changes, when it ends."""
+    loggers = [logging.getLogger(name) for name in QUIETED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _start_ray(address: str | None) -> None:
+    try:  # in the caller's thread: Ray installs its signal handlers there
+        start_ray_for_caller(address)
+        ensure_ray(address)
+    except Exception as exc:
+        raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
+
+
 def export(options: ExportOptions | dict | None = None, **overrides: Any) -> ExportResult:
     """Run an export and wait for it; raises :class:`ExportError` / :class:`ExportCancelled`.
 
     ``export(db="demo.db", project="Demo", output="/tmp/demo.zip")`` or ``export(ExportOptions(...))``.
+    Without a Ray in this process, Ray is started as a plain ``ray.init()`` would
+    (see :func:`start_ray_for_caller`).
     """
-    return run_export(_as_options(options, overrides))
+    options = _as_options(options, overrides)
+    preflight(options)  # usage errors come before any start-up
+    _start_ray(options.address)
+    with _caller_logging():
+        return run_export(options)
 
 
 class ExportHandle:
     """A running export: ``progress()``, ``wait()``, ``cancel()``, ``show_progress()``."""
 
     def __init__(self, options: ExportOptions) -> None:
-        try:  # in the caller's thread: Ray installs its signal handlers there
-            ensure_ray(options.address)
-        except Exception as exc:
-            raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
+        _start_ray(options.address)
         self.export_id = new_export_id()
         self._cancel = threading.Event()
         self._result: ExportResult | None = None
@@ -55,7 +101,8 @@ class ExportHandle:
 
     def _run(self, options: ExportOptions) -> None:
         try:
-            self._result = run_export(options, export_id=self.export_id, cancel=self._cancel)
+            with _caller_logging():
+                self._result = run_export(options, export_id=self.export_id, cancel=self._cancel)
         except BaseException as exc:  # handed to wait()
             self._error = exc
 
@@ -102,7 +149,8 @@ class ExportHandle:
                 bar = tqdm(total=total, desc=f"export {self.export_id}", unit="img")
             if bar is not None:
                 bar.n = (snap.get("done") or {}).get("write", 0)
-                bar.set_postfix_str(snap.get("state", ""))
+                stalled = snap.get("stalled")
+                bar.set_postfix_str(snap.get("state", "") + (f", {stalled['stage']} stalled" if stalled else ""))
                 bar.refresh()
             time.sleep(poll_seconds)
         if bar is not None:

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -154,7 +155,7 @@ class _ProgressPrinter(threading.Thread):
             elif not self.tty:
                 line = _status_line(snap)
                 if line != last_line:
-                    _err(line)
+                    _err(f"{_clock(time.time())} {line}")
                     last_line = line
 
     def stop(self) -> None:
@@ -170,7 +171,18 @@ def _status_line(snap: dict) -> str:
     stages = " ".join(f"{k}={done.get(k, 0)}/{v}" for k, v in totals.items())
     eta = snap.get("eta_s")
     eta_text = f" eta={eta:.0f}s" if isinstance(eta, (int, float)) else ""
-    return f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    stalled = snap.get("stalled")
+    if stalled:
+        from .dataset import stall_message
+
+        line += f" ({stall_message(stalled)})"
+    return line
+
+
+def _clock(seconds: float) -> str:
+    """A wall-clock time for log lines and status: ``2026-01-31 12:00:05 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _run_export(options, quiet: bool) -> int:
@@ -210,7 +222,9 @@ def _attach(address: str | None, purpose: str) -> bool:
     from .cluster import RayUnreachable, probe_ray_address
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    from .cluster import gcs_address_of
+
+    target = gcs_address_of(address or os.environ.get("RAY_ADDRESS")) or "auto"
     try:
         probe_ray_address(target)
     except RayUnreachable as exc:
@@ -255,6 +269,9 @@ def _status(args) -> int:
     else:
         for snap in snapshots:
             _out(_status_line(snap))
+            started, ended = snap.get("started_at"), snap.get("finished_at")
+            if started:
+                _out(f"  started: {_clock(started)}" + (f", ended: {_clock(ended)}" if ended else ""))
             if snap.get("output"):
                 _out(f"  output: {snap['output']}")
             if snap.get("message"):

@@ -6,14 +6,19 @@ import contextlib
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .cluster import cluster_cpus, place_stages
+from .cluster import cluster_cpus, place_stages, stage_demand
 from .options import ExportOptions
 from .planning import ExportPlan
 
 log = logging.getLogger(__name__)
+
+#: the progress handle of each dataset built here, so that running it also watches for stalls
+_dataset_progress: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+STALL_POLL_S = 2.0
 
 
 @contextlib.contextmanager
@@ -58,18 +63,32 @@ def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None
     return args
 
 
+def failed_indices(before: Any, after: Any) -> list[int]:
+    """Export indices of the images that gained a failure problem (see ``FAILURE_CODES``) in a stage."""
+    from .problems import FAILURE_CODES
+
+    known = before.column("problems").to_pylist() if "problems" in before.column_names else [None] * after.num_rows
+    current = after.column("problems").to_pylist() if "problems" in after.column_names else [None] * after.num_rows
+    return [
+        index
+        for index, old, new in zip(after.column("index").to_pylist(), known, current, strict=True)
+        if any(problem["code"] in FAILURE_CODES for problem in (new or [])[len(old or []) :])
+    ]
+
+
 def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> Callable:
-    """Wrap a stage so that each batch reports its images (done, and failed in this stage) to the progress
-    actor. ``finish``: the last stage also drops the columns no consumer needs (polygon text)."""
-    from .stages import failed_in_stage, finish_stage
+    """Wrap a stage so that each batch reports its images by export index (done, and failed in this
+    stage) to the progress actor; a retried batch reports the same indices, which count once.
+    ``finish``: the last stage also drops the columns no consumer needs (polygon text)."""
+    from .stages import finish_stage
 
     def run(table, **kwargs):
         out = fn(table, **kwargs)
-        failed = failed_in_stage(table, out) if progress is not None else 0
+        failed = failed_indices(table, out) if progress is not None else []
         if finish:
             out = finish_stage(out)
         if progress is not None:
-            progress.add_done.remote(stage, out.num_rows, failed)
+            progress.add_images.remote(stage, out.column("index").to_pylist(), failed)
         return out
 
     run.__name__ = f"{stage}_stage"
@@ -77,9 +96,15 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
 
 
 def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
-    """The Ray Dataset of per-image results, in index order."""
+    """The Ray Dataset of per-image results, in index order. The progress actor learns what each stage
+    asks for and the stall time; running the dataset (:func:`streamed_bundles`) logs a stalled stage."""
     with _export_data_context():
-        return _build_dataset(options, plan, driver_node, progress)
+        dataset = _build_dataset(options, plan, driver_node, progress)
+    if progress is not None:
+        demands = {stage: stage_demand(options, stage) for stage in options.stages if stage != "read"}
+        progress.set_stage_demands.remote(demands, float(options.stall_timeout_s))
+        _dataset_progress[dataset] = progress
+    return dataset
 
 
 def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
@@ -134,13 +159,44 @@ def streamed_bundles(dataset: Any, cancel: threading.Event | None = None) -> Ite
                 return
 
     watcher = threading.Thread(target=stop_on_cancel, name="ray-export-dataset-cancel", daemon=True)
+    progress = _dataset_progress.get(dataset)
+    stall_logger = threading.Thread(
+        target=_log_stalls, args=(progress, ended), name="ray-export-stall-log", daemon=True
+    )
     try:
         bundles = dataset._build_bundle_iterator(executor)
         watcher.start()
+        if progress is not None:
+            stall_logger.start()
         yield bundles
     finally:
         ended.set()
         _shut_down(executor)
+
+
+def stall_message(stalled: dict) -> str:
+    """``stage visualize stalled: no progress for 300 s, waiting for CPU=4`` from a snapshot's ``stalled``."""
+    wants = ", ".join(f"{name}={amount:g}" for name, amount in sorted(stalled.get("resources", {}).items()))
+    return (
+        f"stage {stalled['stage']} stalled: no progress for {stalled['seconds']:.0f} s, waiting for "
+        f"{wants or 'a free worker'} (no node with these resources free; check `ray status`)"
+    )
+
+
+def _log_stalls(progress: Any, ended: threading.Event) -> None:
+    """Log a warning when the progress actor reports a stalled stage (once per stall)."""
+    import ray
+
+    reported: str | None = None
+    while not ended.wait(STALL_POLL_S):
+        try:
+            stalled = ray.get(progress.snapshot.remote(), timeout=10).get("stalled")
+        except Exception:
+            continue
+        key = stalled and stalled["stage"]
+        if stalled and key != reported:
+            log.warning(stall_message(stalled))
+        reported = key
 
 
 def _shut_down(executor: Any) -> None:

@@ -189,6 +189,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 #: How long a read task keeps reconnecting to an unreachable database before the export fails (seconds).
 DEFAULT_DB_RETRY_S = 60.0
 MAX_DB_RETRY_S = 86_400.0
+DEFAULT_STALL_TIMEOUT_S = 300.0
+MIN_STALL_TIMEOUT_S = 1.0
+MAX_STALL_TIMEOUT_S = 7 * 24 * 3600.0
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_SCHEME = "sqlite://"
 
@@ -276,6 +279,8 @@ class ExportOptions:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     #: seconds a read task keeps reconnecting to an unreachable database (0: fail at once)
     db_retry_s: float = DEFAULT_DB_RETRY_S
+    #: a running stage with work waiting that advances for this long is reported as stalled
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -347,6 +352,12 @@ class ExportOptions:
         _check_positive_int("max_image_pixels", self.max_image_pixels)
         if not _is_number(self.db_retry_s) or not 0.0 <= float(self.db_retry_s) <= MAX_DB_RETRY_S:
             raise OptionError("db_retry_s", f"{self.db_retry_s!r} is not a number of seconds in 0..{MAX_DB_RETRY_S:g}")
+        stall = self.stall_timeout_s
+        if not _is_number(stall) or not MIN_STALL_TIMEOUT_S <= float(stall) <= MAX_STALL_TIMEOUT_S:
+            raise OptionError(
+                "stall_timeout_s",
+                f"{stall!r} is not a number of seconds in {MIN_STALL_TIMEOUT_S:g}..{MAX_STALL_TIMEOUT_S:g}",
+            )
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -687,6 +698,9 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
                 content=True),
     OptionField("db_retry_s", "db_retry_s", _to_float, "--db-retry", metavar="SECONDS",
                 help=f"how long reads keep reconnecting to an unreachable database ({DEFAULT_DB_RETRY_S:g} s)",
+                group=RESOURCES_GROUP),
+    OptionField("stall_timeout_s", "stall_timeout_s", _to_float, "--stall-timeout", metavar="SECONDS",
+                help=f"report a stage that makes no progress this long as stalled ({DEFAULT_STALL_TIMEOUT_S:g})",
                 group=RESOURCES_GROUP),
 )
 

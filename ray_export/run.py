@@ -451,6 +451,9 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
             while len(inflight) > max_inflight:
                 done, inflight = ray.wait(inflight, num_returns=1)
                 settle(done)
+            if inflight:  # count what the writer has written so far, without waiting
+                done, inflight = ray.wait(inflight, num_returns=len(inflight), timeout=0)
+                settle(done)
             if cancel.is_set():
                 raise ExportCancelled()
         if cancel.is_set():  # a cancel ends the stream early

@@ -72,6 +72,16 @@ def test_cluster_yaml_validates_offline():
     assert sum(spec["min_workers"] for spec in workers.values()) <= config["max_workers"]
     assert any("ray_export" in command and "pip install" in command for command in config["setup_commands"])
     assert any("ray[data,default]==2.60" in command for command in config["setup_commands"])
+    for name, spec in node_types.items():  # no fallback to Ray's default AMI (too old for Ray 2.60)
+        assert spec["node_config"]["ImageId"].startswith(("ami-", "resolve:ssm:")), name
+    for name, spec in workers.items():  # workers read s3:// images roots with their own instance profile
+        assert spec["node_config"]["IamInstanceProfile"], name
+    venv = "/home/ubuntu/venv/bin/"
+    assert any(f"{venv}python -m venv" in c or "python3 -m venv" in c for c in config["setup_commands"])
+    assert all(c.startswith(venv) or "venv" not in c for c in config["setup_commands"] if "pip install" in c)
+    for command in (*config["head_start_ray_commands"], *config["worker_start_ray_commands"]):
+        assert command.startswith(venv) or f"PATH={venv[:-1]}" in command, command
+    assert any("boto3" in c for c in config["head_setup_commands"])
 
 
 def test_cluster_yaml_documents_job_usage():
@@ -82,7 +92,9 @@ def test_cluster_yaml_documents_job_usage():
     assert re.search(r"ray job submit --address \S+ --working-dir \. -- python -m ray_export export ", commands)
     assert re.search(r"--out /\S+\.zip", comments), "an absolute output path"
     assert re.search(r"--images-root s3://\S+", comments), "an object-store images root"
-    assert ".pgpass" in comments and "PGPASSWORD" in comments
+    assert ".pgpass" in comments and "PGPASSWORD" in comments and "boto3" in comments
+    assert "iam:PassRole" in comments
+    assert re.search(r"--out s3://\S+\.zip", comments), "an object-store output"
     assert "password" in comments.lower() and "runtime_env" in comments
     assert not re.search(r"postgres(?:ql)?://[^@\s/]*:[^@\s/]*@", text), "no password in any DSN"
 
@@ -435,9 +447,80 @@ def test_job_submit_export_matches_local_export(cluster_demo, reference_zip, tmp
     _assert_same_zip(out, reference_zip)
 
 
+STAGE_TASK_STATES_SCRIPT = """
+import json, sys
+from ray.util.state import list_tasks
+
+tasks = list_tasks(address=sys.argv[1], filters=[("type", "=", "NORMAL_TASK")], limit=10000,
+                   raise_on_missing_output=False)
+print(json.dumps({t.task_id: t.state for t in tasks if "_stage" in t.name}))
+"""
+
+
+def _stage_task_states(box: Sandbox, head: Head) -> dict[str, str]:
+    """State of every stage task the cluster has seen, by task id (Ray's state API)."""
+    done = box.run([sys.executable, "-c", STAGE_TASK_STATES_SCRIPT, head.dashboard], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _submit_export(box: Sandbox, head: Head, submission_id: str, demo, out: Path) -> str:
+    """Submit a 48-image export as a job; returns its export id once it runs."""
+    submitted = box.run(
+        [
+            str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard, "--submission-id", submission_id,
+            "--no-wait", "--", "python", "-m", "ray_export", "export",
+            "--db", str(demo.db_path), "--project", demo.project_id, "--out", str(out),
+            "--batch-size", "copy=2", "--batch-size", "visualize=2", "--batch-size", "annotate=2",
+            "--batch-size", "metrics=2", "--batch-size", "read=2",
+        ],
+        timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    export_id = None
+    deadline = time.monotonic() + EXPORT_TIMEOUT_S
+    while export_id is None and time.monotonic() < deadline:
+        found = re.search(r"export id: ([0-9a-f]+)", job_logs(head, submission_id))
+        export_id = found.group(1) if found else None
+        assert job_info(head, submission_id)["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.3)
+    assert export_id, "the job never printed its export id"
+    snapshot = None
+    while time.monotonic() < deadline:
+        snapshot = export_status(box, head, export_id)
+        if snapshot is not None and snapshot["done"].get("copy", 0) > 0:
+            break
+    assert snapshot is not None and snapshot["state"] == "running", snapshot
+    assert snapshot["done"]["write"] < snapshot["totals"]["write"] == 48
+    return export_id
+
+
+def _assert_nothing_advances(box: Sandbox, head: Head, export_id: str) -> dict:
+    """Once the job ended: no stage task is running, and over a few seconds no stage counter moves
+    and no new stage task appears. Returns the final snapshot."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tasks = _stage_task_states(box, head)
+        if not any(state in ("RUNNING", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER") for state in tasks.values()):
+            break
+        time.sleep(1)
+    first = export_status(box, head, export_id)
+    time.sleep(3)
+    later_tasks = _stage_task_states(box, head)
+    later = export_status(box, head, export_id)
+    assert later["done"] == first["done"], (first["done"], later["done"])
+    assert set(later_tasks) == set(tasks), "a stage task started after the cancel"
+    assert not [t for t, state in later_tasks.items() if state == "RUNNING"]
+    assert min(v for k, v in later["done"].items() if k != "write") < 48, "cancelled before the end"
+    return later
+
+
 @pytest.mark.cluster
-def test_job_stop_cancels_the_export(tmp_path):
-    """``ray job stop`` on a running export: the job ends STOPPED, the export ``cancelled``, no file is left.
+def test_job_stop_and_cli_cancel_stop_the_export(tmp_path):
+    """``ray job stop`` and ``ray-export cancel`` (given the dashboard URL, the Jobs CLI's address form)
+    on running exports: the export is ``cancelled``, no file is left, no stage task runs or starts and
+    no stage counter moves afterwards. ``ray job stop`` ends the job STOPPED; after ``ray-export cancel``
+    the driver exits by itself with 130, which Ray records as FAILED.
 
     The head keeps Ray's default grace between SIGTERM and SIGKILL (3 s): the export removes its partial
     output and records ``cancelled`` well inside it.
@@ -447,43 +530,31 @@ def test_job_stop_cancels_the_export(tmp_path):
     demo = build_demo_project(tmp_path / "demo48", n_images=48, seed=0)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = out_dir / "stopped.zip"
     with sandbox() as box:
         head = start_head(box)
-        submitted = box.run(
-            [
-                str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard, "--submission-id", "rx-stop-1",
-                "--no-wait", "--", "python", "-m", "ray_export", "export",
-                "--db", str(demo.db_path), "--project", demo.project_id, "--out", str(out),
-                "--batch-size", "copy=4", "--batch-size", "visualize=4",
-            ],
-            timeout=60,
-        )  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr[-3000:]
 
-        export_id = None
-        deadline = time.monotonic() + EXPORT_TIMEOUT_S
-        while export_id is None and time.monotonic() < deadline:
-            found = re.search(r"export id: ([0-9a-f]+)", job_logs(head, "rx-stop-1"))
-            export_id = found.group(1) if found else None
-            assert job_info(head, "rx-stop-1")["status"] in ("PENDING", "RUNNING")
-            time.sleep(0.3)
-        assert export_id, "the job never printed its export id"
-        snapshot = None
-        while time.monotonic() < deadline:
-            snapshot = export_status(box, head, export_id)
-            if snapshot is not None and snapshot["state"] != "querying":
-                break
-        assert snapshot is not None and snapshot["state"] == "running", snapshot
-        assert snapshot["done"]["write"] < snapshot["totals"]["write"] == 48
-
+        export_id = _submit_export(box, head, "rx-stop-1", demo, out_dir / "stopped.zip")
         stopped = box.run([str(VENV_BIN / "ray"), "job", "stop", "--address", head.dashboard, "rx-stop-1"], timeout=120)
         assert stopped.returncode == 0, stopped.stderr[-3000:]
-        info = wait_for_job(head, "rx-stop-1")
-        assert info["status"] == "STOPPED"
-        final = export_status(box, head, export_id)
-        logs = job_logs(head, "rx-stop-1")
-    assert final["state"] == "cancelled", (final, logs[-3000:])
+        assert wait_for_job(head, "rx-stop-1")["status"] == "STOPPED"
+        final = _assert_nothing_advances(box, head, export_id)
+        assert final["state"] == "cancelled", (final, job_logs(head, "rx-stop-1")[-3000:])
+
+        export_id = _submit_export(box, head, "rx-cancel-1", demo, out_dir / "cancelled.zip")
+        cancelled = box.run([sys.executable, "-m", "ray_export", "cancel", export_id, "--address", head.dashboard],
+                            timeout=60)  # fmt: skip
+        assert cancelled.returncode == 0, cancelled.stderr[-3000:]
+        info = wait_for_job(head, "rx-cancel-1")
+        logs = job_logs(head, "rx-cancel-1")
+        assert info["status"] == "FAILED" and "130" in info["message"], info
+        assert "cancelled: no output was written" in logs
+        final = _assert_nothing_advances(box, head, export_id)
+        assert final["state"] == "cancelled"
+        shown = box.run([sys.executable, "-m", "ray_export", "status", export_id, "--address", head.dashboard],
+                        timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert re.search(rf"^\[{export_id}\] cancelled ", shown.stdout, re.MULTILINE), shown.stdout
+    assert re.search(r"^  started: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, ended: \d{4}-", shown.stdout, re.MULTILINE)
     assert sorted(p.name for p in out_dir.iterdir()) == [], "no output, partial or spool file"
 
 
@@ -513,8 +584,9 @@ def test_multinode_export_is_byte_identical(cluster_demo, reference_zip, tmp_pat
 # ----------------------------------------------------------------------------------------- autoscaling
 
 
-def fake_autoscaling_config(gcs_port: int) -> dict:
-    """A complete ``fake_multinode`` autoscaling config: a 1-CPU head and up to two 1-CPU workers.
+def fake_autoscaling_config(gcs_port: int, worker_cpus: int = 1) -> dict:
+    """A complete ``fake_multinode`` autoscaling config: a 1-CPU head and up to two workers of
+    ``worker_cpus`` CPUs, none at the start.
 
     The monitor reads this file as is (no defaults are merged in: the provider's example.yaml is not in
     the pip wheel), so every field is given.
@@ -536,7 +608,7 @@ def fake_autoscaling_config(gcs_port: int) -> dict:
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
             "ray.worker.cpu": {
-                "resources": {"CPU": 1, "object_store_memory": 150 * 1024 * 1024},
+                "resources": {"CPU": worker_cpus, "object_store_memory": 150 * 1024 * 1024},
                 "node_config": {},
                 "min_workers": 0,
                 "max_workers": 2,
@@ -557,27 +629,124 @@ def fake_autoscaling_config(gcs_port: int) -> dict:
     }
 
 
+STAGE_TASKS_SCRIPT = """
+import json, sys
+import ray
+from ray.util.state import list_tasks
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+tasks = list_tasks(address=sys.argv[2], filters=[("type", "=", "NORMAL_TASK")], limit=10000,
+                   raise_on_missing_output=False)
+print(json.dumps({"head": head, "tasks": [[t.name, t.node_id] for t in tasks if t.node_id]}))
+"""
+
+
+def _stage_task_nodes(box: Sandbox, head: Head) -> tuple[str, dict[str, set[str]]]:
+    """The head's node id, and for each stage the nodes its tasks ran on (Ray's state API)."""
+    done = box.run([sys.executable, "-c", STAGE_TASKS_SCRIPT, head.address, head.dashboard], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    listing = json.loads(done.stdout.strip().splitlines()[-1])
+    nodes: dict[str, set[str]] = {}
+    for name, node_id in listing["tasks"]:
+        for stage in re.findall(r"(\w+)_stage", name):
+            nodes.setdefault(stage, set()).add(node_id)
+    return listing["head"], nodes
+
+
 @pytest.mark.cluster
-def test_export_on_autoscaling_head_is_byte_identical(cluster_demo, reference_zip, tmp_path):
-    """An export attached to an autoscaling head (``fake_multinode`` provider) gives the reference ZIP."""
-    out = tmp_path / "autoscaling.zip"
+def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(cluster_demo, reference_zip, tmp_path):
+    """A ``fake_multinode`` head with 1 CPU and 2-CPU workers (none at the start).
+
+    - ``--num-cpus visualize=4`` fits no node type: exit 2 before any work, naming the option.
+    - Later stages asking for 2 CPUs fit only a launched worker: with a local images root (copy pinned
+      to the head) and with a shared one, the export grows the cluster, the visualize tasks run on a
+      launched worker, and the ZIP is the reference's.
+    """
+    export = [sys.executable, "-m", "ray_export", "export", "--db", str(cluster_demo.db_path),
+              "--project", cluster_demo.project_id, "--quiet"]  # fmt: skip
+    two_cpu_stages = ["--num-cpus", "visualize=2", "--num-cpus", "annotate=2", "--num-cpus", "metrics=2"]
     with sandbox() as box:
         gcs_port = _free_ports(1)[0]
         config_path = box.root / "fake-autoscaling.yaml"
-        config_path.write_text(yaml.safe_dump(fake_autoscaling_config(gcs_port)), encoding="utf-8")
+        config_path.write_text(yaml.safe_dump(fake_autoscaling_config(gcs_port, worker_cpus=2)), encoding="utf-8")
         box.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
-        head = start_head(
-            box, num_cpus=1, dashboard=False, extra_args=(f"--autoscaling-config={config_path}",), gcs_port=gcs_port
-        )
-        done = box.run(
-            [sys.executable, "-m", "ray_export", "export", "--db", str(cluster_demo.db_path),
-             "--project", cluster_demo.project_id, "--out", str(out), "--address", head.address, "--quiet"],
+        head = start_head(box, num_cpus=1, extra_args=(f"--autoscaling-config={config_path}",), gcs_port=gcs_port)
+
+        infeasible = box.run(
+            [*export, "--out", str(tmp_path / "infeasible.zip"), "--address", head.address,
+             "--num-cpus", "visualize=4"],
+            cwd=str(box.root), timeout=90,
+        )  # fmt: skip
+        assert infeasible.returncode == 2, infeasible.stderr[-3000:]
+        assert "stages.visualize.num_cpus" in infeasible.stderr and "largest: 2" in infeasible.stderr
+        assert not (tmp_path / "infeasible.zip").exists()
+
+        outputs = {"local": tmp_path / "local-root.zip", "shared": tmp_path / "shared-root.zip"}
+        local = box.run([*export, "--out", str(outputs["local"]), "--address", head.address, *two_cpu_stages],
+                        cwd=str(box.root))  # fmt: skip
+        assert local.returncode == 0, local.stderr[-4000:]
+        head_node, local_nodes = _stage_task_nodes(box, head)
+        shared = box.run(
+            [*export, "--out", str(outputs["shared"]), "--address", head.address, *two_cpu_stages,
+             "--shared-images-root"],
             cwd=str(box.root),
         )  # fmt: skip
+        assert shared.returncode == 0, shared.stderr[-4000:]
+        _, all_nodes = _stage_task_nodes(box, head)
         monitor_log = "\n".join(p.read_text(errors="replace") for p in box.root.glob("session_*/logs/monitor.log"))
-    assert done.returncode == 0, done.stderr[-4000:]
     assert "fake_multinode" in monitor_log, "the autoscaler ran with the fake provider"
-    _assert_same_zip(out, reference_zip)
+    # local images root: copy stays on the head (the only node with the files), the rest ran on workers
+    assert local_nodes["copy"] == {head_node}, local_nodes
+    assert local_nodes["visualize"] and head_node not in local_nodes["visualize"], local_nodes
+    assert all_nodes["visualize"] - {head_node}, all_nodes
+    for out in outputs.values():
+        _assert_same_zip(out, reference_zip)
+
+
+NOTEBOOK_SESSION_SCRIPT = """
+import json, logging, sys, time
+import ray
+import ray_export.api as rx
+
+names = ("ray", "ray.data", "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress")
+before = {name: logging.getLogger(name).level for name in names}
+handle = rx.start(db=sys.argv[1], project=sys.argv[2], output=sys.argv[3])
+result = handle.wait(timeout=300)
+after = {name: logging.getLogger(name).level for name in names}
+ray.init(ignore_reinit_error=True)  # the user's own call: a no-op, as after their own ray.init()
+
+@ray.remote
+def greet():
+    print("hello from a user task", flush=True)
+    return 1
+
+ray.get(greet.remote())
+time.sleep(2)  # worker output reaches the driver asynchronously
+ctx = ray.get_runtime_context()
+print(json.dumps({"before": before, "after": after, "images": result.counts["images"], "namespace": ctx.namespace}))
+"""
+
+
+@pytest.mark.cluster
+def test_ray_started_by_an_export_behaves_like_the_users_own(cluster_demo, tmp_path):
+    """``rx.start`` before any ``ray.init``: Ray is started as a plain ``ray.init()`` would (the user's
+    task output reaches their console, their ``ray.init(ignore_reinit_error=True)`` is a no-op, the
+    namespace is anonymous) and every logger level is as before the export."""
+    out = tmp_path / "notebook.zip"
+    with sandbox() as box:
+        done = box.run(
+            [sys.executable, "-c", NOTEBOOK_SESSION_SCRIPT, str(cluster_demo.db_path), cluster_demo.project_id,
+             str(out)],
+            cwd=str(box.root),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "hello from a user task" in done.stdout
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["images"] == 12
+    assert report["after"] == report["before"]
+    assert report["namespace"] != "ray_export"
+    assert out.is_file()
 
 
 # ---------------------------------------------------------------------------------------- notebook, run

@@ -381,6 +381,7 @@ def test_option_table_declares_every_field_once() -> None:
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
         "max_file_bytes", "read_timeout_s", "max_image_pixels",
         "db_retry_s",
+        "stall_timeout_s",
     )  # fmt: skip
 
 

@@ -12,12 +12,13 @@ import ray
 
 from actors.progress import (
     HEARTBEAT_LOST_MESSAGE,
+    PROGRESS_ACTOR_NAME,
     PROGRESS_NAMESPACE,
+    ProgressActor,
     ProgressState,
     create_progress_actor,
     get_progress_actor,
     list_progress_actors,
-    progress_actor_name,
 )
 
 T0 = 1_700_000_000.0
@@ -155,6 +156,74 @@ def test_no_progress_yet_gives_unknown_eta() -> None:
     assert before_running.snapshot(now=T0 + 5)["throughput_images_per_s"] is None
 
 
+def test_a_retried_batch_counts_its_images_once() -> None:
+    state = ProgressState("exp1", now=T0)
+    state.set_totals({"copy": 200, "write": 200}, now=T0)
+    state.set_state("running", now=T0)
+    state.add_images("copy", list(range(0, 25)), [3], now=T0 + 1)
+    state.add_images("copy", list(range(0, 25)), [3], now=T0 + 2)  # the same batch again, from a retried task
+    state.add_images("copy", list(range(25, 200)), [3, 150], now=T0 + 3)
+    snap = state.snapshot(now=T0 + 4)
+    assert snap["done"]["copy"] == 200
+    assert snap["failed"]["copy"] == 2
+    assert state.last_advance["copy"] == T0 + 3
+    with pytest.raises(ValueError):
+        state.add_images("copy", [-1])
+
+
+def test_eta_comes_from_stage_rates_before_anything_is_written() -> None:
+    state = ProgressState("exp1", now=T0)
+    state.set_totals({"copy": 100, "visualize": 100, "write": 100}, now=T0)
+    state.set_state("running", now=T0)
+    state.add_images("copy", list(range(20)), now=T0 + 2)  # 10 images/s
+    state.add_images("visualize", list(range(10)), now=T0 + 2)  # 5 images/s: 18 s left
+    snap = state.snapshot(now=T0 + 2)
+    assert snap["done"]["write"] == 0 and snap["images_done"] == 0
+    assert snap["eta_s"] == pytest.approx(90 / 5)
+    state.add_done("write", 100, now=T0 + 30)
+    state.add_images("copy", list(range(100)), now=T0 + 30)
+    state.add_images("visualize", list(range(100)), now=T0 + 30)
+    assert state.snapshot(now=T0 + 30)["eta_s"] == 0.0
+
+
+def test_a_stage_with_work_waiting_and_no_progress_is_reported_stalled() -> None:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9, stall_timeout_s=60)
+    state.set_totals({"copy": 40, "visualize": 40, "write": 40}, now=T0)
+    state.set_stage_demands({"copy": {"CPU": 1.0}, "visualize": {"CPU": 4.0}}, stall_timeout_s=120)
+    state.set_state("running", now=T0)
+    state.add_images("copy", list(range(16)), now=T0 + 5)
+    assert state.snapshot(now=T0 + 100)["stalled"] is None  # visualize waits only 95 s so far
+    snap = state.snapshot(now=T0 + 125)
+    # copy also stopped (backpressure), but visualize is where the work waits: 16 done before it, 0 in it
+    assert snap["stalled"] == {"stage": "visualize", "seconds": 125.0, "resources": {"CPU": 4.0}}
+    assert snap["state"] == "running"
+    state.add_images("copy", [16], now=T0 + 126)
+    state.add_images("visualize", [0], now=T0 + 126)
+    state.add_done("write", 1, now=T0 + 126)
+    assert state.snapshot(now=T0 + 127)["stalled"] is None
+    assert state.snapshot(now=T0 + 300)["stalled"]["stage"] == "visualize"
+    state.set_state("cancelled", now=T0 + 301)
+    assert state.snapshot(now=T0 + 400)["stalled"] is None
+    with pytest.raises(ValueError):
+        state.set_stage_demands({}, stall_timeout_s=0)
+
+
+def test_nothing_started_names_the_first_stage() -> None:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9, stall_timeout_s=10)
+    state.set_totals({"copy": 4, "write": 4}, now=T0)
+    state.set_state("running", now=T0 + 1)
+    assert state.snapshot(now=T0 + 10)["stalled"] is None
+    assert state.snapshot(now=T0 + 11)["stalled"]["stage"] == "copy"
+
+
+def test_snapshot_has_start_and_end_times() -> None:
+    state = _running_state()
+    snap = state.snapshot(now=T0 + 3)
+    assert (snap["started_at"], snap["running_since"], snap["finished_at"]) == (T0, T0 + 2, None)
+    state.set_state("failed", "boom", now=T0 + 9)
+    assert state.snapshot(now=T0 + 10)["finished_at"] == T0 + 9
+
+
 def test_counters_bytes_problems_output() -> None:
     state = _running_state()
     state.set_bytes(1234, now=T0 + 3)
@@ -208,15 +277,22 @@ def _wait_until_gone(export_id: str, deadline_s: float = 30.0) -> bool:
     return False
 
 
+def _progress_actors() -> list[dict]:
+    return [
+        entry
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == PROGRESS_NAMESPACE and "progress" in entry["name"]
+    ]
+
+
 def test_progress_actor_lifecycle(ray_cluster: None) -> None:
     export_id = f"test-{os.getpid()}-{time.time_ns()}"
-    assert progress_actor_name(export_id) == f"ray_export_progress_{export_id}"
     assert get_progress_actor(export_id) is None
 
     handle = create_progress_actor(export_id, keep_seconds=2, output="/tmp/out.zip")
     ray.get(handle.set_totals.remote({"read": 10, "write": 10}))
     assert ray.get(handle.set_state.remote("running")) is True
-    ray.get([handle.add_done.remote("read", 6), handle.add_done.remote("write", 4, 1)])
+    ray.get([handle.add_images.remote("read", [0, 1, 2, 3, 4, 5]), handle.add_done.remote("write", 4, 1)])
     ray.get([handle.set_bytes.remote(4096), handle.add_problems.remote(3)])
     assert ray.get(handle.heartbeat.remote()) is False
 
@@ -231,11 +307,11 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
     assert snap["problems"] == 3
     assert snap["output"] == "/tmp/out.zip"
     assert export_id in list_progress_actors()
-    assert {"name": progress_actor_name(export_id), "namespace": PROGRESS_NAMESPACE} in ray.util.list_named_actors(
+    assert {"name": PROGRESS_ACTOR_NAME, "namespace": PROGRESS_NAMESPACE} in ray.util.list_named_actors(
         all_namespaces=True
     )
 
-    same = create_progress_actor(export_id, keep_seconds=2)  # get_if_exists: attaches, keeps the state
+    same = create_progress_actor(export_id, keep_seconds=2)  # an id already held keeps its state
     assert ray.get(same.snapshot.remote())["done"] == {"read": 6, "write": 4}
 
     ray.get(attached.request_cancel.remote())
@@ -245,13 +321,40 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
     assert ray.get(handle.set_state.remote("succeeded")) is True
     assert ray.get(handle.set_state.remote("running")) is False
     assert ray.get(handle.snapshot.remote())["state"] == "succeeded"
-    assert _wait_until_gone(export_id), "progress actor still alive long after its retention time"
-    with pytest.raises(ray.exceptions.RayActorError):
+    assert _wait_until_gone(export_id), "progress still held long after its retention time"
+    with pytest.raises(ray.exceptions.RayTaskError):
         ray.get(handle.snapshot.remote(), timeout=30)
 
 
-def test_progress_actor_without_heartbeat_expires(ray_cluster: None) -> None:
+def test_progress_without_heartbeat_expires(ray_cluster: None) -> None:
     export_id = f"test-stale-{os.getpid()}-{time.time_ns()}"
     handle = create_progress_actor(export_id, keep_seconds=1, heartbeat_timeout_s=0.5)
     ray.get(handle.set_state.remote("running"))
-    assert _wait_until_gone(export_id), "a progress actor whose driver stopped heart-beating was never removed"
+    assert _wait_until_gone(export_id), "the progress of an export whose driver stopped heart-beating was kept"
+
+
+def test_many_exports_share_one_progress_actor(ray_cluster: None) -> None:
+    ids = [f"test-many-{os.getpid()}-{time.time_ns()}-{n}" for n in range(5)]
+    handles = [create_progress_actor(export_id, keep_seconds=600) for export_id in ids]
+    for n, handle in enumerate(handles):
+        ray.get(handle.set_totals.remote({"write": 10}))
+        ray.get(handle.add_done.remote("write", n))
+    assert [ray.get(get_progress_actor(i).snapshot.remote())["done"]["write"] for i in ids] == [0, 1, 2, 3, 4]
+    assert set(ids) <= set(list_progress_actors())
+    assert len(_progress_actors()) == 1
+
+
+def test_retention_drops_ended_exports_and_caps_their_number(ray_cluster: None) -> None:
+    """The sweep on a private actor (unnamed): expired and surplus ended exports go, running ones stay."""
+    actor = ProgressActor.remote(max_retained=2, sweep_period_s=None)
+    now = time.time()
+    for n in range(5):
+        ray.get(actor.register.remote(f"e{n}", 600.0))
+    ray.get(actor.register.remote("quick", 0.5))
+    ray.get(actor.call.remote("quick", "set_state", "succeeded"))
+    for n in range(4):
+        ray.get(actor.call.remote(f"e{n}", "set_state", "failed", "x", now + n))
+    dropped = ray.get(actor.sweep.remote(now + 5))
+    assert sorted(dropped) == ["e0", "e1", "quick"]  # quick expired; e0, e1 are the oldest ended beyond 2
+    assert ray.get(actor.export_ids.remote()) == ["e2", "e3", "e4"]
+    ray.kill(actor)
