@@ -60,13 +60,14 @@ def ensure_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    target = address or os.environ.get("RAY_ADDRESS")
+    # a dashboard URL (the form the Jobs CLI takes in RAY_ADDRESS) names the cluster whose GCS we attach to
+    target = gcs_address_of(address or os.environ.get("RAY_ADDRESS"))
     if target:
         probe_ray_address(target)
     kwargs: dict[str, Any] = {"namespace": "ray_export", "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        kwargs["address"] = address
-    elif not os.environ.get("RAY_ADDRESS"):
+    if target:
+        kwargs["address"] = target
+    else:
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)
 

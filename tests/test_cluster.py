@@ -552,6 +552,20 @@ def test_job_stop_and_cli_cancel_stop_the_export(tmp_path):
         assert final["state"] == "cancelled"
         shown = box.run([sys.executable, "-m", "ray_export", "status", export_id, "--address", head.dashboard],
                         timeout=60)  # fmt: skip
+        # RAY_ADDRESS in the Jobs CLI's form (the dashboard URL) attaches an export to that cluster too
+        small = build_demo_project(tmp_path / "demo4", n_images=4, seed=0)
+        attached_out = tmp_path / "attached.zip"
+        attached = box.run(
+            [sys.executable, "-m", "ray_export", "export", "--db", str(small.db_path), "--project", small.project_id,
+             "--out", str(attached_out), "--quiet"],
+            env={**box.env, "RAY_ADDRESS": head.dashboard},
+        )  # fmt: skip
+        exports_on_head = box.run([sys.executable, "-m", "ray_export", "status", "--address", head.dashboard],
+                                  timeout=60)  # fmt: skip
+    assert attached.returncode == 0, attached.stderr[-3000:]
+    assert attached.stdout.strip().splitlines()[0] == str(attached_out)
+    assert zipfile.ZipFile(attached_out).testzip() is None
+    assert exports_on_head.returncode == 0 and exports_on_head.stdout.count("succeeded") >= 1, exports_on_head.stdout
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert re.search(rf"^\[{export_id}\] cancelled ", shown.stdout, re.MULTILINE), shown.stdout
     assert re.search(r"^  started: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, ended: \d{4}-", shown.stdout, re.MULTILINE)
@@ -654,14 +668,37 @@ def _stage_task_nodes(box: Sandbox, head: Head) -> tuple[str, dict[str, set[str]
     return listing["head"], nodes
 
 
+ALIVE_NODES_SCRIPT = """
+import sys
+import ray
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(sum(1 for node in ray.nodes() if node["Alive"]))
+"""
+
+
+def _wait_for_alive_nodes(box: Sandbox, head: Head, wanted: int, timeout_s: float) -> int:
+    """Poll the cluster until it has ``wanted`` alive nodes (or the time is up); the last count seen."""
+    deadline = time.monotonic() + timeout_s
+    alive = -1
+    while time.monotonic() < deadline:
+        done = box.run([sys.executable, "-c", ALIVE_NODES_SCRIPT, head.address], timeout=60)
+        if done.returncode == 0:
+            alive = int(done.stdout.strip().splitlines()[-1])
+            if alive == wanted:
+                break
+        time.sleep(5)
+    return alive
+
+
 @pytest.mark.cluster
 def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(cluster_demo, reference_zip, tmp_path):
     """A ``fake_multinode`` head with 1 CPU and 2-CPU workers (none at the start).
 
     - ``--num-cpus visualize=4`` fits no node type: exit 2 before any work, naming the option.
     - Later stages asking for 2 CPUs fit only a launched worker: with a local images root (copy pinned
-      to the head) and with a shared one, the export grows the cluster, the visualize tasks run on a
-      launched worker, and the ZIP is the reference's.
+      to the head) and with a shared one, each starting from zero workers, the export grows the cluster,
+      the visualize tasks run on a launched worker, and the ZIP is the reference's.
     """
     export = [sys.executable, "-m", "ray_export", "export", "--db", str(cluster_demo.db_path),
               "--project", cluster_demo.project_id, "--quiet"]  # fmt: skip
@@ -687,6 +724,8 @@ def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(clu
                         cwd=str(box.root))  # fmt: skip
         assert local.returncode == 0, local.stderr[-4000:]
         head_node, local_nodes = _stage_task_nodes(box, head)
+        # the shared-root export starts from zero workers too: wait until the idle ones are scaled down
+        alive_before_shared = _wait_for_alive_nodes(box, head, 1, timeout_s=240)
         shared = box.run(
             [*export, "--out", str(outputs["shared"]), "--address", head.address, *two_cpu_stages,
              "--shared-images-root"],
@@ -696,10 +735,13 @@ def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(clu
         _, all_nodes = _stage_task_nodes(box, head)
         monitor_log = "\n".join(p.read_text(errors="replace") for p in box.root.glob("session_*/logs/monitor.log"))
     assert "fake_multinode" in monitor_log, "the autoscaler ran with the fake provider"
+    assert alive_before_shared == 1, "the launched workers were scaled down before the shared-root export"
     # local images root: copy stays on the head (the only node with the files), the rest ran on workers
     assert local_nodes["copy"] == {head_node}, local_nodes
     assert local_nodes["visualize"] and head_node not in local_nodes["visualize"], local_nodes
-    assert all_nodes["visualize"] - {head_node}, all_nodes
+    # shared images root: visualize ran on workers launched for this export (new node ids, not the head)
+    shared_visualize_nodes = all_nodes["visualize"] - local_nodes["visualize"]
+    assert shared_visualize_nodes and head_node not in shared_visualize_nodes, all_nodes
     for out in outputs.values():
         _assert_same_zip(out, reference_zip)
 
