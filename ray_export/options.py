@@ -211,6 +211,20 @@ def is_remote_uri(path: str) -> bool:
     return is_uri(path) and not path.startswith("file://")
 
 
+_URI_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+_URI_SECRET_PARAMS = re.compile(
+    r"([?&](?:access_key|secret_key|session_token|password|token|sig|signature)=)[^&#]*", re.IGNORECASE
+)
+
+
+def uri_for_display(path: str) -> str:
+    """``path`` as it may be shown in messages, status and the result: a URI loses its user info
+    (``KEY:SECRET@``) and the values of credential query parameters; plain paths are unchanged."""
+    if not is_uri(path):
+        return path
+    return _URI_SECRET_PARAMS.sub(r"\1***", _URI_USERINFO.sub(r"\1***@", path))
+
+
 def local_path(path: str) -> str:
     """A local path, given plainly or as a ``file://`` URI, as a plain path."""
     return path[len("file://") :] if path.startswith("file://") else path

@@ -22,6 +22,7 @@ from .options import (
     is_uri,
     local_path,
     running_under_job_submit,
+    uri_for_display,
 )
 from .problems import Problem
 from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
@@ -51,19 +52,20 @@ class ExportPlan:
 def _check_uri_output(uri: str, force: bool) -> str:
     import pyarrow.fs as pafs
 
+    shown = uri_for_display(uri)
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
     except Exception as exc:
-        raise ExportError(f"output {uri}: {type(exc).__name__}: {error_line(exc)}", 2) from exc
+        raise ExportError(f"output {shown}: {type(exc).__name__}: {error_line(exc)}", 2) from exc
     if info.type == pafs.FileType.Directory:
-        raise ExportError(f"output {uri} is a folder", 2)
+        raise ExportError(f"output {shown} is a folder", 2)
     if info.type != pafs.FileType.NotFound and not force:
-        raise ExportError(f"output {uri} exists; use --force to overwrite it", 2)
+        raise ExportError(f"output {shown} exists; use --force to overwrite it", 2)
     if isinstance(fs, pafs.LocalFileSystem):
         parent = fs.get_file_info(path.rsplit("/", 1)[0] or "/")
         if parent.type != pafs.FileType.Directory:
-            raise ExportError(f"output folder of {uri} does not exist", 2)
+            raise ExportError(f"output folder of {shown} does not exist", 2)
     return uri
 
 

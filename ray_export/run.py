@@ -21,7 +21,7 @@ from typing import Any
 from .cluster import RayUnreachable, ensure_ray
 from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
-from .options import MAP_STAGES, ExportOptions
+from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
 from .planning import assembly_plan, local_output_path, plan_export, preflight
 from .sources import SourceError
@@ -329,7 +329,7 @@ def _run_locked(
         if not options.metrics:
             stage_totals.pop("metrics")
         ray.get(progress.set_totals.remote({**stage_totals, "write": n}))
-        ray.get(progress.set_output.remote(str(plan.output)))
+        ray.get(progress.set_output.remote(uri_for_display(str(plan.output))))
         quiet_ray_data()
         # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
         logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
@@ -357,7 +357,7 @@ def _run_locked(
         run.finished()
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
         ray.get(progress.set_state.remote("succeeded"))
-        return ExportResult(export_id, str(plan.output), counts, time.time() - started)
+        return ExportResult(export_id, uri_for_display(str(plan.output)), counts, time.time() - started)
     except (ExportCancelled, KeyboardInterrupt) as exc:
         run.fail("cancelled", "export cancelled")
         if isinstance(exc, ExportCancelled):

@@ -417,3 +417,19 @@ def test_read_limit_flags() -> None:
     content = options.content_options()
     assert (content["max_file_bytes"], content["max_image_pixels"]) == (512_000_000, 25_000_000)
     assert "read_timeout_s" not in content  # a timeout depends on the machine, not on the options alone
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://AKIAEXAMPLE:s3cr3t@bucket/exports/x.zip", "s3://***@bucket/exports/x.zip"),
+        ("s3://bucket/x.zip?endpoint_override=127.0.0.1:9000&secret_key=s3cr3t&access_key=AKIA&scheme=http",
+         "s3://bucket/x.zip?endpoint_override=127.0.0.1:9000&secret_key=***&access_key=***&scheme=http"),
+        ("gs://bucket/x.zip", "gs://bucket/x.zip"),
+        ("/data/exports/user:pw@x.zip", "/data/exports/user:pw@x.zip"),  # a plain path is shown as it is
+    ],
+)
+def test_uris_are_shown_without_credentials(uri, shown):
+    from ray_export.options import uri_for_display
+
+    assert uri_for_display(uri) == shown

@@ -340,3 +340,21 @@ def test_images_root_with_credentials_in_the_uri(small_demo, local_zip, images_i
     snapshot = ray_session.get(get_progress_actor(handle.export_id).snapshot.remote())
     _assert_no_secret(repr(snapshot), "the status")
     _assert_no_secret(repr(result), "the result")
+
+
+def test_output_uri_with_credentials_is_shown_without_them(small_demo, local_zip, s3_server, ray_session):
+    """An output given as ``s3://KEY:SECRET@bucket/…`` is written there; the result and the status show it
+    with ``***`` in place of the credentials."""
+    from actors.progress import get_progress_actor
+    from ray_export.api import start
+
+    uri = s3_server.uri("exports/with-credentials.zip")
+    output = uri.replace("s3://", f"s3://{ACCESS_KEY}:{quote(SECRET_KEY, safe='')}@", 1)
+    handle = start(db=str(small_demo.db_path), project=small_demo.project_id, output=output)
+    result = handle.wait(timeout=600)
+    assert s3_server.get("exports/with-credentials.zip") == local_zip
+    assert result.output.startswith(f"s3://***@{BUCKET}/exports/with-credentials.zip")
+    snapshot = ray_session.get(get_progress_actor(handle.export_id).snapshot.remote())
+    _assert_no_secret(repr(snapshot), "the status")
+    _assert_no_secret(repr(result), "the result")
+    assert ACCESS_KEY not in repr(snapshot) and ACCESS_KEY not in result.output
