@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ from actors.zip_writer import AssemblyPlan, ExportAssembler
 from ray_export import stages
 from ray_export.documents import ExportSummary
 from ray_export.options import build_options
+from tests.projects import segmentation_row, write_sqlite_project
 
 SQUARE = json.dumps(
     [{"type": "external", "points": [{"x": 5, "y": 5}, {"x": 30, "y": 5}, {"x": 30, "y": 30}, {"x": 5, "y": 30}]},
@@ -154,27 +154,14 @@ def test_image_decodes_is_a_real_decode(images_root):
 @pytest.mark.usefixtures("ray_session")
 def test_names_changed_by_a_collision_suffix_are_reported(tmp_path):
     from ray_export.api import export
-    from ray_export.demo import insert_rows, write_schema
 
     root = tmp_path / "uploads"
     root.mkdir()
     for name in ("a.png", "b.png", "c.png"):
         (root / name).write_bytes(_png())
     db = root / "project.db"
-    con = sqlite3.connect(db)
-    write_schema(con, "sqlite")
-    insert_rows(con, "sqlite", "projects", [{"id": "p1", "title": "Dup", "createdAt": 1, "updatedAt": 1000}])
     images = [("i1", "spheroid.png", "a.png"), ("i2", "spheroid.png", "b.png"), ("i3", "Spheroid?.png", "c.png")]
-    insert_rows(con, "sqlite", "images", [
-        {"id": i, "name": n, "originalPath": p, "projectId": "p1", "width": 50, "height": 40, "displayOrder": k,
-         "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000}
-        for k, (i, n, p) in enumerate(images)
-    ])  # fmt: skip
-    insert_rows(con, "sqlite", "segmentations", [
-        {"id": f"s{i}", "imageId": i, "polygons": SQUARE, "createdAt": 1, "updatedAt": 3000} for i, *_ in images
-    ])  # fmt: skip
-    con.commit()
-    con.close()
+    write_sqlite_project(db, ("p1", "Dup"), images, [segmentation_row(i, SQUARE) for i, *_ in images], updated_step=0)
     out = tmp_path / "dup.zip"
     export(db=str(db), project="Dup", output=str(out), metrics="none")
     with zipfile.ZipFile(out) as zf:

@@ -6,7 +6,6 @@ import itertools
 import json
 import pickle
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ from ray_export.datasource import (
     block_schema,
     read_project_images,
 )
-from ray_export.demo import copy_project_to_postgres, insert_rows, write_schema
+from ray_export.demo import copy_project_to_postgres
 from ray_export.sources import POSTGRES, SQLITE, DbTarget, list_images, parse_db_target
+from tests.projects import write_sqlite_rows
 
 PROJECT_ID = "ds-project-0001"
 N_IMAGES = 160
@@ -56,16 +56,8 @@ def make_big_db(path: Path) -> Path:
         "id": "ds-video", "name": "movie.mp4", "originalPath": "uploads/p/movie.mp4", "projectId": PROJECT_ID,
         "displayOrder": 0, "isVideoContainer": 1, "createdAt": 0, "updatedAt": 0,
     })
-    conn = sqlite3.connect(path)
-    try:
-        write_schema(conn, SQLITE)
-        insert_rows(conn, SQLITE, "projects", [{"id": PROJECT_ID, "title": "Datasource test", "type": "spheroid",
-                                                "createdAt": 0, "updatedAt": 0}])
-        insert_rows(conn, SQLITE, "images", images)
-        insert_rows(conn, SQLITE, "segmentations", segmentations)
-        conn.commit()
-    finally:
-        conn.close()
+    project = {"id": PROJECT_ID, "title": "Datasource test", "type": "spheroid", "createdAt": 0, "updatedAt": 0}
+    write_sqlite_rows(path, [project], images, segmentations)
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 
 from ray_export.api import export
-from ray_export.demo import insert_rows, write_schema
 from ray_export.errors import ExportError
+from tests.projects import segmentation_row, write_sqlite_project
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -41,37 +40,17 @@ def broken_project(tmp_path_factory):
     (root / "uploads" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     _png(root / "outside.png")  # exists, but outside the images root
     db = root / "uploads" / "project.db"
-    con = sqlite3.connect(db)
-    write_schema(con, "sqlite")
-    insert_rows(con, "sqlite", "projects", [{"id": "p1", "title": "Broken", "createdAt": 1, "updatedAt": 1000}])
     images = [
-        ("i1", "good.png", "good.png", 50, 40),
-        ("i2", "missing.png", "missing.png", 50, 40),
-        ("i3", "corrupt.png", "corrupt.png", 50, 40),
-        ("i4", "broken_json.png", "broken_json.png", 50, 40),
-        ("i5", "escape.png", "../outside.png", 50, 40),
+        ("i1", "good.png", "good.png"),
+        ("i2", "missing.png", "missing.png"),
+        ("i3", "corrupt.png", "corrupt.png"),
+        ("i4", "broken_json.png", "broken_json.png"),
+        ("i5", "escape.png", "../outside.png"),
         ("i6", "nosize.png", "nowhere.png", None, None),
     ]
-    insert_rows(
-        con,
-        "sqlite",
-        "images",
-        [
-            {"id": i, "name": n, "originalPath": p, "projectId": "p1", "width": w, "height": h,
-             "displayOrder": k, "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000 + k}
-            for k, (i, n, p, w, h) in enumerate(images)
-        ],
-    )
     polygons = {"i4": "{this is not json"}
-    insert_rows(
-        con,
-        "sqlite",
-        "segmentations",
-        [{"id": f"s{i}", "imageId": i, "polygons": polygons.get(i, SQUARE), "createdAt": 1, "updatedAt": 3000}
-         for i, *_ in images],
-    )
-    con.commit()
-    con.close()
+    segmentations = [segmentation_row(i, polygons.get(i, SQUARE)) for i, *_ in images]
+    write_sqlite_project(db, ("p1", "Broken"), images, segmentations)
     return db, root / "uploads", good
 
 
@@ -232,21 +211,8 @@ def test_size_only_in_the_file_is_read_without_originals(tmp_path):
     _png(root / "sized.png")
     _png(root / "unsized.png")
     db = root / "project.db"
-    con = sqlite3.connect(db)
-    write_schema(con, "sqlite")
-    insert_rows(con, "sqlite", "projects", [{"id": "p2", "title": "Sizes", "createdAt": 1, "updatedAt": 1000}])
-    insert_rows(
-        con,
-        "sqlite",
-        "images",
-        [
-            {"id": i, "name": name, "originalPath": name, "projectId": "p2", "width": w, "height": h,
-             "displayOrder": k, "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000}
-            for k, (i, name, w, h) in enumerate([("a", "sized.png", 50, 40), ("b", "unsized.png", None, None)])
-        ],
-    )  # fmt: skip
-    con.commit()
-    con.close()
+    images = [("a", "sized.png", "sized.png"), ("b", "unsized.png", "unsized.png", None, None)]
+    write_sqlite_project(db, ("p2", "Sizes"), images, updated_step=0)
     out = tmp_path / "sizes.zip"
     export(db=str(db), project="p2", output=str(out), originals=False, visualizations=False, metrics="none",
            annotations="json")  # fmt: skip

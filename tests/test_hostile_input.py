@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from ray_export.api import export, start
-from ray_export.demo import insert_rows, write_schema
 from ray_export.naming import BIDI_CONTROLS
 from ray_export.options import build_options
 from ray_export.visualize import ORIENTATION_TAG
+from tests.projects import segmentation_row, write_sqlite_project
 from tests.test_visualize import huge_png
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -88,18 +88,9 @@ def hostile_project(tmp_path_factory) -> tuple[Path, Path]:
     (root / "empty.png").write_bytes(b"")
     (base / "outside.png").write_bytes(good)
     db = root / "project.db"
+    images = [(i, n, p, w, h) for i, n, p, w, h, _ in IMAGES]
+    write_sqlite_project(db, ("p1", "Hostile"), images, [segmentation_row(i, polygons) for i, *_, polygons in IMAGES])
     con = sqlite3.connect(db)
-    write_schema(con, "sqlite")
-    insert_rows(con, "sqlite", "projects", [{"id": "p1", "title": "Hostile", "createdAt": 1, "updatedAt": 1000}])
-    insert_rows(con, "sqlite", "images", [
-        {"id": i, "name": n, "originalPath": p, "projectId": "p1", "width": w, "height": h, "displayOrder": k,
-         "isVideoContainer": 0, "createdAt": 1, "updatedAt": 2000 + k}
-        for k, (i, n, p, w, h, _) in enumerate(IMAGES)
-    ])  # fmt: skip
-    insert_rows(con, "sqlite", "segmentations", [
-        {"id": f"s{i}", "imageId": i, "polygons": polygons, "createdAt": 1, "updatedAt": 3000}
-        for i, *_, polygons in IMAGES
-    ])  # fmt: skip
     con.execute(f"UPDATE images SET name = CAST(X'{INVALID_NAME_HEX}' AS TEXT) WHERE id = 'i03'")
     con.execute(f"UPDATE segmentations SET polygons = CAST(X'{INVALID_POLYGONS.hex()}' AS TEXT) WHERE id = 'si04'")
     con.commit()

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 from PIL import Image
 
 from ray_export.api import export
-from ray_export.demo import insert_rows, write_schema
+from tests.projects import segmentation_row, write_sqlite_project
 
 pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("ray_session")]
 
@@ -120,48 +119,11 @@ def build_edge_case_project(root: Path) -> tuple[Path, Path]:
         ("empty", "empty.png", "empty.png", 64, 48),
     ]
     db = uploads / "edge.db"
-    con = sqlite3.connect(db)
-    write_schema(con, "sqlite")
-    insert_rows(con, "sqlite", "projects", [{"id": "p1", "title": "Edge cases", "createdAt": 1, "updatedAt": 1000}])
-    insert_rows(
-        con,
-        "sqlite",
-        "images",
-        [
-            {
-                "id": image_id,
-                "name": name,
-                "originalPath": path,
-                "projectId": "p1",
-                "width": w,
-                "height": h,
-                "displayOrder": k,
-                "isVideoContainer": 0,
-                "createdAt": 1,
-                "updatedAt": 2000 + k,
-            }
-            for k, (image_id, name, path, w, h) in enumerate(images)
-        ],
-    )
-    insert_rows(
-        con,
-        "sqlite",
-        "segmentations",
-        [
-            {
-                "id": f"s-{image_id}",
-                "imageId": image_id,
-                "polygons": json.dumps(elements),
-                "model": "m",
-                "threshold": 0.5,
-                "createdAt": 1,
-                "updatedAt": 3000,
-            }
-            for image_id, elements in polygons.items()
-        ],
-    )
-    con.commit()
-    con.close()
+    segmentations = [
+        segmentation_row(image_id, json.dumps(elements), id=f"s-{image_id}", model="m", threshold=0.5)
+        for image_id, elements in polygons.items()
+    ]
+    write_sqlite_project(db, ("p1", "Edge cases"), images, segmentations)
     return db, uploads
 
 

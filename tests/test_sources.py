@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ray_export import sources
-from ray_export.demo import DEMO_DB_NAME, build_demo_project, copy_project_to_postgres, insert_rows, write_schema
+from ray_export.demo import DEMO_DB_NAME, build_demo_project, copy_project_to_postgres
 from ray_export.polygons import parse_polygons
 from ray_export.sources import (
     POSTGRES,
@@ -33,6 +33,7 @@ from ray_export.sources import (
     text_value,
 )
 from tests.pg_server import TEST_PASSWORD
+from tests.projects import write_sqlite_rows
 
 UTC = timezone.utc
 
@@ -86,16 +87,7 @@ ORDER_DB_SEGMENTATIONS = [
 
 
 def make_order_db(path: Path) -> Path:
-    conn = sqlite3.connect(path)
-    try:
-        write_schema(conn, SQLITE)
-        insert_rows(conn, SQLITE, "projects", ORDER_DB_PROJECTS)
-        insert_rows(conn, SQLITE, "images", ORDER_DB_IMAGES)
-        insert_rows(conn, SQLITE, "segmentations", ORDER_DB_SEGMENTATIONS)
-        conn.commit()
-    finally:
-        conn.close()
-    return path
+    return write_sqlite_rows(path, ORDER_DB_PROJECTS, ORDER_DB_IMAGES, ORDER_DB_SEGMENTATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -454,12 +446,8 @@ def test_heavy_sql_selects_only_needed_columns(order_db: Path) -> None:
 
 def test_sqlite_ids_are_sent_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "many.db"
-    conn = sqlite3.connect(path)
-    write_schema(conn, SQLITE)
-    insert_rows(conn, SQLITE, "projects", [{"id": "p", "title": "Many", "createdAt": 0, "updatedAt": 0}])
-    insert_rows(conn, SQLITE, "images", [_image(f"i{k:04d}", "p", k, k) for k in range(1203)])
-    conn.commit()
-    conn.close()
+    projects = [{"id": "p", "title": "Many", "createdAt": 0, "updatedAt": 0}]
+    write_sqlite_rows(path, projects, [_image(f"i{k:04d}", "p", k, k) for k in range(1203)])
     ro = connect(parse_db_target(str(path)))
     statements: list[str] = []
     ro.set_trace_callback(statements.append)
