@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -76,6 +77,17 @@ def failed_indices(before: Any, after: Any) -> list[int]:
     ]
 
 
+def limit_library_threads() -> None:
+    """Let OpenCV use as many threads as the task has CPUs (Ray sets ``OMP_NUM_THREADS`` to that), not
+    one per core of the node: tasks running side by side would otherwise oversubscribe the CPUs."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        import cv2
+
+        if cv2.getNumThreads() != int(threads):
+            cv2.setNumThreads(int(threads))
+
+
 def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> Callable:
     """Wrap a stage so that each batch reports its images by export index (done, and failed in this
     stage) to the progress actor; a retried batch reports the same indices, which count once.
@@ -83,6 +95,7 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
     from .stages import finish_stage
 
     def run(table, **kwargs):
+        limit_library_threads()
         out = fn(table, **kwargs)
         failed = failed_indices(table, out) if progress is not None else []
         if finish:

@@ -415,3 +415,23 @@ def test_copy_stage_keeps_images_over_the_pixel_limit_undecoded(root):
         assert drawn.column("visualization").to_pylist() == [None]
         assert drawn.column("original").to_pylist() == [(root / "sub" / "a.png").read_bytes()]
         assert _problems(drawn) == [{"image_too_large"}]
+
+
+def test_opencv_threads_follow_the_task_cpus(monkeypatch):
+    import cv2
+
+    from ray_export.dataset import limit_library_threads
+
+    before = cv2.getNumThreads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets for a 1-CPU task
+        limit_library_threads()
+        assert cv2.getNumThreads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        limit_library_threads()
+        assert cv2.getNumThreads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        limit_library_threads()  # outside Ray: left as it is
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
