@@ -76,15 +76,18 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
 
 
-def start_postgres(base_dir: Path | str | None = None) -> tuple[str, Callable[[], None]]:
+def start_postgres(base_dir: Path | str | None = None, own_server: bool = False) -> tuple[str, Callable[[], None]]:
     """Start a PostgreSQL server; returns ``(dsn, stop)``. The DSN carries a password (TCP uses scram).
+
+    ``RAY_EXPORT_TEST_PG_DSN`` is used instead unless ``own_server`` asks for a server of the test's own
+    (one it may stop and start again: :func:`outage_controls`).
 
     The server's folder is created in ``base_dir`` when the ``postgres`` user can reach it and the
     socket path stays short, else in ``/tmp``; ``stop`` removes it. Without PostgreSQL binaries the
     calling test is skipped, or failed when the ``CI`` environment variable is set.
     """
     env_dsn = os.environ.get(ENV_DSN)
-    if env_dsn:
+    if env_dsn and not own_server:
         return env_dsn, lambda: None
     bin_dir = find_pg_bin()
     if bin_dir is None:

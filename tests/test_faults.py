@@ -193,12 +193,7 @@ def outage_pg(demo_project, tmp_path_factory):
     from ray_export.demo import copy_project_to_postgres
     from tests.pg_server import outage_controls, start_postgres
 
-    dsn, stop = start_postgres(tmp_path_factory.mktemp("outage-pg"))
-    try:
-        outage_controls(dsn)
-    except KeyError:
-        stop()
-        pytest.skip("the outage tests need a server started by the tests")
+    dsn, stop = start_postgres(tmp_path_factory.mktemp("outage-pg"), own_server=True)
     copy_project_to_postgres(demo_project.db_path, dsn)
     yield dsn, *outage_controls(dsn)
     stop()
