@@ -529,7 +529,7 @@ def test_job_stop_and_cli_cancel_stop_the_export(tmp_path):
     from ray_export.demo import build_demo_project
 
     # large enough that the export is still running when the test stops it (a small one is done first)
-    demo = build_demo_project(tmp_path / "demo160", n_images=160, seed=0)
+    demo = build_demo_project(tmp_path / "demo400", n_images=400, seed=0)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with sandbox() as box:
