@@ -64,19 +64,6 @@ def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None
     return args
 
 
-def failed_indices(before: Any, after: Any) -> list[int]:
-    """Export indices of the images that gained a failure problem (see ``FAILURE_CODES``) in a stage."""
-    from .problems import FAILURE_CODES
-
-    known = before.column("problems").to_pylist() if "problems" in before.column_names else [None] * after.num_rows
-    current = after.column("problems").to_pylist() if "problems" in after.column_names else [None] * after.num_rows
-    return [
-        index
-        for index, old, new in zip(after.column("index").to_pylist(), known, current, strict=True)
-        if any(problem["code"] in FAILURE_CODES for problem in (new or [])[len(old or []) :])
-    ]
-
-
 def limit_library_threads() -> None:
     """Let OpenCV use as many threads as the task has CPUs (Ray sets ``OMP_NUM_THREADS`` to that), not
     one per core of the node: tasks running side by side would otherwise oversubscribe the CPUs."""
@@ -92,7 +79,7 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
     """Wrap a stage so that each batch reports its images by export index (done, and failed in this
     stage) to the progress actor; a retried batch reports the same indices, which count once.
     ``finish``: the last stage also drops the columns no consumer needs (polygon text)."""
-    from .stages import finish_stage
+    from .stages import failed_indices, finish_stage
 
     def run(table, **kwargs):
         limit_library_threads()

@@ -395,16 +395,17 @@ def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
     )
 
 
-def failed_in_stage(before: pa.Table, after: pa.Table) -> int:
-    """Images that gained a failure problem (see ``FAILURE_CODES``) between two batches of a stage."""
+def failed_indices(before: pa.Table, after: pa.Table) -> list[int]:
+    """Export indices of the images that gained a failure problem (see ``FAILURE_CODES``) in a stage."""
     if "problems" in before.column_names:
         old = pc.fill_null(pc.list_value_length(before.column("problems")), 0).to_pylist()
     else:
         old = [0] * after.num_rows
-    failed = 0
-    for known, current in zip(old, _values(after, "problems"), strict=True):
-        failed += any(p["code"] in FAILURE_CODES for p in (current or [])[known:])
-    return failed
+    return [
+        index
+        for index, known, current in zip(_values(after, "index"), old, _values(after, "problems"), strict=True)
+        if any(p["code"] in FAILURE_CODES for p in (current or [])[known:])
+    ]
 
 
 def finish_stage(table: pa.Table) -> pa.Table:

@@ -309,16 +309,16 @@ def test_hostile_polygon_json_never_escapes_a_stage(root):
     assert all(text is not None for text in t.column("json_entry").to_pylist())
 
 
-def test_failed_in_stage_counts_images_that_gained_a_failure(root):
+def test_failed_indices_name_the_images_that_gained_a_failure(root):
     table = _source([
         {"index": 1, "original_path": "sub/a.png", "db_width": 40, "db_height": 32},
         {"index": 2, "original_path": "sub/missing.png", "db_width": 40, "db_height": 32},
         {"index": 3, "original_path": "sub/a.png", "db_width": 50, "db_height": 32},  # size mismatch: a warning
     ])
     copied = stages.copy_stage(table, str(root), read_files=True)
-    assert stages.failed_in_stage(table, copied) == 1
+    assert stages.failed_indices(table, copied) == [2]
     annotated = stages.annotate_stage(copied, ("yolo",))
-    assert stages.failed_in_stage(copied, annotated) == 0
+    assert stages.failed_indices(copied, annotated) == []
 
 
 @pytest.mark.parametrize("column", ["yolo_label", "problems", "coco_annotations", "metric_rows"])

@@ -266,16 +266,6 @@ class CocoWriter:
         self._annotations = JsonLineSpool(spool_dir)
         self._last_image_id: int | None = None
 
-    @property
-    def image_count(self) -> int:
-        """Images added so far."""
-        return self._images.count
-
-    @property
-    def annotation_count(self) -> int:
-        """Annotations added so far (the last id given)."""
-        return self._annotations.count
-
     def _add_image_entry(self, image_entry: dict) -> None:
         image_id = int(image_entry["id"])
         if self._last_image_id is not None and image_id <= self._last_image_id:

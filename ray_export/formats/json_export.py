@@ -83,11 +83,6 @@ class JsonExportWriter:
         self.export_time = export_time
         self._images = JsonLineSpool(spool_dir)
 
-    @property
-    def image_count(self) -> int:
-        """Images added so far."""
-        return self._images.count
-
     def add_image(self, entry: dict) -> None:
         """Add one image entry (calls in index order)."""
         self._images.append(entry)
