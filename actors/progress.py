@@ -116,6 +116,8 @@ class ProgressState:
         self.finished_at: float | None = None
         self.heartbeat_timeout_s = float(heartbeat_timeout_s)
         self._cancel_requested = False
+        #: with a previous export to reuse: images taken over and computed so far, and why not all
+        self.reuse: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -200,6 +202,17 @@ class ProgressState:
     def set_bytes(self, n: int, now: float | None = None) -> None:
         """Bytes written to the output so far."""
         self.bytes_written = _count(n, "bytes")
+        self.updated_at = self._clock(now)
+
+    def set_reuse(self, counts: dict[str, int], note: str | None = None, now: float | None = None) -> None:
+        """Record how many images were taken over from the previous export and how many computed
+        (counts so far, see ``actors.zip_writer.new_reuse_counts``), and why it was not trusted."""
+        reuse = {str(k): _count(v, f"reuse count {k!r}") for k, v in counts.items()}
+        if note is not None:
+            reuse["note"] = str(note)  # type: ignore[assignment]
+        elif self.reuse and "note" in self.reuse:
+            reuse["note"] = self.reuse["note"]
+        self.reuse = reuse
         self.updated_at = self._clock(now)
 
     def add_problems(self, n: int, now: float | None = None) -> None:
@@ -322,6 +335,7 @@ class ProgressState:
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
             "heartbeat_age_s": max(0.0, now - self.last_heartbeat),
+            "reuse": dict(self.reuse) if self.reuse is not None else None,
         }
 
 
@@ -333,7 +347,7 @@ class ProgressState:
 _STATE_CALLS = frozenset(
     {
         "set_state", "set_output", "set_totals", "add_done", "add_images", "set_bytes", "add_problems",
-        "heartbeat", "request_cancel", "set_stage_demands", "snapshot",
+        "heartbeat", "request_cancel", "set_stage_demands", "snapshot", "set_reuse",
     }
 )  # fmt: skip
 

@@ -8,6 +8,7 @@ selected format of :mod:`ray_export.formats.registry` and drives them all throug
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -24,8 +25,20 @@ import ray
 from actors.zipstream import ReorderBuffer, ZipStreamWriter
 from ray_export.documents import ExportSummary
 from ray_export.formats.base import FormatWriter, Selection, WriterContext
-from ray_export.formats.registry import check_result_schema, result_schema, selected_formats
+from ray_export.formats.registry import check_result_schema, manifest_part_fields, result_schema, selected_formats
 from ray_export.options import is_uri
+from ray_export.reuse import (
+    ALL_REUSED,
+    COMPUTE_REASONS,
+    COMPUTED,
+    MANIFEST_VERSION,
+    MEMBERS_REUSED,
+    merge_reused_problems,
+    open_binary,
+    options_fingerprint,
+    read_manifest,
+    software_fingerprint,
+)
 
 
 @dataclass
@@ -56,6 +69,8 @@ class AssemblyPlan:
     partial_path: str | None = None
     #: the final rename may replace an output that appeared while the export ran (``--force``)
     replace: bool = True
+    #: the trusted previous export (path or URI) whose manifest holds the parts of reused images
+    reuse_location: str | None = None
 
 
 #: Export totals, in the order they are reported.
@@ -97,8 +112,11 @@ class ExportAssembler:
         except BaseException:
             shutil.rmtree(self.spool, ignore_errors=True)
             raise
+        self.recorder = MemberRecorder(self.zip)
+        self.reuse_counts = new_reuse_counts()
+        self.part_fields = manifest_part_fields(self.formats)
         context = WriterContext(
-            zip=self.zip,
+            zip=self.recorder,
             spool=self.spool,
             export_time=plan.export_time,
             export_time_text=plan.summary.export_time,
@@ -109,8 +127,10 @@ class ExportAssembler:
             selection=Selection.of(plan),
             unknown_image_ids=tuple(plan.unknown_image_ids),
             notes=tuple(plan.notes),
+            manifest_metadata=manifest_metadata_of(plan.summary),
         )
         try:
+            self.previous = PreviousManifest(plan.reuse_location, self.part_fields) if plan.reuse_location else None
             for fmt in self.formats:
                 self.writers.append(fmt.open_writer(context))
         except BaseException:
@@ -148,9 +168,17 @@ class ExportAssembler:
         return self.counts["problems"]
 
     def _write_image(self, index: int, row: dict) -> None:
-        row["problems"] = list(self.plan.driver_problems.get(index, [])) + (row["problems"] or [])
-        for writer in self.writers:
+        level = int(row.get("reuse_level") or COMPUTED)
+        if level != COMPUTED:
+            self._restore(row, level)
+        count_reuse(self.reuse_counts, level, row.get("reuse_reason"))
+        row["pipeline_problems"] = row["problems"] or []
+        row["problems"] = list(self.plan.driver_problems.get(index, [])) + row["pipeline_problems"]
+        row["members"] = self.recorder.begin()
+        for fmt, writer in zip(self.formats, self.writers, strict=True):
+            self.recorder.format = fmt.name
             writer.add(row)
+        self.recorder.end()
         counts = self.counts
         counts["images"] += 1
         counts["objects"] += int(row["n_objects"])
@@ -158,6 +186,20 @@ class ExportAssembler:
         counts["problems"] += len(row["problems"])
         counts["metric_rows"] += len(row.get("metric_rows") or ())
         self.released += 1
+
+    def _restore(self, row: dict, level: int) -> None:
+        """Complete a reused image's row from the previous export's manifest: its decodability and
+        problems, and at ``ALL_REUSED`` its counts and the parts of the aggregated members."""
+        stored = self.previous.row(row["image_id"]) if self.previous is not None else None
+        if stored is None:
+            raise RuntimeError(f"image {row['image_id']} was reused, but the previous export's manifest lacks it")
+        row["problems"] = merge_reused_problems(level, row["problems"] or [], stored["problems"] or [])
+        row["decodable"] = stored["decodable"]
+        if level == ALL_REUSED:
+            row["n_objects"] = stored["n_objects"]
+            row["n_polylines"] = stored["n_polylines"]
+            for field_ in self.part_fields:
+                row[field_.name] = stored[field_.name]
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict:
@@ -175,7 +217,7 @@ class ExportAssembler:
         if self.remote_output:
             upload_file(self.spool / "export.zip", self.remote_output)
         shutil.rmtree(self.spool, ignore_errors=True)
-        return {**summary.counts, "bytes": size}
+        return {**summary.counts, "bytes": size, "reuse": dict(self.reuse_counts)}
 
     def abort(self) -> None:
         """Remove the partial output and every spool file; never raises."""
@@ -191,6 +233,85 @@ class ExportAssembler:
     def bytes_written(self) -> int:
         """Current size of the partial file."""
         return self.zip.bytes_written
+
+
+class MemberRecorder:
+    """The ZIP as the format writers see it: records, per image, which format wrote which member."""
+
+    def __init__(self, zip_: ZipStreamWriter) -> None:
+        self.zip = zip_
+        self.format = ""
+        self.members: list[tuple[str, str]] | None = None
+
+    def begin(self) -> list[tuple[str, str]]:
+        """Start recording one image's members; the list returned fills as they are written."""
+        self.members = []
+        return self.members
+
+    def end(self) -> None:
+        """Stop recording (members written after the last image belong to no image)."""
+        self.members = None
+
+    def _note(self, name: str) -> None:
+        if self.members is not None:
+            self.members.append((self.format, name))
+
+    def add_bytes(self, name: str, data: Any, compress_type: int | None = None) -> None:
+        self.zip.add_bytes(name, data, compress_type)
+        self._note(name)
+
+    def add_file(self, name: str, path: Path, compress_type: int | None = None) -> None:
+        self.zip.add_file(name, path, compress_type)
+        self._note(name)
+
+    def add_stored_entry(self, name: str, entry: Any) -> None:
+        self.zip.add_stored_entry(name, entry)
+        self._note(name)
+
+
+class PreviousManifest:
+    """The manifest of the trusted previous export, read once: the stored rows of reused images."""
+
+    def __init__(self, location: str, part_fields: list[pa.Field]) -> None:
+        import zipfile
+
+        with open_binary(location) as fh, zipfile.ZipFile(fh) as zf:
+            table = read_manifest(zf)
+        columns = ["image_id", "decodable", "n_objects", "n_polylines", "problems"]
+        columns += [f.name for f in part_fields if f.name in table.column_names]
+        self.table = table.select(columns)
+        self.positions = {str(image_id): i for i, image_id in enumerate(self.table.column("image_id").to_pylist())}
+
+    def row(self, image_id: str) -> dict | None:
+        """The stored row of ``image_id`` (None when the manifest has none)."""
+        position = self.positions.get(str(image_id))
+        return None if position is None else self.table.slice(position, 1).to_pylist()[0]
+
+
+def new_reuse_counts() -> dict[str, int]:
+    """Counts of how an export's images were made: taken over whole, members taken over (parts
+    recomputed), computed, and why computed images were not taken over."""
+    return {"reused": 0, "reused_members": 0, "computed": 0, **{f"computed_{r}": 0 for r in COMPUTE_REASONS}}
+
+
+def count_reuse(counts: dict[str, int], level: int, reason: str | None) -> None:
+    """Count one image of reuse ``level`` (and the ``reason`` it was computed)."""
+    key = {ALL_REUSED: "reused", MEMBERS_REUSED: "reused_members"}.get(level, "computed")
+    counts[key] += 1
+    if level == COMPUTED and reason:
+        counts[f"computed_{reason}"] = counts.get(f"computed_{reason}", 0) + 1
+
+
+def manifest_metadata_of(summary: ExportSummary) -> dict[str, str]:
+    """What the manifest records about the export as a whole (see :mod:`ray_export.reuse`)."""
+    return {
+        "ray_export.manifest_version": MANIFEST_VERSION,
+        "ray_export.project_id": str(summary.project_id),
+        "ray_export.options_fingerprint": options_fingerprint(summary.content_options),
+        "ray_export.software_fingerprint": software_fingerprint(summary.software_versions),
+        "ray_export.content_options": json.dumps(summary.content_options, sort_keys=True),
+        "ray_export.software_versions": json.dumps(summary.software_versions, sort_keys=True),
+    }
 
 
 def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
@@ -366,11 +487,14 @@ class ZipWriterActor:
                     release_dead_lock(Path(self.assembler.plan.output))
                 os._exit(0)
 
-    def add_batch(self, table: pa.Table) -> tuple[int, int, int]:
-        """(images written now, problems those images carry, bytes written so far)."""
+    def add_batch(self, table: pa.Table) -> tuple[int, int, int, dict[str, int]]:
+        """(images written now, problems those images carry, bytes written so far, reuse counts so far)."""
         before = self.assembler.problem_count
         written = self.assembler.add_batch(table)
-        return written, self.assembler.problem_count - before, self.assembler.bytes_written
+        return (
+            written, self.assembler.problem_count - before, self.assembler.bytes_written,
+            dict(self.assembler.reuse_counts),
+        )  # fmt: skip
 
     def finish(self) -> dict:
         return self.assembler.finish()

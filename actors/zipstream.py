@@ -14,11 +14,12 @@ import contextlib
 import os
 import struct
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 __all__ = [
     "ZIP_DEFLATED",
@@ -303,6 +304,43 @@ class ZipStreamWriter:
             with self._zip.open(info, mode="w", force_zip64=size > _ZIP64_MEMBER_THRESHOLD) as member:
                 while chunk := source.read(COPY_CHUNK_BYTES):
                     member.write(chunk)
+        self._names.add(name)
+
+    def add_stored_entry(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Add one member from the compressed bytes of an entry of another ZIP written this way (checked
+        against its CRC-32 when read back): ``entry`` has ``data``, ``crc``, ``file_size`` and ``method``.
+
+        The bytes written are those :meth:`add_bytes` gives for the uncompressed data under ``name``:
+        the same local header and the same compressed stream (the deflate level and library are part
+        of the software versions an entry is reused across). An entry compressed otherwise than
+        ``name`` calls for is refused.
+        """
+        data = memoryview(entry["data"])
+        method, crc, size = int(entry["method"]), int(entry["crc"]), int(entry["file_size"])
+        head = b""
+        if _is_tiff_name(name):
+            head = bytes(data) if method == ZIP_STORED else zlib.decompress(bytes(data), -15)
+        if member_compression(name, head) != method:
+            raise ValueError(f"stored entry for {name!r} has compression method {method}, not the one it calls for")
+        info = self._member_info(name, method)
+        info.file_size = size
+        info.compress_size = data.nbytes
+        info.CRC = crc
+        archive = self._zip
+        zip64 = size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
+        # the steps ZipFile.open(mode="w") takes on a seekable file, with the sizes and CRC known up front
+        with archive._lock:
+            if archive._writing:
+                raise ValueError("another member is being written")
+            archive.fp.seek(archive.start_dir)
+            info.header_offset = archive.fp.tell()
+            archive._writecheck(info)
+            archive._didModify = True
+            archive.fp.write(info.FileHeader(zip64))
+            archive.fp.write(data)
+            archive.start_dir = archive.fp.tell()
+            archive.filelist.append(info)
+            archive.NameToInfo[name] = info
         self._names.add(name)
 
     # ---------------------------------------------------------------------------------------------------------------

@@ -180,6 +180,25 @@ def _status_line(snap: dict) -> str:
     return line
 
 
+def reuse_line(reuse: dict) -> str:
+    """``reuse: 990 images taken over, 10 computed (8 changed, 2 new)`` (and why a previous export was
+    not trusted) from reuse counts."""
+    taken = int(reuse.get("reused", 0)) + int(reuse.get("reused_members", 0))
+    line = f"reuse: {taken} images taken over, {int(reuse.get('computed', 0))} computed"
+    reasons = [
+        f"{int(n)} {key.removeprefix('computed_').replace('_', ' ')}"
+        for key, n in reuse.items()
+        if key.startswith("computed_") and isinstance(n, int) and n
+    ]
+    if reasons:
+        line += f" ({', '.join(reasons)})"
+    if reuse.get("reused_members"):
+        line += f"; {int(reuse['reused_members'])} with recomputed annotations (index or name changed)"
+    if reuse.get("note"):
+        line += f"; previous export not used: {reuse['note']}"
+    return line
+
+
 def _clock(seconds: float) -> str:
     """A wall-clock time for log lines and status: ``2026-01-31 12:00:05 UTC``."""
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
@@ -210,6 +229,8 @@ def _run_export(options, quiet: bool) -> int:
             printer.stop()
     _out(result.output)
     _err(f"done: {result.summary_line()}")
+    if result.reuse is not None:
+        _err(reuse_line(result.reuse))
     return EXIT_OK
 
 
@@ -272,6 +293,8 @@ def _status(args) -> int:
             started, ended = snap.get("started_at"), snap.get("finished_at")
             if started:
                 _out(f"  started: {_clock(started)}" + (f", ended: {_clock(ended)}" if ended else ""))
+            if snap.get("reuse"):
+                _out(f"  {reuse_line(snap['reuse'])}")
             if snap.get("output"):
                 _out(f"  output: {snap['output']}")
             if snap.get("message"):

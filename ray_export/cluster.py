@@ -280,6 +280,8 @@ def place_stages(options: ExportOptions, images_root: str, driver_node: str) -> 
     raises :class:`ExportError` (exit 2) when a stage pinned to the driver's node cannot fit there, or
     when no node the cluster has or may launch can hold a stage."""
     files_on_driver_only = not is_remote_uri(images_root) and not options.shared_images_root
+    # the copy stage reads a previous export given as a local file on the driver's node too
+    files_on_driver_only = files_on_driver_only or (options.reuse is not None and not is_remote_uri(options.reuse))
     single_static_node = alive_nodes() == 1 and not cluster_may_grow()
     placement = stage_placement(files_on_driver_only, single_static_node, driver_node)
     check_pinned_stages_fit(options, placement, node_resources(driver_node))

@@ -95,11 +95,12 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
     return run
 
 
-def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
+def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any, reuse: Any = None):
     """The Ray Dataset of per-image results, in index order. The progress actor learns what each stage
-    asks for and the stall time; running the dataset (:func:`streamed_bundles`) logs a stalled stage."""
+    asks for and the stall time; running the dataset (:func:`streamed_bundles`) logs a stalled stage.
+    ``reuse``: the trusted previous export (a :class:`ray_export.reuse.ReuseSource`)."""
     with _export_data_context():
-        dataset = _build_dataset(options, plan, driver_node, progress)
+        dataset = _build_dataset(options, plan, driver_node, progress, reuse)
     if progress is not None:
         demands = {stage: stage_demand(options, stage) for stage in options.stages if stage != "read"}
         progress.set_stage_demands.remote(demands, float(options.stall_timeout_s))
@@ -107,7 +108,7 @@ def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, pr
     return dataset
 
 
-def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any):
+def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, progress: Any, reuse: Any):
     from .datasource import read_project_images
     from .stages import stage_chain
 
@@ -124,7 +125,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         ray_remote_args=read_hints.ray_remote_args(),
         retry_s=options.db_retry_s,
     )
-    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse)
     for position, step in enumerate(chain):
         ds = ds.map_batches(
             _tracked(step.fn, step.name, progress, finish=position == len(chain) - 1),

@@ -134,9 +134,10 @@ def format_export_time(moment: datetime) -> str:
 
 def software_versions() -> dict[str, str]:
     """Versions of the software that shapes the ZIP's bytes (looked up now; missing packages are left out)."""
+    import zlib
     from importlib import metadata
 
-    versions = {"ray_export": __version__, "python": platform.python_version()}
+    versions = {"ray_export": __version__, "python": platform.python_version(), "zlib": zlib.ZLIB_RUNTIME_VERSION}
     for key, distribution in (
         ("numpy", "numpy"),
         ("pyarrow", "pyarrow"),
@@ -144,6 +145,7 @@ def software_versions() -> dict[str, str]:
         ("pycocotools", "pycocotools"),
         ("xlsxwriter", "XlsxWriter"),
         ("pillow", "Pillow"),
+        ("isal", "isal"),
     ):
         try:
             versions[key] = metadata.version(distribution)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .formats.base import STAGE_ORDER
 from .formats.registry import annotation_format_names, metric_format_names
+from .reuse import FILE_FINGERPRINTS
 
 
 class OptionError(ValueError):
@@ -295,6 +296,10 @@ class ExportOptions:
     db_retry_s: float = DEFAULT_DB_RETRY_S
     #: a running stage with work waiting that advances for this long is reported as stalled
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
+    #: an earlier export of the project (path or URI) whose unchanged images are taken over
+    reuse: str | None = None
+    #: how an original file enters its image's fingerprint: ``sha256`` of its bytes or its ``mtime``
+    file_fingerprint: str = "sha256"
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -371,6 +376,12 @@ class ExportOptions:
             raise OptionError(
                 "stall_timeout_s",
                 f"{stall!r} is not a number of seconds in {MIN_STALL_TIMEOUT_S:g}..{MAX_STALL_TIMEOUT_S:g}",
+            )
+        if self.reuse is not None:
+            _check_text("reuse", self.reuse)
+        if self.file_fingerprint not in FILE_FINGERPRINTS:
+            raise OptionError(
+                "file_fingerprint", f"{self.file_fingerprint!r} is not one of {', '.join(FILE_FINGERPRINTS)}"
             )
 
     def _validate_image_ids(self) -> None:
@@ -716,6 +727,13 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("stall_timeout_s", "stall_timeout_s", _to_float, "--stall-timeout", metavar="SECONDS",
                 help=f"report a stage that makes no progress this long as stalled ({DEFAULT_STALL_TIMEOUT_S:g})",
                 group=RESOURCES_GROUP),
+    OptionField("reuse", "reuse", _optional_text, "--reuse", metavar="PREVIOUS.zip",
+                help="take the images that did not change from this earlier export of the project (path or URI); "
+                "the result is the same as a full export"),
+    OptionField("file_fingerprint", "file_fingerprint", _lower_text, "--file-fingerprint",
+                metavar="|".join(FILE_FINGERPRINTS),
+                help="how --reuse recognises an unchanged original: sha256 of its bytes (default) or its size "
+                "and modification time (no read)", group=CONTENT_GROUP, content=True),
 )
 
 #: Top-level keys of an options file (and of the ``overrides`` given to :func:`build_options`).

@@ -12,6 +12,8 @@ from typing import Any
 from . import __version__
 from .documents import ExportSummary, format_export_time, software_versions
 from .errors import ExportError, error_line
+from .formats.base import Selection
+from .formats.registry import member_reuse_levels, selected_formats
 from .naming import assign_member_names, default_output_name
 from .options import (
     MAX_SCALE_UM_PER_PX,
@@ -25,6 +27,7 @@ from .options import (
     uri_for_display,
 )
 from .problems import Problem
+from .reuse import PreviousExport, open_previous_export, reuse_location_exists
 from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
 
 
@@ -141,8 +144,16 @@ def plan_export(options: ExportOptions) -> ExportPlan:
     rows: list[dict] = []
     driver_problems: dict[int, list[dict]] = {}
     for entry, member in zip(entries, names, strict=True):
+        updated = entry.updated_at.isoformat() if entry.updated_at is not None else None
         rows.append(
-            {"index": entry.index, "image_id": entry.image_id, "file_name": member.file_name, "stem": member.stem}
+            {
+                "index": entry.index,
+                "image_id": entry.image_id,
+                "file_name": member.file_name,
+                "stem": member.stem,
+                # newest updatedAt of the image and segmentation rows: part of the image's fingerprint
+                "updated_at": updated,
+            }
         )
         found = list(entry.problems)
         if member.renamed:
@@ -184,11 +195,32 @@ def preflight(options: ExportOptions) -> None:
     _images_root(options, target)
     if options.output:
         _check_output(options, "")
+    if options.reuse and not reuse_location_exists(options.reuse):
+        raise ExportError(
+            f"invalid option reuse: {uri_for_display(options.reuse)} does not exist or is not a file", 2
+        )
 
 
-def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path, export_id: str | None = None) -> Any:
+def open_reuse(options: ExportOptions, plan: ExportPlan) -> PreviousExport | None:
+    """The previous export given by ``reuse``, checked against this export (None when not given)."""
+    if not options.reuse:
+        return None
+    formats = selected_formats(Selection.of(options))
+    return open_previous_export(
+        options.reuse, plan.project.id, options.content_options(), software_versions(), member_reuse_levels(formats)
+    )
+
+
+def assembly_plan(
+    options: ExportOptions,
+    plan: ExportPlan,
+    spool_dir: Path,
+    export_id: str | None = None,
+    previous: PreviousExport | None = None,
+) -> Any:
     """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`);
-    a local output is written to the export's own partial file."""
+    a local output is written to the export's own partial file. ``previous``: the previous export given
+    to reuse (its manifest is read by the writer when it is trusted)."""
     from actors.zip_writer import AssemblyPlan
 
     from .output_lock import partial_path
@@ -225,6 +257,7 @@ def assembly_plan(options: ExportOptions, plan: ExportPlan, spool_dir: Path, exp
         spool_dir=str(spool_dir),
         partial_path=str(partial_path(plan.output, export_id)) if export_id and isinstance(plan.output, Path) else None,
         replace=options.force,
+        reuse_location=previous.location if previous is not None and previous.source is not None else None,
     )
 
 

@@ -23,7 +23,8 @@ from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
-from .planning import assembly_plan, local_output_path, plan_export, preflight
+from .planning import assembly_plan, local_output_path, open_reuse, plan_export, preflight
+from .reuse import PreviousExport
 from .sources import SourceError
 
 log = logging.getLogger("ray_export")
@@ -37,6 +38,8 @@ class ExportResult:
     output: str
     counts: dict[str, int]
     seconds: float
+    #: with a previous export given (``reuse``): images taken over and computed (see ``reuse_line``)
+    reuse: dict[str, Any] | None = None
 
     def summary_line(self) -> str:
         c = self.counts
@@ -321,6 +324,9 @@ def _run_locked(
         if output_lock is None and isinstance(plan.output, Path):  # the default name, known only now
             output_lock = lock_output(plan.output, export_id)
             run.output_lock = output_lock
+        previous = open_reuse(options, plan)
+        if previous is not None and previous.reason:
+            log.warning("previous export not used, every image is computed: %s", previous.reason)
         run.enter("starting")
         n = len(plan.rows)
         stage_totals = dict.fromkeys(MAP_STAGES, n)
@@ -337,7 +343,7 @@ def _run_locked(
         run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output
         run.spool_dir = make_spool_dir(plan.output)
-        assembly = assembly_plan(options, plan, run.spool_dir, export_id)
+        assembly = assembly_plan(options, plan, run.spool_dir, export_id, previous)
         run.set_writer(
             ZipWriterActor.options(
                 name=writer_actor_name(export_id),
@@ -346,18 +352,23 @@ def _run_locked(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
             ).remote(assembly, export_id)
         )
-        dataset = build_dataset(options, plan, driver_node, progress)
+        dataset = build_dataset(options, plan, driver_node, progress, previous.source if previous else None)
         run.enter("running")
         ray.get(progress.set_state.remote("running"))
         writer = run.writer
-        _feed_writer(dataset, writer, progress, cancel)
+        if previous is not None:
+            ray.get(progress.set_reuse.remote({}, previous.reason))
+        _feed_writer(dataset, writer, progress, cancel, track_reuse=previous is not None)
         run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
         counts = ray.get(writer.finish.remote())
         run.finished()
+        reuse = reuse_summary(counts.pop("reuse", {}), previous)
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
+        if reuse is not None:
+            ray.get(progress.set_reuse.remote({k: v for k, v in reuse.items() if k != "note"}))
         ray.get(progress.set_state.remote("succeeded"))
-        return ExportResult(export_id, uri_for_display(str(plan.output)), counts, time.time() - started)
+        return ExportResult(export_id, uri_for_display(str(plan.output)), counts, time.time() - started, reuse)
     except (ExportCancelled, KeyboardInterrupt) as exc:
         run.fail("cancelled", "export cancelled")
         if isinstance(exc, ExportCancelled):
@@ -427,20 +438,36 @@ def _final_state(progress: Any, state: str, message: str) -> None:
         log.debug("could not record the final state", exc_info=True)
 
 
-def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4) -> None:
+def reuse_summary(counts: dict[str, int], previous: PreviousExport | None) -> dict[str, Any] | None:
+    """The reuse counts of a finished export; an untrusted previous export counts every image as
+    computed for that reason, which the ``note`` gives."""
+    if previous is None:
+        return None
+    summary: dict[str, Any] = dict(counts)
+    if previous.source is None:
+        summary["computed_not_trusted"] = summary.get("computed", 0)
+        summary["note"] = previous.reason
+    return summary
+
+
+def _feed_writer(
+    dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4, track_reuse: bool = False
+) -> None:
     """Stream result blocks (by reference) into the writer actor, with at most ``max_inflight`` calls
-    outstanding while the next block is awaited."""
+    outstanding while the next block is awaited. ``track_reuse``: pass the writer's reuse counts on."""
     import ray
 
     inflight: list[Any] = []
 
     def settle(refs: list[Any]) -> None:
-        for written, problems, nbytes in ray.get(refs):
+        for written, problems, nbytes, reuse in ray.get(refs):
             if written:
                 progress.add_done.remote("write", written)
             if problems:
                 progress.add_problems.remote(problems)
             progress.set_bytes.remote(nbytes)
+            if track_reuse and written:
+                progress.set_reuse.remote(reuse)
 
     with streamed_bundles(dataset, cancel) as bundles:
         for bundle in bundles:

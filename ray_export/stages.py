@@ -13,10 +13,13 @@ seg_width, seg_height, polygons``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import io
 import os
 import posixpath
+import stat as stat_module
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +50,20 @@ from .options import (
 )
 from .polygons import ImagePolygons, parse_polygons
 from .problems import FAILURE_CODES, PROBLEMS_TYPE, Problem
+from .reuse import (
+    ALL_REUSED,
+    COMPUTED,
+    FILE_FINGERPRINTS,
+    MEMBERS_REUSED,
+    REUSED_ENTRIES_TYPE,
+    DamagedEntry,
+    ReuseSource,
+    file_fingerprint_of,
+    member_fingerprint,
+    open_binary,
+    parts_fingerprint,
+    read_stored_entry,
+)
 from .visualize import image_size_from_header, render_visualization
 
 
@@ -79,6 +96,13 @@ def _replace_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
 def _drop(table: pa.Table, names: list[str]) -> pa.Table:
     present = [n for n in names if n in table.column_names]
     return table.drop_columns(present) if present else table
+
+
+def _reuse_levels(table: pa.Table) -> list[int]:
+    """Each image's reuse level (see :mod:`ray_export.reuse`); 0 before the copy stage set it."""
+    if "reuse_level" not in table.column_names:
+        return [COMPUTED] * table.num_rows
+    return [int(level or 0) for level in _values(table, "reuse_level")]
 
 
 @functools.lru_cache(maxsize=128)
@@ -194,7 +218,14 @@ def image_decodes(data: bytes) -> bool:
 
 
 def copy_stage(
-    table: pa.Table, images_root: str, read_files: bool, check: str = "none", limits: ReadLimits | None = None
+    table: pa.Table,
+    images_root: str,
+    read_files: bool,
+    check: str = "none",
+    limits: ReadLimits | None = None,
+    reuse: ReuseSource | None = None,
+    file_fingerprint: str = "sha256",
+    scale_um_per_px: float | None = None,
 ) -> pa.Table:
     """Read each original once (``original`` bytes), settle the image size (``width``, ``height``) and
     whether the file decodes (``decodable``; null when not read or ``check`` is ``none``).
@@ -207,74 +238,112 @@ def copy_stage(
     an ``image_decode_failed`` problem. A file whose header gives more pixels than the limit is never
     decoded: it gets ``image_too_large``, counts as decodable (its header is a valid image's) and keeps
     its original.
+
+    Each image also gets its fingerprints (``member_fingerprint``, ``parts_fingerprint``; see
+    :mod:`ray_export.reuse`). With ``reuse`` (a previous ZIP), an image whose member fingerprint matches
+    the previous one is not read further: its stored members are read back from the previous ZIP, CRC
+    checked (``reused_entries``), and its size and decodability are the stored ones (``reuse_level``
+    1, or 2 when the parts fingerprint matches too). An image computed instead gets a ``reuse_reason``.
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}")
     limits = limits or ReadLimits()
+    if file_fingerprint not in FILE_FINGERPRINTS:
+        raise ValueError(f"file_fingerprint must be one of {FILE_FINGERPRINTS}")
     n = table.num_rows
     seg_widths, seg_heights = _values(table, "seg_width"), _values(table, "seg_height")
     db_widths, db_heights = _values(table, "db_width"), _values(table, "db_height")
     paths = _values(table, "original_path")
+    image_ids, file_names = _values(table, "image_id"), _values(table, "file_name")
+    indices, stems = _values(table, "index"), _values(table, "stem")
+    row_fields = _fingerprint_fields(table)
     fs, base, is_local = ImagesRoot(images_root).open_filesystem()
     originals: list[bytes | None] = []
     decodable: list[bool | None] = []
     widths: list[int] = []
     heights: list[int] = []
     new_problems: list[list[Problem]] = []
-    for i in range(n):
-        found: list[Problem] = []
-        seg_size = (_size_or_none(seg_widths[i]), _size_or_none(seg_heights[i]))
-        db_size = (_size_or_none(db_widths[i]), _size_or_none(db_heights[i]))
-        stored = seg_size if None not in seg_size else db_size if None not in db_size else None
-        data: bytes | None = None
-        rel = paths[i]
-        if (read_files or stored is None) and not rel:
-            found.append(Problem("file_missing", "copy", "the image row has no originalPath"))
-        elif read_files or stored is None:
-            try:
-                path = resolve_original_path(base, rel, is_local)
-                data = read_file(fs, path, is_local, limits.max_file_bytes, limits.read_timeout_s)
-            except PathOutsideRoot as exc:
-                found.append(Problem("path_outside_root", "copy", str(exc)))
-            except Exception as exc:  # OSError, pyarrow errors, a NUL in the path ...
-                found.append(_read_problem(rel, base, exc))
-        header = image_size_from_header(data) if data is not None else None
-        too_large = header is not None and header[0] * header[1] > limits.max_image_pixels
-        if too_large:
-            assert header is not None
-            message = (
-                f"{header[0]}x{header[1]} is {header[0] * header[1]} pixels, over the limit of "
-                f"{limits.max_image_pixels}; not decoded, no visualization"
-            )
-            found.append(Problem("image_too_large", "copy", message))
-        if stored is None and header is not None:
-            size = header
-        elif stored is None:
-            size = (0, 0)
-            found.append(Problem("image_size_unknown", "copy", "no size in the database or the file header"))
-        else:
-            size = stored
-            if header is not None and header != stored:
-                found.append(
-                    Problem(
-                        "image_size_mismatch",
-                        "copy",
-                        f"database says {stored[0]}x{stored[1]}, the file is {header[0]}x{header[1]}",
-                    )
-                )
-        decodes: bool | None = None
-        if data is not None and check != "none":
-            decodes = (check == "header" and header is not None) or too_large or image_decodes(data)
-            if not decodes:
-                message = "the file is not a decodable image; it is kept under unreadable/, not in COCO or YOLO"
-                found.append(Problem("image_decode_failed", "copy", message))
-        originals.append(data if read_files else None)
-        decodable.append(decodes)
-        widths.append(size[0])
-        heights.append(size[1])
-        new_problems.append(found)
+    member_prints: list[str] = []
+    parts_prints: list[str] = []
+    levels: list[int] = []
+    reasons: list[str | None] = []
+    entries_out: list[list[dict] | None] = []
+    with contextlib.ExitStack() as previous_zip:
+        opened: list[Any] = []
+
+        def previous() -> Any:
+            if not opened:
+                assert reuse is not None
+                opened.append(previous_zip.enter_context(open_binary(reuse.location)))
+            return opened[0]
+
+        for i in range(n):
+            seg_size = (_size_or_none(seg_widths[i]), _size_or_none(seg_heights[i]))
+            db_size = (_size_or_none(db_widths[i]), _size_or_none(db_heights[i]))
+            stored = seg_size if None not in seg_size else db_size if None not in db_size else None
+            rel = paths[i]
+            wants_file = (read_files or stored is None) and bool(rel)
+            candidate = reuse.candidates.get(str(image_ids[i])) if reuse is not None else None
+            path: str | None = None
+            path_problem: Problem | None = None
+            if wants_file:
+                try:
+                    path = resolve_original_path(base, rel, is_local)
+                except PathOutsideRoot as exc:
+                    path_problem = Problem("path_outside_root", "copy", str(exc))
+                except Exception as exc:
+                    path_problem = _read_problem(rel, base, exc)
+            stat = _file_stat(fs, path, is_local) if path is not None and file_fingerprint == "mtime" else None
+            data: bytes | None = None
+            read_error: Problem | None = path_problem
+            if path is not None and file_fingerprint == "sha256":
+                data, read_error = _read_original(fs, path, is_local, rel, base, limits)
+            file_print = file_fingerprint_of(data, *(stat or (None, None)), mode=file_fingerprint)
+            member_print = member_fingerprint(row_fields[i], file_print, str(file_names[i]))
+            parts_print = parts_fingerprint(member_print, indices[i], file_names[i], stems[i], scale_um_per_px)
+            member_prints.append(member_print)
+            parts_prints.append(parts_print)
+            reason: str | None = None
+            if reuse is not None:
+                reason = "new" if candidate is None else "damaged" if candidate.broken else "changed"
+            if candidate is not None and not candidate.broken and candidate.member_fingerprint == member_print:
+                level = ALL_REUSED if candidate.parts_fingerprint == parts_print else MEMBERS_REUSED
+                try:
+                    copied = [
+                        {"format": e.format, "data": read_stored_entry(previous(), e), "crc": e.crc,
+                         "file_size": e.file_size, "method": e.method}
+                        for e in candidate.entries if e.level <= level
+                    ]  # fmt: skip
+                except DamagedEntry:
+                    reason = "damaged"
+                else:
+                    originals.append(None)
+                    decodable.append(candidate.decodable)
+                    widths.append(candidate.width)
+                    heights.append(candidate.height)
+                    new_problems.append([])
+                    levels.append(level)
+                    reasons.append(None)
+                    entries_out.append(copied)
+                    continue
+            if path is not None and file_fingerprint == "mtime":
+                data, read_error = _read_original(fs, path, is_local, rel, base, limits)
+            found: list[Problem] = []
+            if (read_files or stored is None) and not rel:
+                found.append(Problem("file_missing", "copy", "the image row has no originalPath"))
+            elif read_error is not None:
+                found.append(read_error)
+            decodes, size = _settle_image(data, stored, check, limits, found)
+            originals.append(data if read_files else None)
+            decodable.append(decodes)
+            widths.append(size[0])
+            heights.append(size[1])
+            new_problems.append(found)
+            levels.append(COMPUTED)
+            reasons.append(reason)
+            entries_out.append(None)
     problems = _problems_array(_problem_lists(table), new_problems)
-    table = _drop(table, ["original_path", "db_width", "db_height", "seg_width", "seg_height"])
+    table = _drop(table, ["original_path", "db_width", "db_height", "seg_width", "seg_height", "updated_at"])
     return _replace_columns(
         table,
         {
@@ -283,8 +352,93 @@ def copy_stage(
             "height": pa.array(heights, type=pa.int64()),
             "decodable": pa.array(decodable, type=pa.bool_()),
             "problems": problems,
+            "member_fingerprint": pa.array(member_prints, type=pa.string()),
+            "parts_fingerprint": pa.array(parts_prints, type=pa.string()),
+            "reuse_level": pa.array(levels, type=pa.int8()),
+            "reuse_reason": pa.array(reasons, type=pa.string()),
+            "reused_entries": pa.array(entries_out, type=REUSED_ENTRIES_TYPE),
         },
     )
+
+
+#: Source columns that are not part of an image's member fingerprint (names and index enter the parts one).
+_NOT_FINGERPRINTED = frozenset({"index", "file_name", "stem", "problems"})
+
+
+def _fingerprint_fields(table: pa.Table) -> list[dict[str, Any]]:
+    """Per row, the source fields its member fingerprint covers (the polygon text by its SHA-256)."""
+    names = [name for name in table.column_names if name not in _NOT_FINGERPRINTED]
+    columns = {name: _values(table, name) for name in names}
+    rows: list[dict[str, Any]] = []
+    for i in range(table.num_rows):
+        row = {name: columns[name][i] for name in names}
+        text = row.get("polygons")
+        if isinstance(text, str):
+            row["polygons"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        rows.append(row)
+    return rows
+
+
+def _file_stat(fs: pafs.FileSystem, path: str, is_local: bool) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a regular file, ``None`` when it cannot be looked at."""
+    try:
+        if is_local:
+            st = os.stat(path)
+            return (st.st_size, st.st_mtime_ns) if stat_module.S_ISREG(st.st_mode) else None
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File or info.mtime_ns is None:
+            return None
+        return int(info.size), int(info.mtime_ns)
+    except Exception:
+        return None
+
+
+def _read_original(
+    fs: pafs.FileSystem, path: str, is_local: bool, rel: str, base: str, limits: ReadLimits
+) -> tuple[bytes | None, Problem | None]:
+    """The file's bytes, or the problem that kept it from being read."""
+    try:
+        return read_file(fs, path, is_local, limits.max_file_bytes, limits.read_timeout_s), None
+    except Exception as exc:  # OSError, pyarrow errors, a NUL in the path ...
+        return None, _read_problem(rel, base, exc)
+
+
+def _settle_image(
+    data: bytes | None, stored: tuple[int, int] | None, check: str, limits: ReadLimits, found: list[Problem]
+) -> tuple[bool | None, tuple[int, int]]:
+    """Whether a read original decodes (``None``: not read or not checked) and the image size; the
+    problems found are appended to ``found``."""
+    header = image_size_from_header(data) if data is not None else None
+    too_large = header is not None and header[0] * header[1] > limits.max_image_pixels
+    if too_large:
+        assert header is not None
+        message = (
+            f"{header[0]}x{header[1]} is {header[0] * header[1]} pixels, over the limit of "
+            f"{limits.max_image_pixels}; not decoded, no visualization"
+        )
+        found.append(Problem("image_too_large", "copy", message))
+    if stored is None and header is not None:
+        size = header
+    elif stored is None:
+        size = (0, 0)
+        found.append(Problem("image_size_unknown", "copy", "no size in the database or the file header"))
+    else:
+        size = stored
+        if header is not None and header != stored:
+            found.append(
+                Problem(
+                    "image_size_mismatch",
+                    "copy",
+                    f"database says {stored[0]}x{stored[1]}, the file is {header[0]}x{header[1]}",
+                )
+            )
+    decodes: bool | None = None
+    if data is not None and check != "none":
+        decodes = (check == "header" and header is not None) or too_large or image_decodes(data)
+        if not decodes:
+            message = "the file is not a decodable image; it is kept under unreadable/, not in COCO or YOLO"
+            found.append(Problem("image_decode_failed", "copy", message))
+    return decodes, size
 
 
 # ---------------------------------------------------------------------------------------- visualize
@@ -300,14 +454,16 @@ def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_origi
     texts = _polygon_texts(table)
     known = _values(table, "decodable") if "decodable" in table.column_names else [None] * table.num_rows
     earlier = _problem_lists(table)
+    levels = _reuse_levels(table)
     out: list[bytes | None] = []
     decodable: list[bool | None] = []
     new_problems: list[list[Problem]] = []
-    for data, text, decodes, before in zip(originals, texts, known, earlier, strict=True):
+    for data, text, decodes, before, level in zip(originals, texts, known, earlier, levels, strict=True):
         found: list[Problem] = []
         encoded = None
         too_large = any(p["code"] == "image_too_large" for p in before)
-        if data is not None and decodes is not False and not too_large:
+        # an image whose members are copied from a previous export is not drawn again
+        if data is not None and decodes is not False and not too_large and level == COMPUTED:
             parsed = _parse(text, "visualize")  # its problems are reported once, by the annotate stage
             try:
                 encoded, _size, found = render_visualization(data, parsed, settings)
@@ -343,11 +499,19 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
     indices, image_ids = _values(table, "index"), _values(table, "image_id")
     file_names, widths, heights = _values(table, "file_name"), _values(table, "width"), _values(table, "height")
     texts = _polygon_texts(table)
+    levels = _reuse_levels(table)
     values: list[list[Any]] = [[] for _ in parts]
     n_objects: list[int] = []
     n_polylines: list[int] = []
     new_problems: list[list[Problem]] = []
     for i in range(table.num_rows):
+        if levels[i] == ALL_REUSED:  # its parts come from the previous export's manifest
+            for column in values:
+                column.append(None)
+            n_objects.append(0)
+            n_polylines.append(0)
+            new_problems.append([])
+            continue
         parsed = _parse(texts[i], "annotate")
         found = list(parsed.problems)
         image = ImageInput(int(indices[i]), image_ids[i], file_names[i], int(widths[i]), int(heights[i]), parsed)
@@ -375,9 +539,14 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
 def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
     """Per-object metric rows of each image (``metric_rows``: a list of structs, exact floats)."""
     image_ids, file_names, texts = _values(table, "image_id"), _values(table, "file_name"), _polygon_texts(table)
-    rows_out: list[list[dict]] = []
+    levels = _reuse_levels(table)
+    rows_out: list[list[dict] | None] = []
     new_problems: list[list[Problem]] = []
-    for image_id, file_name, text in zip(image_ids, file_names, texts, strict=True):
+    for image_id, file_name, text, level in zip(image_ids, file_names, texts, levels, strict=True):
+        if level == ALL_REUSED:  # its rows come from the previous export's manifest
+            rows_out.append(None)
+            new_problems.append([])
+            continue
         parsed = _parse(text, "metrics")  # its problems are reported once, by the annotate stage
         try:
             rows, found = image_metric_rows(image_id, file_name, parsed, scale_um_per_px)
@@ -430,9 +599,11 @@ def _annotate_formats(formats: list[OutputFormat]) -> tuple[str, ...]:
     return tuple(fmt.name for fmt in sorted(made_here, key=lambda fmt: fmt.option_rank))
 
 
-def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float | None) -> list[StageStep]:
+def stage_chain(
+    options: ExportOptions, images_root: str, scale_um_per_px: float | None, reuse: ReuseSource | None = None
+) -> list[StageStep]:
     """The ordered stages an export runs for its options: copy and annotate always, visualize and
-    metrics when a selected format has its part made there."""
+    metrics when a selected format has its part made there. ``reuse``: the trusted previous ZIP."""
     formats = selected_formats(Selection.of(options))
     needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
     arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
@@ -444,6 +615,9 @@ def stage_chain(options: ExportOptions, images_root: str, scale_um_per_px: float
                 # with originals exported, COCO and YOLO reference only files that decode
                 "check": ("header" if "visualize" in needed else "decode") if options.include_originals else "none",
                 "limits": ReadLimits(options.max_file_bytes, options.read_timeout_s, options.max_image_pixels),
+                "reuse": reuse,
+                "file_fingerprint": options.file_fingerprint,
+                "scale_um_per_px": scale_um_per_px,
             },
         ),
         "visualize": (

@@ -102,6 +102,17 @@ class ZipOutput(Protocol):
 
     def add_file(self, name: str, path: Path) -> None: ...
 
+    def add_stored_entry(self, name: str, entry: Mapping[str, Any]) -> None: ...
+
+
+def reused_entry(row: Mapping[str, Any], format_name: str) -> Mapping[str, Any] | None:
+    """The entry of ``format_name`` read back from a previous export for this image (see
+    :mod:`ray_export.reuse`), or ``None`` when the image's member is made by this export."""
+    for entry in row.get("reused_entries") or ():
+        if entry["format"] == format_name:
+            return entry
+    return None
+
 
 @dataclass
 class WriterContext:
@@ -121,6 +132,8 @@ class WriterContext:
     #: export-level data for the report: requested ids that are unknown, notes
     unknown_image_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: what the manifest records about the export as a whole (project, fingerprints), as text
+    manifest_metadata: dict[str, str] = field(default_factory=dict)
 
     def in_dataset(self, row: Mapping[str, Any]) -> bool:
         """Whether the dataset formats (COCO, YOLO) reference this image: with originals exported only

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .base import ImagePart, OutputFormat, WriterContext
+from .base import ImagePart, OutputFormat, WriterContext, reused_entry
 
 FOLDER = "images/"
 
@@ -24,15 +24,23 @@ def image_member(file_name: str) -> str:
 class StoredFileWriter:
     """Stores each original that was read under ``folder`` when whether it decodes is ``decodable``."""
 
-    def __init__(self, ctx: WriterContext, folder: str, decodable: bool, count: str) -> None:
+    def __init__(self, ctx: WriterContext, name: str, folder: str, decodable: bool, count: str) -> None:
         self.ctx = ctx
+        self.name = name
         self.folder = folder
         self.decodable = decodable
         self.count = count
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Store the original when it was read and its decoding matches."""
-        if row["original"] is not None and bool(row["decodable"]) == self.decodable:
+        """Store the original when it was read and its decoding matches (copied as stored in a previous
+        export when the image did not change)."""
+        if bool(row["decodable"]) != self.decodable:
+            return
+        previous = reused_entry(row, self.name)
+        if previous is not None:
+            self.ctx.counts[self.count] += 1
+            self.ctx.zip.add_stored_entry(f"{self.folder}{row['file_name']}", previous)
+        elif row["original"] is not None:
             self.ctx.counts[self.count] += 1
             self.ctx.zip.add_bytes(f"{self.folder}{row['file_name']}", row["original"])
 
@@ -53,7 +61,7 @@ def stored_files_format(name: str, folder: str, decodable: bool, count: str, des
     return OutputFormat(
         name=name,
         chosen_by="originals",
-        open_writer=lambda ctx: StoredFileWriter(ctx, folder, decodable=decodable, count=count),
+        open_writer=lambda ctx: StoredFileWriter(ctx, name, folder, decodable=decodable, count=count),
         folder=folder,
         folder_count=count,
         folder_expected=expected,

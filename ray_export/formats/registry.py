@@ -14,10 +14,12 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 
 from ..problems import PROBLEMS_TYPE
+from ..reuse import ALL_REUSED, MEMBERS_REUSED, REUSED_ENTRIES_TYPE
 from . import (
     coco,
     export_report,
     json_export,
+    manifest,
     metadata,
     metrics_csv,
     metrics_guide,
@@ -47,6 +49,7 @@ FORMATS: list[OutputFormat] = [
     metrics_guide.FORMAT,
     metadata.FORMAT,
     export_report.FORMAT,
+    manifest.FORMAT,
 ]
 
 #: Columns every result row carries to the writer, whatever the formats.
@@ -62,6 +65,13 @@ BASE_RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("n_objects", pa.int64()),
     pa.field("n_polylines", pa.int64()),
     pa.field("problems", PROBLEMS_TYPE),
+    # incremental export (see ray_export.reuse): the image's fingerprints, how much of it was taken from
+    # a previous export, why it was computed instead, and the stored entries read back from that export
+    pa.field("member_fingerprint", pa.string()),
+    pa.field("parts_fingerprint", pa.string()),
+    pa.field("reuse_level", pa.int8()),
+    pa.field("reuse_reason", pa.string()),
+    pa.field("reused_entries", REUSED_ENTRIES_TYPE),
 )
 
 
@@ -100,6 +110,28 @@ def result_schema(formats: Iterable[OutputFormat]) -> pa.Schema:
         if fmt.part is not None and fmt.part.column not in {f.name for f in fields}:
             fields.append(pa.field(fmt.part.column, fmt.part.type))
     return pa.schema(fields)
+
+
+def manifest_part_fields(formats: Iterable[OutputFormat]) -> list[pa.Field]:
+    """The per-image parts the manifest keeps: those of formats without a per-image folder that are made
+    by the annotate or metrics stage (they feed aggregated members), each column once."""
+    fields: dict[str, pa.Field] = {}
+    for fmt in formats:
+        part = fmt.part
+        if part is not None and not fmt.folder and part.stage in ("annotate", "metrics"):
+            fields.setdefault(part.column, pa.field(part.column, part.type))
+    return list(fields.values())
+
+
+def member_reuse_levels(formats: Iterable[OutputFormat]) -> dict[str, int]:
+    """For each format with a per-image folder, the reuse level at which its member is copied from a
+    previous export: originals and visualizations with the image's members, members made from
+    annotation parts only when those are reused too."""
+    return {
+        fmt.name: MEMBERS_REUSED if fmt.part.stage in ("copy", "visualize") else ALL_REUSED
+        for fmt in formats
+        if fmt.folder and fmt.part is not None
+    }
 
 
 class ResultSchemaError(ValueError):

@@ -7,8 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from .base import ImagePart, OutputFormat, WriterContext
+from .base import ImagePart, OutputFormat, WriterContext, reused_entry
 
+FORMAT_NAME = "visualizations"
 FOLDER = "visualizations/"
 
 #: Filled by the visualize stage: the encoded overlay (null when nothing to draw or it failed).
@@ -30,9 +31,15 @@ class VisualizationsWriter:
         self.ctx = ctx
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Store the visualization when one was drawn."""
-        if row["visualization"] is not None:
-            self.ctx.zip.add_bytes(visualization_member(row["stem"], self.ctx.viz_extension), row["visualization"])
+        """Store the visualization when one was drawn (copied as stored in a previous export when the
+        image did not change)."""
+        member = visualization_member(row["stem"], self.ctx.viz_extension)
+        previous = reused_entry(row, FORMAT_NAME)
+        if previous is not None:
+            self.ctx.zip.add_stored_entry(member, previous)
+            self.ctx.counts["visualizations"] += 1
+        elif row["visualization"] is not None:
+            self.ctx.zip.add_bytes(member, row["visualization"])
             self.ctx.counts["visualizations"] += 1
 
     def finish(self, summary: Any) -> None:
@@ -57,7 +64,7 @@ def _describe(summary: Any) -> dict[str, str]:
 
 
 FORMAT = OutputFormat(
-    name="visualizations",
+    name=FORMAT_NAME,
     chosen_by="visualizations",
     open_writer=VisualizationsWriter,
     folder=FOLDER,

@@ -16,8 +16,9 @@ import pyarrow as pa
 from ..geometry import ring_signed_area
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
-from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext
+from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext, reused_entry
 
+FORMAT_NAME = "yolo"
 LABELS_FOLDER = "labels/"
 DATA_YAML_MEMBER = "data.yaml"
 
@@ -119,7 +120,11 @@ class YoloFormatWriter:
         originals exported: stored under ``images/``)."""
         self.ctx.counts["polylines_not_in_yolo"] += int(row["n_polylines"])
         if self.ctx.in_dataset(row):
-            self.ctx.zip.add_bytes(label_member(row["stem"]), (row["yolo_label"] or "").encode("utf-8"))
+            previous = reused_entry(row, FORMAT_NAME)
+            if previous is not None:  # the image and its parts did not change since a previous export
+                self.ctx.zip.add_stored_entry(label_member(row["stem"]), previous)
+            else:
+                self.ctx.zip.add_bytes(label_member(row["stem"]), (row["yolo_label"] or "").encode("utf-8"))
 
     def finish(self, summary: Any) -> None:
         """The dataset file."""
@@ -152,7 +157,7 @@ def _readme_loading(summary: Any) -> list[str]:
 
 
 FORMAT = OutputFormat(
-    name="yolo",
+    name=FORMAT_NAME,
     chosen_by="annotations",
     choice="yolo",
     open_writer=YoloFormatWriter,
