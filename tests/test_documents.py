@@ -32,6 +32,7 @@ from ray_export.formats.visualizations import FOLDER as VISUALIZATIONS_FOLDER
 from ray_export.formats.yolo import DATA_YAML_MEMBER, LABELS_FOLDER
 from ray_export.options import build_options
 from ray_export.problems import PROBLEM_CODES, Problem
+from ray_export.reuse import MANIFEST_MEMBER
 
 PINNED_SOFTWARE = {
     "ray_export": "0.1.0",
@@ -181,8 +182,11 @@ def test_member_list_and_aggregated_order() -> None:
         "documentation/metrics_guide.md",
         METADATA_MEMBER,
         REPORT_MEMBER,
+        MANIFEST_MEMBER,
     ]
-    assert aggregated_member_names(Selection(originals=False, visualizations=False, docs=False)) == [REPORT_MEMBER]
+    assert aggregated_member_names(Selection(originals=False, visualizations=False, docs=False)) == [
+        REPORT_MEMBER, MANIFEST_MEMBER
+    ]
     options = build_options({"db": "x.db", "project": "p"}, {})
     summary = dataclasses.replace(
         make_summary(), content_options=options.content_options(),
@@ -298,6 +302,7 @@ def test_summary_with_count_mapping_and_member_kinds() -> None:
         "documentation/metrics_guide.md",
         METADATA_MEMBER,
         REPORT_MEMBER,
+        MANIFEST_MEMBER,
     )
     text = readme_markdown(summary)
     assert "`<stem>_viz.jpg`" in text and "| objects | 3 |" in text and "images_with_files | 0" in text

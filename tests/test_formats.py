@@ -38,9 +38,9 @@ def test_every_member_path_and_folder_is_declared_once():
 def test_selection_picks_formats_in_zip_order():
     names = [fmt.name for fmt in registry.selected_formats(Selection(annotations=("json", "coco"), metrics=("csv",)))]
     assert names == ["originals", "unreadable", "visualizations", "coco", "json", "metrics_csv", "readme",
-                     "metrics_guide", "metadata", "export_report"]
+                     "metrics_guide", "metadata", "export_report", "manifest"]
     bare = Selection(originals=False, visualizations=False, docs=False)
-    assert [fmt.name for fmt in registry.selected_formats(bare)] == ["export_report"]
+    assert [fmt.name for fmt in registry.selected_formats(bare)] == ["export_report", "manifest"]
 
 
 def test_spliced_annotation_ids_give_the_bytes_of_numbered_dicts():

@@ -351,7 +351,7 @@ def test_content_options_leave_out_locations_and_secrets() -> None:
     assert content["scale"] == 0.5
     assert set(content) == {
         "image_ids", "originals", "visualizations", "annotations", "metrics", "docs", "scale", "visualization",
-        "max_file_bytes", "max_image_pixels",
+        "max_file_bytes", "max_image_pixels", "file_fingerprint",
     }  # fmt: skip
     # content options are themselves valid options-file values
     assert build_options({**BASE, **content}, {}).content_options() == content
@@ -381,7 +381,7 @@ def test_option_table_declares_every_field_once() -> None:
         "visualizations", "docs", "annotations", "metrics", "scale", "visualization", "stages", "max_buffered_images",
         "max_file_bytes", "read_timeout_s", "max_image_pixels",
         "db_retry_s",
-        "stall_timeout_s",
+        "stall_timeout_s", "reuse", "file_fingerprint",
     )  # fmt: skip
 
 

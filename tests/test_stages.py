@@ -213,7 +213,7 @@ def test_assembler_reorders_and_writes_in_index_order(tmp_path):
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         names = zf.namelist()
         assert names[:4] == ["images/f1.png", "labels/f1.txt", "images/f2.png", "labels/f2.txt"]
-        assert names[-1] == "documentation/export_report.json"
+        assert names[-2:] == ["documentation/export_report.json", "documentation/export_manifest.parquet"]
         coco = json.loads(zf.read("annotations/instances_default.json"))
         assert [i["id"] for i in coco["images"]] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip"]  # spools removed
@@ -345,7 +345,8 @@ def test_stage_chain_follows_the_selected_formats(root):
     chain = stages.stage_chain(everything, str(root), 0.5)
     assert [step.name for step in chain] == ["copy", "visualize", "annotate", "metrics"]
     assert chain[0].kwargs == {"images_root": str(root), "read_files": True, "check": "header",
-                               "limits": stages.ReadLimits(2 << 30, 300.0, 100_000_000)}
+                               "limits": stages.ReadLimits(2 << 30, 300.0, 100_000_000), "reuse": None,
+                               "file_fingerprint": "sha256", "scale_um_per_px": 0.5}
     limited = build_options(None, {"db": "x.db", "project": "p", "max_file_bytes": "1MiB", "read_timeout_s": 2,
                                    "max_image_pixels": 4096})
     assert stages.stage_chain(limited, str(root), None)[0].kwargs["limits"] == stages.ReadLimits(1 << 20, 2.0, 4096)
