@@ -79,6 +79,23 @@ def test_unchanged_data_gives_identical_bytes_and_nothing_is_recomputed(project)
     assert again.reuse["reused"] == n
     assert again.reuse["computed"] == 0 and again.reuse["reused_members"] == 0
     assert "note" not in again.reuse
+    # the previous ZIP may be the output itself: it is read before the new ZIP replaces it
+    _, again = _export(project, "first.zip", reuse=str(first), force=True)
+    assert again.reuse["reused"] == n
+    assert first.read_bytes() == second.read_bytes()
+    assert sorted(p.name for p in project["out"].iterdir()) == ["first.zip", "project", "second.zip"]
+
+
+def test_cli_reports_reuse_and_refuses_a_missing_previous_zip(project):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ray_export", "export", "--db", str(project["db"]), "--project", project["id"],
+               "--out", str(project["out"] / "x.zip"), "--reuse", str(project["out"] / "missing.zip")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid option reuse:")
+    assert not (project["out"] / "x.zip").exists()
 
 
 def test_manifest_records_fingerprints_parts_and_no_paths(project):
