@@ -150,7 +150,13 @@ class ExportHandle:
             if bar is not None:
                 bar.n = (snap.get("done") or {}).get("write", 0)
                 stalled = snap.get("stalled")
-                bar.set_postfix_str(snap.get("state", "") + (f", {stalled['stage']} stalled" if stalled else ""))
+                reuse = snap.get("reuse") or {}
+                taken = int(reuse.get("reused", 0)) + int(reuse.get("reused_members", 0))
+                bar.set_postfix_str(
+                    snap.get("state", "")
+                    + (f", {taken} reused, {int(reuse.get('computed', 0))} computed" if reuse else "")
+                    + (f", {stalled['stage']} stalled" if stalled else "")
+                )
                 bar.refresh()
             time.sleep(poll_seconds)
         if bar is not None:

@@ -150,7 +150,9 @@ class _ProgressPrinter(threading.Thread):
 
                     self.bar = tqdm(total=total, unit="img", desc="export", file=sys.stderr, leave=False)
                 self.bar.n = done
-                self.bar.set_postfix_str(snap.get("state", ""))
+                reuse = snap.get("reuse") or {}
+                taken = int(reuse.get("reused", 0)) + int(reuse.get("reused_members", 0))
+                self.bar.set_postfix_str(snap.get("state", "") + (f", {taken} reused" if reuse else ""))
                 self.bar.refresh()
             elif not self.tty:
                 line = _status_line(snap)
@@ -172,6 +174,10 @@ def _status_line(snap: dict) -> str:
     eta = snap.get("eta_s")
     eta_text = f" eta={eta:.0f}s" if isinstance(eta, (int, float)) else ""
     line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    reuse = snap.get("reuse")
+    if reuse:
+        line += f" reused={int(reuse.get('reused', 0)) + int(reuse.get('reused_members', 0))}"
+        line += f" computed={int(reuse.get('computed', 0))}"
     stalled = snap.get("stalled")
     if stalled:
         from .dataset import stall_message

@@ -51,6 +51,26 @@ def test_initial_snapshot() -> None:
     json.dumps(snap)
 
 
+def test_reuse_counts_and_note_are_shown() -> None:
+    from ray_export.cli import _status_line, reuse_line
+
+    state = _running_state()
+    assert state.snapshot(now=T0 + 3)["reuse"] is None
+    state.set_reuse({}, "old.zip was made with other content options (visualization)", now=T0 + 3)
+    state.set_reuse({"reused": 7, "reused_members": 1, "computed": 2, "computed_changed": 1, "computed_new": 1},
+                    now=T0 + 4)  # fmt: skip
+    snap = state.snapshot(now=T0 + 5)
+    assert snap["reuse"]["reused"] == 7 and snap["reuse"]["note"].startswith("old.zip was made")
+    assert json.loads(json.dumps(snap))["reuse"] == snap["reuse"]
+    assert _status_line(snap).endswith("reused=8 computed=2")
+    assert reuse_line(snap["reuse"]) == (
+        "reuse: 8 images taken over, 2 computed (1 changed, 1 new); 1 with recomputed annotations (index or "
+        "name changed); previous export not used: old.zip was made with other content options (visualization)"
+    )
+    with pytest.raises(ValueError):
+        state.set_reuse({"reused": -1})
+
+
 def test_transitions_and_terminal_finality() -> None:
     state = _running_state()
     assert state.set_state("finalizing", now=T0 + 50)
