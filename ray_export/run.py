@@ -14,29 +14,80 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cluster import RayUnreachable, ensure_ray
-from .dataset import build_dataset, quiet_ray_data, streamed_bundles
+from .dataset import build_dataset, prestart_workers, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
-from .planning import assembly_plan, local_output_path, plan_export, preflight
+from .planning import ExportPlan, assembly_plan, local_output_path, plan_export, preflight
 from .sources import SourceError
 
 log = logging.getLogger("ray_export")
 
 
+#: The milestones of an export's fixed cost, in seconds from its start (see :class:`ExportTimings`).
+MILESTONES = (
+    "ray_ready", "progress_ready", "plan_ready", "writer_ready", "actors_ready", "first_batch_written",
+    "last_image_written", "committed",
+)  # fmt: skip
+
+
+class ExportTimings:
+    """When an export reached each of its milestones (:data:`MILESTONES`), in seconds from its start.
+
+    Marks come from any thread; each milestone keeps its first mark. ``actors_ready`` is the later of
+    ``progress_ready`` and ``writer_ready``; ``finishing`` (in :meth:`as_dict`) is the time from the last
+    image written to the committed ZIP.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self._lock = threading.Lock()
+        self._marks: dict[str, float] = {}
+
+    def mark(self, milestone: str, at: float | None = None) -> None:
+        """Record ``milestone`` as reached now (or at the wall-clock time ``at``), unless already recorded."""
+        if milestone not in MILESTONES:
+            raise ValueError(f"unknown milestone {milestone!r}")
+        seconds = max(0.0, (time.time() if at is None else at) - self.started)
+        with self._lock:
+            self._marks.setdefault(milestone, seconds)
+            if "progress_ready" in self._marks and "writer_ready" in self._marks:
+                self._marks.setdefault("actors_ready", max(self._marks["progress_ready"], self._marks["writer_ready"]))
+
+    def __contains__(self, milestone: str) -> bool:
+        with self._lock:
+            return milestone in self._marks
+
+    def as_dict(self) -> dict[str, float]:
+        """The milestones reached, in :data:`MILESTONES` order, plus ``finishing`` once committed."""
+        with self._lock:
+            out = {name: round(self._marks[name], 4) for name in MILESTONES if name in self._marks}
+        if "committed" in out and "last_image_written" in out:
+            out["finishing"] = round(max(0.0, out["committed"] - out["last_image_written"]), 4)
+        return out
+
+
 @dataclass
 class ExportResult:
-    """What a finished export reports."""
+    """What a finished export reports.
+
+    ``timings``: its fixed cost, seconds from the start of the export to each milestone of
+    :data:`MILESTONES` (``ray_ready``, ``progress_ready``, ``plan_ready``, ``writer_ready``,
+    ``actors_ready``, ``first_batch_written``, ``last_image_written``, ``committed``) and ``finishing``
+    (last image written -> ZIP committed). Planning runs beside Ray's start, so ``plan_ready`` may come
+    first.
+    """
 
     export_id: str
     output: str
     counts: dict[str, int]
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary_line(self) -> str:
         c = self.counts
@@ -88,6 +139,38 @@ class _CancelWatcher(threading.Thread):
                 if not self.stopped.is_set():
                     self.on_cancel()
                 return
+
+
+class _Planning(threading.Thread):
+    """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts."""
+
+    def __init__(self, options: ExportOptions, timings: ExportTimings) -> None:
+        super().__init__(name="ray-export-plan", daemon=True)
+        self.options = options
+        self.timings = timings
+        self.plan: ExportPlan | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.plan = plan_export(self.options)
+            self.timings.mark("plan_ready")
+        except BaseException as exc:  # raised in the export's thread by result()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self, cancel: threading.Event) -> ExportPlan:
+        """The plan, or the exception planning raised; waits in short steps, so that a cancel (or an
+        interrupt of the main thread) ends the wait."""
+        while not self.done.wait(0.05):
+            if cancel.is_set():
+                raise ExportCancelled()
+        if self.error is not None:
+            raise self.error
+        assert self.plan is not None
+        return self.plan
 
 
 class _ExportRun:
@@ -293,13 +376,19 @@ def _run_locked(
     from actors.progress import PROGRESS_NAMESPACE, create_progress_actor
     from actors.zip_writer import ZipWriterActor, writer_actor_name
 
+    timings = ExportTimings(started)
+    planning = _Planning(options, timings)
+    planning.start()
     try:
         ensure_ray(options.address)
     except RayUnreachable as exc:
         raise ExportError(f"cannot reach Ray: {exc}", 1) from None
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    timings.mark("ray_ready")
     check_read_fits(options)
+    driver_node = ray.get_runtime_context().get_node_id()
+    prestart_workers(driver_node, _local_cpus(driver_node))
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
         install_signal_handlers(cancel)
@@ -309,13 +398,14 @@ def _run_locked(
         ray.get(progress.set_state.remote("querying"))
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    timings.mark("progress_ready")
     heartbeat = _Heartbeat(progress, cancel)
     heartbeat.start()
     watcher = _CancelWatcher(cancel, run.on_cancel)
     watcher.start()
     try:
         try:
-            plan = plan_export(options)
+            plan = planning.result(cancel)
         except SourceError as exc:
             raise ExportError(str(exc), exc.exit_code) from exc
         if output_lock is None and isinstance(plan.output, Path):  # the default name, known only now
@@ -333,7 +423,6 @@ def _run_locked(
         quiet_ray_data()
         # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
         logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
-        driver_node = ray.get_runtime_context().get_node_id()
         run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output
         run.spool_dir = make_spool_dir(plan.output)
@@ -346,18 +435,24 @@ def _run_locked(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
             ).remote(assembly, export_id)
         )
+        writer_ready = _mark_when_ready(run.writer, timings)
         dataset = build_dataset(options, plan, driver_node, progress)
         run.enter("running")
         ray.get(progress.set_state.remote("running"))
         writer = run.writer
-        _feed_writer(dataset, writer, progress, cancel)
+        _feed_writer(dataset, writer, progress, cancel, timings=timings)
         run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
         counts = ray.get(writer.finish.remote())
+        timings.mark("committed")
         run.finished()
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
         ray.get(progress.set_state.remote("succeeded"))
-        return ExportResult(export_id, uri_for_display(str(plan.output)), counts, time.time() - started)
+        writer_ready.join(timeout=1.0)  # it answered every call: its mark is (about to be) recorded
+        log.info("export %s fixed cost (s from its start at %.3f): %s", export_id, started, timings.as_dict())
+        return ExportResult(
+            export_id, uri_for_display(str(plan.output)), counts, time.time() - started, timings.as_dict()
+        )
     except (ExportCancelled, KeyboardInterrupt) as exc:
         run.fail("cancelled", "export cancelled")
         if isinstance(exc, ExportCancelled):
@@ -391,6 +486,16 @@ def _run_locked(
         heartbeat.stopped.set()
         if run.output_lock is not None:
             run.output_lock.release()
+
+
+def _local_cpus(node_id: str, most: int = 16) -> int:
+    """How many worker processes to prestart on the driver's node: its CPUs, at most ``most``."""
+    from .cluster import node_resources
+
+    try:
+        return max(1, min(most, int(float(node_resources(node_id).get("CPU", 1.0)))))
+    except Exception:
+        return 1
 
 
 def check_read_fits(options: ExportOptions) -> None:
@@ -427,16 +532,45 @@ def _final_state(progress: Any, state: str, message: str) -> None:
         log.debug("could not record the final state", exc_info=True)
 
 
-def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4) -> None:
+def _mark_when_ready(writer: Any, timings: ExportTimings) -> threading.Thread:
+    """Mark ``writer_ready`` once the writer actor's constructor has run, from a thread (nothing waits for
+    it: the first ``add_batch`` does). A writer that fails to start leaves the mark out; its error comes
+    from the export's own calls."""
+    import ray
+
+    def wait() -> None:
+        with contextlib.suppress(Exception):
+            ray.get(writer.__ray_ready__.remote())
+            timings.mark("writer_ready")
+
+    thread = threading.Thread(target=wait, name="ray-export-writer-ready", daemon=True)
+    thread.start()
+    return thread
+
+
+def _feed_writer(
+    dataset: Any,
+    writer: Any,
+    progress: Any,
+    cancel: threading.Event,
+    max_inflight: int = 4,
+    timings: ExportTimings | None = None,
+) -> None:
     """Stream result blocks (by reference) into the writer actor, with at most ``max_inflight`` calls
-    outstanding while the next block is awaited."""
+    outstanding while the next block is awaited. ``timings`` gets ``first_batch_written`` and
+    ``last_image_written`` (when the driver learnt of them)."""
     import ray
 
     inflight: list[Any] = []
+    last_written: list[float] = []
 
     def settle(refs: list[Any]) -> None:
         for written, problems, nbytes in ray.get(refs):
             if written:
+                if timings is not None:  # the writer answered: it is ready (if its own mark is late)
+                    timings.mark("writer_ready")
+                    timings.mark("first_batch_written")
+                last_written[:] = [time.time()]
                 progress.add_done.remote("write", written)
             if problems:
                 progress.add_problems.remote(problems)
@@ -460,6 +594,8 @@ def _feed_writer(dataset: Any, writer: Any, progress: Any, cancel: threading.Eve
             raise ExportCancelled()
         if inflight:
             settle(inflight)
+    if timings is not None and last_written:
+        timings.mark("last_image_written", at=last_written[0])
 
 
 def install_signal_handlers(cancel: threading.Event) -> None:
