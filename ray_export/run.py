@@ -489,13 +489,14 @@ def _run_locked(
 
 
 def _local_cpus(node_id: str, most: int = 16) -> int:
-    """How many worker processes to prestart on the driver's node: its CPUs, at most ``most``."""
+    """How many worker processes to prestart on the driver's node: its CPUs (none on a node without CPUs,
+    such as a head node kept free of tasks), at most ``most``."""
     from .cluster import node_resources
 
     try:
-        return max(1, min(most, int(float(node_resources(node_id).get("CPU", 1.0)))))
+        return max(0, min(most, int(float(node_resources(node_id).get("CPU", 0.0)))))
     except Exception:
-        return 1
+        return 0
 
 
 def check_read_fits(options: ExportOptions) -> None:
