@@ -57,50 +57,6 @@ def rows_per_read_task(n_images: int, cluster_cpus: float, max_rows: int, min_ro
     return max(1, min(max_rows, max(min_rows, per_block)))
 
 
-#: The modules a stage task imports when its first batch arrives (the datasource, the stages, OpenCV, Ray Data).
-WARM_MODULES = ("ray.data", "cv2", "ray_export.datasource", "ray_export.stages", "ray_export.visualize")
-
-
-def _warm_worker(modules: tuple[str, ...]) -> int:
-    """Import ``modules`` in this worker process; returns its process id."""
-    import importlib
-
-    for name in modules:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    return os.getpid()
-
-
-def prestart_workers(driver_node: str, count: int) -> list[Any]:
-    """Start ``count`` worker processes on the driver's node with the stage modules already imported, and
-    Ray Data's own actors, while the driver sets the export up; returns the warm-up tasks' references
-    (nothing needs to wait for them). Ray hands an idle worker of this job to the next task that needs one,
-    so the first read and map tasks find the imports done instead of paying for them before their first
-    batch. Best effort: a failure only loses the head start."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    refs: list[Any] = []
-    try:
-        warm = ray.remote(num_cpus=0, max_retries=0)(_warm_worker).options(
-            name="ray_export_warm_worker", scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=True)
-        )
-        refs = [warm.remote(WARM_MODULES) for _ in range(max(0, count))]
-    except Exception:
-        log.debug("could not prestart workers", exc_info=True)
-    import importlib
-
-    for module, factory in (
-        ("stats", "get_or_create_stats_actor"),
-        ("cluster_autoscaler.default_autoscaling_coordinator", "get_or_create_autoscaling_coordinator"),
-    ):
-        try:  # internal helpers of Ray Data: the executor creates (or finds) the same actors on its first run
-            getattr(importlib.import_module(f"ray.data._internal.{module}"), factory)()
-        except Exception:
-            log.debug("could not prestart %s", factory, exc_info=True)
-    return refs
-
-
 def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None) -> dict[str, Any]:
     args = options.stages[stage].ray_remote_args()
     if label_selector is not None:

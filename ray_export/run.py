@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import RayUnreachable, ensure_ray
-from .dataset import build_dataset, prestart_workers, quiet_ray_data, streamed_bundles
+from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
@@ -387,8 +387,6 @@ def _run_locked(
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
     timings.mark("ray_ready")
     check_read_fits(options)
-    driver_node = ray.get_runtime_context().get_node_id()
-    prestart_workers(driver_node, _local_cpus(driver_node))
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
         install_signal_handlers(cancel)
@@ -423,6 +421,7 @@ def _run_locked(
         quiet_ray_data()
         # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
         logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
+        driver_node = ray.get_runtime_context().get_node_id()
         run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output
         run.spool_dir = make_spool_dir(plan.output)
@@ -486,17 +485,6 @@ def _run_locked(
         heartbeat.stopped.set()
         if run.output_lock is not None:
             run.output_lock.release()
-
-
-def _local_cpus(node_id: str, most: int = 16) -> int:
-    """How many worker processes to prestart on the driver's node: its CPUs (none on a node without CPUs,
-    such as a head node kept free of tasks), at most ``most``."""
-    from .cluster import node_resources
-
-    try:
-        return max(0, min(most, int(float(node_resources(node_id).get("CPU", 0.0)))))
-    except Exception:
-        return 0
 
 
 def check_read_fits(options: ExportOptions) -> None:
