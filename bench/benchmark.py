@@ -11,9 +11,11 @@ Run ``python bench/benchmark.py --help`` from the repository root.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -279,6 +281,8 @@ class PlanResult:
     operators: dict[str, dict[str, float]]
     zip_identical: bool
     zip_differences: list[str] = field(default_factory=list)
+    #: the best run's fixed cost (``ExportResult.timings``: seconds from the export's start per milestone)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def sha256_file(path: Path) -> str:
@@ -394,6 +398,103 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     return time.perf_counter() - started, time.process_time() - cpu_started, spent
 
 
+# ---------------------------------------------------------------------------------------- writer only
+
+
+def precompute_results(options_values: dict, batch_size: int, folder: Path) -> int:
+    """Run the stages once in this process and keep their result batches (exactly what the writer actor
+    receives) as Arrow IPC files ``<folder>/<n>.arrow``; returns the number of batches. A folder already
+    complete (``done`` marker) is reused."""
+    import pyarrow as pa
+
+    from ray_export.options import build_options
+    from ray_export.planning import plan_export
+    from ray_export.stages import finish_stage, stage_chain
+
+    marker = folder / "done"
+    if marker.exists():
+        return len(list(folder.glob("*.arrow")))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    options = build_options(options_values)
+    plan = plan_export(options)
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
+    count = 0
+    for table in _read_batches(plan, batch_size):
+        for step in chain:
+            table = step.fn(table, **step.kwargs)
+        table = finish_stage(table)
+        with pa.OSFile(str(folder / f"{count:06d}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table)
+        count += 1
+    marker.write_text(f"{count}\n")
+    return count
+
+
+def run_writer_only(options_values: dict, results: Path, repeat: int, log: Callable[[str], None]) -> dict:
+    """How fast one writer goes when the stages are free: a fresh ``ExportAssembler`` (what the writer actor
+    runs) fed the stored result batches, memory-mapped, in this process; ``repeat`` runs, the best kept.
+
+    Timed: opening the assembler, every ``add_batch`` and ``finish`` (the aggregated members and the
+    commit). Not timed: planning and loading the batches (mapped from the page cache)."""
+    import pyarrow as pa
+
+    from actors.zip_writer import ExportAssembler
+    from ray_export.options import build_options
+    from ray_export.planning import assembly_plan, plan_export
+    from ray_export.run import make_spool_dir
+
+    options = build_options(options_values)
+    plan = plan_export(options)
+    tables = []
+    for path in sorted(results.glob("*.arrow")):
+        with pa.memory_map(str(path)) as source:
+            tables.append(pa.ipc.open_file(source).read_all())
+    runs: list[dict[str, float]] = []
+    for run in range(repeat):
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        assembler = ExportAssembler(assembly_plan(options, plan, make_spool_dir(plan.output)))
+        try:
+            opened = time.perf_counter()
+            written = sum(assembler.add_batch(table) for table in tables)
+            added = time.perf_counter()
+            counts = assembler.finish()
+        except BaseException:
+            assembler.abort()
+            raise
+        ended = time.perf_counter()
+        runs.append({
+            "seconds": ended - started, "cpu_seconds": time.process_time() - cpu_started,
+            "open_seconds": opened - started, "add_seconds": added - opened, "finish_seconds": ended - added,
+            "images": written, "bytes": counts.get("bytes", 0),
+        })  # fmt: skip
+        log(f"writer only: run {run + 1}: {written} images in {ended - started:.2f} s "
+            f"({written / (ended - started):.1f} images/s)")
+    best = min(runs, key=lambda r: r["seconds"])
+    return {
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in best.items()},
+        "runs": [round(r["seconds"], 3) for r in runs],
+        "batches": len(tables),
+        "images_per_s": best["images"] / best["seconds"],
+        "add_images_per_s": best["images"] / best["add_seconds"] if best["add_seconds"] > 0 else 0.0,
+        "mib_per_s": best["bytes"] / 2**20 / best["seconds"],
+    }
+
+
+def format_writer_only(result: dict) -> list[str]:
+    """The writer-only lines of the report."""
+    return [
+        f"one writer, stages free (ExportAssembler fed {result['batches']} stored result batches in one process): "
+        f"{result['images']} images in {result['seconds']:.2f} s = {result['images_per_s']:.1f} images/s, "
+        f"{result['mib_per_s']:.0f} MiB/s of ZIP, CPU {result['cpu_seconds']:.2f} s",
+        f"  open {result['open_seconds']:.2f} s, add_batch {result['add_seconds']:.2f} s "
+        f"({result['add_images_per_s']:.1f} images/s), finish (aggregated members, commit) "
+        f"{result['finish_seconds']:.2f} s; best of {len(result['runs'])}",
+        "",
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ Ray
 
 
@@ -503,7 +604,7 @@ def run_plan(
         runs.append({"seconds": elapsed, "idle": idle, "peak": sampler.peak, "processes": sampler.peak_processes,
                      "writer": writer, "cpu_busy": cpu_busy, "operators": operators,
                      "cpu_seconds": sampler.cpu_seconds, "foreign": sampler.foreign_cpu_fraction,
-                     "cpu_by_role": sampler.cpu_by_role})
+                     "cpu_by_role": sampler.cpu_by_role, "timings": dict(result.timings)})
         same = sha256_file(output) == baseline.zip_sha256
         if not same and identical:
             differences = zip_differences(expected_zip, output)
@@ -539,6 +640,7 @@ def run_plan(
         operators=best_run["operators"],
         zip_identical=identical,
         zip_differences=differences,
+        timings=best_run["timings"],
     )
 
 
@@ -559,24 +661,95 @@ def run_cold(demo: Any, outdir: Path, runs: int, baseline: OneProcessResult, exp
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     seconds: list[float] = []
+    timings: list[dict[str, float]] = []
     identical = True
-    for _ in range(runs):
+    for run in range(runs):
+        log_file = outdir / f"cold-{run}.log"
+        log_file.unlink(missing_ok=True)
+        env["RAY_EXPORT_LOG"] = str(log_file)
+        launched = time.time()
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         seconds.append(time.perf_counter() - started)
+        ended = launched + seconds[-1]
         if done.returncode != 0:
             raise RuntimeError(f"cold export failed ({done.returncode}): {done.stderr.strip()[-500:]}")
         identical = identical and sha256_file(output) == sha256_file(expected_zip)
+        timings.append(cold_timings(log_file, launched, ended))
         log(f"cold CLI run: {seconds[-1]:.2f} s")
     best = min(seconds)
     return {
         "seconds": [round(s, 3) for s in seconds],
+        "timings": timings[seconds.index(best)],
         "best_seconds": best,
         "median_seconds": statistics.median(seconds),
         "speedup": baseline.seconds / best,
         "cpus": os.cpu_count(),
         "zip_identical": identical,
     }
+
+
+_FIXED_COST_LOG = re.compile(r"fixed cost \(s from its start at ([0-9.]+)\): (\{.*\})")
+
+
+def cold_timings(log_file: Path, launched: float, ended: float) -> dict[str, float]:
+    """The fixed cost of one CLI export, read from its log (``RAY_EXPORT_LOG``): the export's milestones, and
+    ``process_start`` (interpreter and imports, launch -> the export's start) and ``after_commit`` (ZIP
+    committed -> the process ended: the summary and Ray's shutdown). Empty when the log has no such line."""
+    try:
+        text = log_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    found = _FIXED_COST_LOG.search(text)
+    if not found:
+        return {}
+    export_start = float(found.group(1))
+    out: dict[str, float] = {"process_start": round(max(0.0, export_start - launched), 4)}
+    out.update(ast.literal_eval(found.group(2)))
+    if "committed" in out:
+        out["after_commit"] = round(max(0.0, ended - export_start - out["committed"]), 4)
+    return out
+
+
+#: Rows of the fixed-cost table: (timings key, label).
+FIXED_COST_ROWS = (
+    ("process_start", "process start (interpreter, imports)"),
+    ("ray_ready", "start -> Ray ready"),
+    ("progress_ready", "start -> progress actor ready"),
+    ("plan_ready", "start -> plan ready (light query)"),
+    ("writer_ready", "start -> writer actor ready"),
+    ("actors_ready", "start -> actors ready"),
+    ("first_batch_written", "start -> first batch written"),
+    ("last_image_written", "start -> last image written"),
+    ("committed", "start -> ZIP committed"),
+    ("finishing", "finishing (last image -> committed)"),
+    ("after_commit", "after commit (summary, Ray shutdown)"),
+)
+
+
+def format_fixed_cost(report: dict) -> list[str]:
+    """The fixed-cost table: one row per milestone, one column for the best cold run and one per plan's
+    best warm run (empty when no run recorded its timings)."""
+    columns: list[tuple[str, dict[str, float]]] = []
+    cold = report.get("cold")
+    if cold and cold.get("timings"):
+        columns.append(("cold CLI", cold["timings"]))
+    columns += [(f"warm {p['plan']}", p["timings"]) for p in report["plans"] if p.get("timings")]
+    if not columns:
+        return []
+    width = max(12, *(len(name) for name, _ in columns))
+    lines = [
+        "fixed cost (s from the export's start; warm = Ray already running, the export's own actors new):",
+        f"{'phase':<40}" + "".join(f" {name:>{width}}" for name, _ in columns),
+    ]
+    for key, label in FIXED_COST_ROWS:
+        if not any(key in timings for _, timings in columns):
+            continue
+        cells = "".join(
+            f" {timings[key]:>{width}.2f}" if key in timings else f" {'-':>{width}}" for _, timings in columns
+        )
+        lines.append(f"{label:<40}{cells}")
+    return [*lines, ""]
 
 
 def format_report(report: dict) -> str:
@@ -616,6 +789,16 @@ def format_report(report: dict) -> str:
             f"{'OK' if p['zip_identical'] else 'MISMATCH'}"
         )
     lines.append("")
+    for p in report["plans"]:
+        lines.append(
+            f"parallel efficiency of '{p['plan']}' at {report['images']} images on {report['cpus']} CPUs "
+            f"(warm Ray): {p['efficiency']:.2f}"
+        )
+    lines.append("")
+    lines += format_fixed_cost(report)
+    writer_only = report.get("writer_only")
+    if writer_only:
+        lines += format_writer_only(writer_only)
     lines.append("PSS: summed over the driver and every Ray process; idle = before a run, peak = during it.")
     lines.append("efficiency = one-process time / (pipeline time x CPUs); writer = ZipWriterActor busy / wall time;")
     lines.append("busy = time in read/map tasks / (wall time x CPUs); CPU s = CPU time of the driver and all Ray")
@@ -657,6 +840,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="rows per batch in the one-process run (32)")
     parser.add_argument("--object-store-mb", type=int, default=1024, help="fixed object store size (1024 MiB)")
     parser.add_argument(
+        "--writer-only", action="store_true",
+        help="measure only how many images/s one writer absorbs when the stages are free (no Ray): the stage "
+             "results are computed once, stored under the workdir, and fed to the writer --repeat times",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="also write the results as JSON to PATH; without PATH, print only JSON to stdout",
     )
@@ -676,7 +864,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.size = (width, height)
     if args.cold < 0:
         parser.error("--cold must be 0 or more")
+    if args.writer_only and args.cold:
+        parser.error("--writer-only measures the writer alone; leave out --cold")
     return args
+
+
+def writer_only_main(args: argparse.Namespace, demo: Any, workdir: Path, outdir: Path, json_only: bool,
+                     log: Callable[[str], None]) -> int:  # fmt: skip
+    """``--writer-only``: store the stage results once, then time one writer fed them."""
+    results = workdir / f"results-{demo.db_path.parent.name}-b{args.batch_size}"
+    output = outdir / "writer-only.zip"
+    options_values = export_options(demo.db_path, demo.project_id, output)
+    started = time.perf_counter()
+    batches = precompute_results(options_values, args.batch_size, results)
+    log(f"stage results: {batches} batches in {results} ({time.perf_counter() - started:.1f} s)")
+    result = run_writer_only(options_values, results, args.repeat, log)
+    output.unlink(missing_ok=True)
+    report = {"images": result["images"], "writer_only": result}
+    if json_only:
+        print(json.dumps(report, indent=2))
+    else:
+        print()
+        print("\n".join(format_writer_only(result)).rstrip())
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -697,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"demo project: {demo.db_path} ({time.perf_counter() - started:.1f} s)")
     outdir = workdir / "out"
     outdir.mkdir(parents=True, exist_ok=True)
+    if args.writer_only:
+        return writer_only_main(args, demo, workdir, outdir, json_only, log)
 
     expected_zip = outdir / "one-process.zip"
     sampler = PssSampler(os.getpid())

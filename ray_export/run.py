@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,72 @@ from .dataset import build_dataset, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
-from .planning import assembly_plan, local_output_path, open_reuse, plan_export, preflight
+from .planning import ExportPlan, assembly_plan, local_output_path, open_reuse, plan_export, preflight
 from .reuse import PreviousExport
 from .sources import SourceError
 
 log = logging.getLogger("ray_export")
 
 
+#: The milestones of an export's fixed cost, in seconds from its start (see :class:`ExportTimings`).
+MILESTONES = (
+    "ray_ready", "progress_ready", "plan_ready", "writer_ready", "actors_ready", "first_batch_written",
+    "last_image_written", "committed",
+)  # fmt: skip
+
+
+class ExportTimings:
+    """When an export reached each of its milestones (:data:`MILESTONES`), in seconds from its start.
+
+    Marks come from any thread; each milestone keeps its first mark. ``actors_ready`` is the later of
+    ``progress_ready`` and ``writer_ready``; ``finishing`` (in :meth:`as_dict`) is the time from the last
+    image written to the committed ZIP.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self._lock = threading.Lock()
+        self._marks: dict[str, float] = {}
+
+    def mark(self, milestone: str, at: float | None = None) -> None:
+        """Record ``milestone`` as reached now (or at the wall-clock time ``at``), unless already recorded."""
+        if milestone not in MILESTONES:
+            raise ValueError(f"unknown milestone {milestone!r}")
+        seconds = max(0.0, (time.time() if at is None else at) - self.started)
+        with self._lock:
+            self._marks.setdefault(milestone, seconds)
+            if "progress_ready" in self._marks and "writer_ready" in self._marks:
+                self._marks.setdefault("actors_ready", max(self._marks["progress_ready"], self._marks["writer_ready"]))
+
+    def __contains__(self, milestone: str) -> bool:
+        with self._lock:
+            return milestone in self._marks
+
+    def as_dict(self) -> dict[str, float]:
+        """The milestones reached, in :data:`MILESTONES` order, plus ``finishing`` once committed."""
+        with self._lock:
+            out = {name: round(self._marks[name], 4) for name in MILESTONES if name in self._marks}
+        if "committed" in out and "last_image_written" in out:
+            out["finishing"] = round(max(0.0, out["committed"] - out["last_image_written"]), 4)
+        return out
+
+
 @dataclass
 class ExportResult:
-    """What a finished export reports."""
+    """What a finished export reports.
+
+    ``timings``: its fixed cost, seconds from the start of the export to each milestone of
+    :data:`MILESTONES` (``ray_ready``, ``progress_ready``, ``plan_ready``, ``writer_ready``,
+    ``actors_ready``, ``first_batch_written``, ``last_image_written``, ``committed``) and ``finishing``
+    (last image written -> ZIP committed). Planning runs beside Ray's start, so ``plan_ready`` may come
+    first.
+    """
 
     export_id: str
     output: str
     counts: dict[str, int]
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
     #: with a previous export given (``reuse``): images taken over and computed (see ``reuse_line``)
     reuse: dict[str, Any] | None = None
 
@@ -91,6 +142,38 @@ class _CancelWatcher(threading.Thread):
                 if not self.stopped.is_set():
                     self.on_cancel()
                 return
+
+
+class _Planning(threading.Thread):
+    """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts."""
+
+    def __init__(self, options: ExportOptions, timings: ExportTimings) -> None:
+        super().__init__(name="ray-export-plan", daemon=True)
+        self.options = options
+        self.timings = timings
+        self.plan: ExportPlan | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.plan = plan_export(self.options)
+            self.timings.mark("plan_ready")
+        except BaseException as exc:  # raised in the export's thread by result()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self, cancel: threading.Event) -> ExportPlan:
+        """The plan, or the exception planning raised; waits in short steps, so that a cancel (or an
+        interrupt of the main thread) ends the wait."""
+        while not self.done.wait(0.05):
+            if cancel.is_set():
+                raise ExportCancelled()
+        if self.error is not None:
+            raise self.error
+        assert self.plan is not None
+        return self.plan
 
 
 class _ExportRun:
@@ -296,12 +379,16 @@ def _run_locked(
     from actors.progress import PROGRESS_NAMESPACE, create_progress_actor
     from actors.zip_writer import ZipWriterActor, writer_actor_name
 
+    timings = ExportTimings(started)
+    planning = _Planning(options, timings)
+    planning.start()
     try:
         ensure_ray(options.address)
     except RayUnreachable as exc:
         raise ExportError(f"cannot reach Ray: {exc}", 1) from None
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    timings.mark("ray_ready")
     check_read_fits(options)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
@@ -312,13 +399,14 @@ def _run_locked(
         ray.get(progress.set_state.remote("querying"))
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    timings.mark("progress_ready")
     heartbeat = _Heartbeat(progress, cancel)
     heartbeat.start()
     watcher = _CancelWatcher(cancel, run.on_cancel)
     watcher.start()
     try:
         try:
-            plan = plan_export(options)
+            plan = planning.result(cancel)
         except SourceError as exc:
             raise ExportError(str(exc), exc.exit_code) from exc
         if output_lock is None and isinstance(plan.output, Path):  # the default name, known only now
@@ -352,23 +440,29 @@ def _run_locked(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
             ).remote(assembly, export_id)
         )
+        writer_ready = _mark_when_ready(run.writer, timings)
         dataset = build_dataset(options, plan, driver_node, progress, previous.source if previous else None)
         run.enter("running")
         ray.get(progress.set_state.remote("running"))
         writer = run.writer
         if previous is not None:
             ray.get(progress.set_reuse.remote({}, previous.reason))
-        _feed_writer(dataset, writer, progress, cancel, track_reuse=previous is not None)
+        _feed_writer(dataset, writer, progress, cancel, timings=timings, track_reuse=previous is not None)
         run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
         counts = ray.get(writer.finish.remote())
+        timings.mark("committed")
         run.finished()
         reuse = reuse_summary(counts.pop("reuse", {}), previous)
         ray.get(progress.set_bytes.remote(counts.get("bytes", 0)))
         if reuse is not None:
             ray.get(progress.set_reuse.remote({k: v for k, v in reuse.items() if k != "note"}))
         ray.get(progress.set_state.remote("succeeded"))
-        return ExportResult(export_id, uri_for_display(str(plan.output)), counts, time.time() - started, reuse)
+        writer_ready.join(timeout=1.0)  # it answered every call: its mark is (about to be) recorded
+        log.info("export %s fixed cost (s from its start at %.3f): %s", export_id, started, timings.as_dict())
+        return ExportResult(
+            export_id, uri_for_display(str(plan.output)), counts, time.time() - started, timings.as_dict(), reuse
+        )
     except (ExportCancelled, KeyboardInterrupt) as exc:
         run.fail("cancelled", "export cancelled")
         if isinstance(exc, ExportCancelled):
@@ -450,18 +544,47 @@ def reuse_summary(counts: dict[str, int], previous: PreviousExport | None) -> di
     return summary
 
 
+def _mark_when_ready(writer: Any, timings: ExportTimings) -> threading.Thread:
+    """Mark ``writer_ready`` once the writer actor's constructor has run, from a thread (nothing waits for
+    it: the first ``add_batch`` does). A writer that fails to start leaves the mark out; its error comes
+    from the export's own calls."""
+    import ray
+
+    def wait() -> None:
+        with contextlib.suppress(Exception):
+            ray.get(writer.__ray_ready__.remote())
+            timings.mark("writer_ready")
+
+    thread = threading.Thread(target=wait, name="ray-export-writer-ready", daemon=True)
+    thread.start()
+    return thread
+
+
 def _feed_writer(
-    dataset: Any, writer: Any, progress: Any, cancel: threading.Event, max_inflight: int = 4, track_reuse: bool = False
+    dataset: Any,
+    writer: Any,
+    progress: Any,
+    cancel: threading.Event,
+    max_inflight: int = 4,
+    timings: ExportTimings | None = None,
+    track_reuse: bool = False,
 ) -> None:
     """Stream result blocks (by reference) into the writer actor, with at most ``max_inflight`` calls
-    outstanding while the next block is awaited. ``track_reuse``: pass the writer's reuse counts on."""
+    outstanding while the next block is awaited. ``timings`` gets ``first_batch_written`` and
+    ``last_image_written`` (when the driver learnt of them); ``track_reuse``: pass the writer's reuse
+    counts on to the progress actor."""
     import ray
 
     inflight: list[Any] = []
+    last_written: list[float] = []
 
     def settle(refs: list[Any]) -> None:
         for written, problems, nbytes, reuse in ray.get(refs):
             if written:
+                if timings is not None:  # the writer answered: it is ready (if its own mark is late)
+                    timings.mark("writer_ready")
+                    timings.mark("first_batch_written")
+                last_written[:] = [time.time()]
                 progress.add_done.remote("write", written)
             if problems:
                 progress.add_problems.remote(problems)
@@ -487,6 +610,8 @@ def _feed_writer(
             raise ExportCancelled()
         if inflight:
             settle(inflight)
+    if timings is not None and last_written:
+        timings.mark("last_image_written", at=last_written[0])
 
 
 def install_signal_handlers(cancel: threading.Event) -> None:

@@ -82,6 +82,22 @@ def test_zip_has_every_member_and_originals_are_verbatim(demo_zip, demo_project)
                 assert info.compress_type == zipfile.ZIP_DEFLATED, info.filename
 
 
+def test_result_reports_the_fixed_cost_in_order(demo_zip):
+    from ray_export.run import MILESTONES
+
+    _, result = demo_zip
+    timings = result.timings
+    assert set(timings) == {*MILESTONES, "finishing"}
+    assert all(value >= 0 for value in timings.values())
+    order = ["ray_ready", "progress_ready", "first_batch_written", "last_image_written", "committed"]
+    assert [timings[name] for name in order] == sorted(timings[name] for name in order)
+    assert timings["plan_ready"] <= timings["first_batch_written"]
+    assert timings["writer_ready"] <= timings["first_batch_written"]
+    assert timings["actors_ready"] == max(timings["progress_ready"], timings["writer_ready"])
+    assert timings["finishing"] == pytest.approx(timings["committed"] - timings["last_image_written"], abs=1e-3)
+    assert timings["committed"] <= result.seconds
+
+
 def test_object_numbers_agree_across_formats(demo_zip):
     out, result = demo_zip
     with zipfile.ZipFile(out) as zf:
