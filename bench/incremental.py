@@ -108,19 +108,21 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="demo images (default 1000)")
-    parser.add_argument("--size", default="640x480", metavar="WxH", help="image size (default 640x480)")
+    parser.add_argument("--size", default="mixed", metavar="WxH",
+                        help="image size, or mixed (the demo's camera sizes, the default)")
     parser.add_argument("--changed", type=int, default=10, help="segmentations edited (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
     parser.add_argument("--workdir", type=Path, default=Path(".bench"), help="demo project and outputs (./.bench)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    size = None if args.size == "mixed" else tuple(int(v) for v in args.size.lower().split("x"))
+    size_tag = f"-{size[0]}x{size[1]}" if size else ""
 
     from ray_export.demo import build_demo_project
 
     workdir = args.workdir.expanduser().resolve()
-    pristine = build_demo_project(workdir / f"demo-{args.images}-{args.seed}-{width}x{height}", args.images,
-                                  args.seed, (width, height))  # fmt: skip
+    pristine = build_demo_project(workdir / f"demo-{args.images}-{args.seed}{size_tag}", args.images, args.seed,
+                                  size)  # fmt: skip
     # edits go to a private copy of the database (the images are shared, read only)
     out = workdir / "incremental"
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     changed_identical = (out / "changed.zip").read_bytes() == (out / "full-changed.zip").read_bytes()
     report = {
         "images": args.images,
-        "size": f"{width}x{height}",
+        "size": args.size,
         "cpus": os.cpu_count(),
         "zip_bytes": (out / "full.zip").stat().st_size,
         "ray_start_seconds": ray_start,

@@ -156,7 +156,7 @@ class StageResources:
 #: Defaults per stage. The four map stages ask for the same resources so Ray fuses them into one task
 #: per batch (no object-store hop between stages); giving one stage other hints splits it out.
 DEFAULT_STAGE_RESOURCES: dict[str, StageResources] = {
-    "read": StageResources(num_cpus=0.25, batch_size=32),
+    "read": StageResources(num_cpus=1.0, batch_size=32),
     "copy": StageResources(num_cpus=1.0, batch_size=16),
     "visualize": StageResources(num_cpus=1.0, batch_size=16),
     "annotate": StageResources(num_cpus=1.0, batch_size=16),

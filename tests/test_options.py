@@ -63,7 +63,7 @@ def test_defaults() -> None:
     assert options.scale_um_per_px is None
     assert options.max_buffered_images == 256
     assert set(options.stages) == set(STAGE_NAMES)
-    assert options.stages["read"] == StageResources(num_cpus=0.25, batch_size=32)
+    assert options.stages["read"] == StageResources(num_cpus=1.0, batch_size=32)
     # the four map stages share their hints so that Ray fuses them
     for stage in ("copy", "visualize", "annotate", "metrics"):
         assert options.stages[stage] == StageResources(num_cpus=1.0, batch_size=16)
