@@ -38,6 +38,7 @@ from ray_export.reuse import (
     options_fingerprint,
     read_manifest,
     software_fingerprint,
+    stored_entry_of,
 )
 
 
@@ -113,6 +114,7 @@ class ExportAssembler:
             shutil.rmtree(self.spool, ignore_errors=True)
             raise
         self.recorder = MemberRecorder(self.zip)
+        self.previous: PreviousManifest | None = None
         self.reuse_counts = new_reuse_counts()
         self.part_fields = manifest_part_fields(self.formats)
         context = WriterContext(
@@ -131,6 +133,7 @@ class ExportAssembler:
         )
         try:
             self.previous = PreviousManifest(plan.reuse_location, self.part_fields) if plan.reuse_location else None
+            self.recorder.source = self.previous.file if self.previous is not None else None
             for fmt in self.formats:
                 self.writers.append(fmt.open_writer(context))
         except BaseException:
@@ -211,6 +214,8 @@ class ExportAssembler:
                 f"({self.buffer.pending} waiting for an earlier index)"
             )
         summary = replace(plan.summary, counts=dict(self.counts))
+        if self.previous is not None:  # every reused entry is copied
+            self.previous.close()
         for writer in self.writers:
             writer.finish(summary)
         size = self.zip.commit()
@@ -227,6 +232,9 @@ class ExportAssembler:
             for writer in self.writers:
                 with contextlib.suppress(Exception):
                     writer.abort()
+            if self.previous is not None:
+                with contextlib.suppress(Exception):
+                    self.previous.close()
             shutil.rmtree(self.spool, ignore_errors=True)
 
     @property
@@ -242,6 +250,8 @@ class MemberRecorder:
         self.zip = zip_
         self.format = ""
         self.members: list[tuple[str, str]] | None = None
+        #: the open previous export that reused entries are copied from
+        self.source: Any = None
 
     def begin(self) -> list[tuple[str, str]]:
         """Start recording one image's members; the list returned fills as they are written."""
@@ -265,22 +275,36 @@ class MemberRecorder:
         self._note(name)
 
     def add_stored_entry(self, name: str, entry: Any) -> None:
-        self.zip.add_stored_entry(name, entry)
+        """Copy an entry of the previous export (a ``reused_entries`` value) under ``name``."""
+        if self.source is None:
+            raise RuntimeError(f"{name}: a reused entry, but no previous export is open")
+        self.zip.add_stored_entry(name, stored_entry_of(entry), self.source)
         self._note(name)
 
 
 class PreviousManifest:
-    """The manifest of the trusted previous export, read once: the stored rows of reused images."""
+    """The trusted previous export, open for the whole export: its manifest, read once (the stored rows
+    of reused images), and the file its entries are copied from (:attr:`file`)."""
 
     def __init__(self, location: str, part_fields: list[pa.Field]) -> None:
         import zipfile
 
-        with open_binary(location) as fh, zipfile.ZipFile(fh) as zf:
-            table = read_manifest(zf)
+        self._files = contextlib.ExitStack()
+        self.file = self._files.enter_context(open_binary(location))
+        try:
+            with zipfile.ZipFile(self.file) as zf:
+                table = read_manifest(zf)
+        except BaseException:
+            self.close()
+            raise
         columns = ["image_id", "decodable", "n_objects", "n_polylines", "problems"]
         columns += [f.name for f in part_fields if f.name in table.column_names]
         self.table = table.select(columns)
         self.positions = {str(image_id): i for i, image_id in enumerate(self.table.column("image_id").to_pylist())}
+
+    def close(self) -> None:
+        """Close the previous export's file."""
+        self._files.close()
 
     def row(self, image_id: str) -> dict | None:
         """The stored row of ``image_id`` (None when the manifest has none)."""

@@ -15,11 +15,13 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
+
+from ray_export.reuse import DamagedEntry, StoredEntry, copy_stored_entry, read_stored_entry
 
 __all__ = [
     "ZIP_DEFLATED",
@@ -306,25 +308,26 @@ class ZipStreamWriter:
                     member.write(chunk)
         self._names.add(name)
 
-    def add_stored_entry(self, name: str, entry: Mapping[str, Any]) -> None:
-        """Add one member from the compressed bytes of an entry of another ZIP written this way (checked
-        against its CRC-32 when read back): ``entry`` has ``data``, ``crc``, ``file_size`` and ``method``.
+    def add_stored_entry(self, name: str, entry: StoredEntry, source: BinaryIO) -> None:
+        """Add one member by copying ``entry``, an entry of another ZIP written this way (``source``), as its
+        compressed bytes: read in chunks, CRC-32 and size checked while copying.
 
         The bytes written are those :meth:`add_bytes` gives for the uncompressed data under ``name``:
         the same local header and the same compressed stream (the deflate level and library are part
         of the software versions an entry is reused across). An entry compressed otherwise than
-        ``name`` calls for is refused.
+        ``name`` calls for is refused; one that fails its check raises :class:`ZipOutputError` (the
+        ZIP being written is then unusable: abort it).
         """
-        data = memoryview(entry["data"])
-        method, crc, size = int(entry["method"]), int(entry["crc"]), int(entry["file_size"])
+        method, crc, size = int(entry.method), int(entry.crc), int(entry.file_size)
         head = b""
         if _is_tiff_name(name):
-            head = bytes(data) if method == ZIP_STORED else zlib.decompress(bytes(data), -15)
+            raw = read_stored_entry(source, entry)
+            head = raw if method == ZIP_STORED else zlib.decompress(raw, -15)
         if member_compression(name, head) != method:
             raise ValueError(f"stored entry for {name!r} has compression method {method}, not the one it calls for")
         info = self._member_info(name, method)
         info.file_size = size
-        info.compress_size = data.nbytes
+        info.compress_size = int(entry.compress_size)
         info.CRC = crc
         archive = self._zip
         zip64 = size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
@@ -337,7 +340,10 @@ class ZipStreamWriter:
             archive._writecheck(info)
             archive._didModify = True
             archive.fp.write(info.FileHeader(zip64))
-            archive.fp.write(data)
+            try:
+                copy_stored_entry(source, entry, archive.fp.write)
+            except DamagedEntry as exc:
+                raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
             archive.start_dir = archive.fp.tell()
             archive.filelist.append(info)
             archive.NameToInfo[name] = info

@@ -29,7 +29,7 @@ import json
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -49,11 +49,14 @@ COMPUTE_REASONS = ("new", "changed", "renumbered", "damaged", "not_trusted")
 #: enter each image's parts fingerprint instead (an export of a subset can feed one of the whole).
 _PER_IMAGE_OPTIONS = ("image_ids", "scale")
 
-#: One stored entry of the previous ZIP, carried from the copy stage to the writer.
+#: Where one stored entry of the previous ZIP lies (checked by the copy stage), for the writer to copy it
+#: from there: the bytes go from file to file, never through the object store.
 REUSED_ENTRY_TYPE = pa.struct(
     [
         pa.field("format", pa.string()),
-        pa.field("data", pa.binary()),
+        pa.field("name", pa.string()),
+        pa.field("header_offset", pa.int64()),
+        pa.field("compress_size", pa.int64()),
         pa.field("crc", pa.int64()),
         pa.field("file_size", pa.int64()),
         pa.field("method", pa.int64()),
@@ -295,12 +298,12 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
-def read_stored_entry(fh: BinaryIO, entry: StoredEntry) -> bytes:
-    """The compressed bytes of ``entry``, checked against its CRC-32 and size while reading them.
+#: Bytes copied at a time from a previous ZIP.
+COPY_CHUNK = 4 << 20
 
-    Raises :class:`DamagedEntry` when the local header, the data or its CRC do not match the central
-    directory.
-    """
+
+def _seek_to_data(fh: BinaryIO, entry: StoredEntry) -> None:
+    """Check the entry's local header and leave ``fh`` at its first data byte."""
     try:
         fh.seek(entry.header_offset)
         header = fh.read(_LOCAL_HEADER.size)
@@ -314,27 +317,61 @@ def read_stored_entry(fh: BinaryIO, entry: StoredEntry) -> bytes:
         if name.decode("utf-8", "replace") != entry.name:
             raise DamagedEntry(f"{entry.name}: the local header names another member")
         fh.seek(extra_length, 1)
-        data = fh.read(entry.compress_size)
+    except DamagedEntry:
+        raise
     except (OSError, ValueError) as exc:
-        if isinstance(exc, DamagedEntry):
-            raise
         raise DamagedEntry(f"{entry.name}: {type(exc).__name__}: {exc}") from exc
-    if len(data) != entry.compress_size:
-        raise DamagedEntry(f"{entry.name}: truncated data")
-    if entry.method == zipfile.ZIP_STORED:
-        crc, size = _crc32(data), len(data)
-    elif entry.method == zipfile.ZIP_DEFLATED:
-        inflater = zlib.decompressobj(-15)
-        try:
-            plain = inflater.decompress(data) + inflater.flush()
-        except zlib.error as exc:
-            raise DamagedEntry(f"{entry.name}: {exc}") from exc
-        crc, size = zlib.crc32(plain), len(plain)
-    else:
+
+
+def copy_stored_entry(fh: BinaryIO, entry: StoredEntry, write: Callable[[bytes], Any] | None = None) -> None:
+    """Stream the compressed bytes of ``entry`` to ``write`` (none: only check them), checking the local
+    header, the size and the CRC-32 while reading.
+
+    Raises :class:`DamagedEntry` when they do not match the central directory; bytes already given to
+    ``write`` are then not to be used.
+    """
+    _seek_to_data(fh, entry)
+    if entry.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise DamagedEntry(f"{entry.name}: compression method {entry.method} is not copied")
+    inflater = zlib.decompressobj(-15) if entry.method == zipfile.ZIP_DEFLATED else None
+    crc, size, left = 0, 0, entry.compress_size
+    try:
+        while left:
+            chunk = fh.read(min(COPY_CHUNK, left))
+            if not chunk:
+                raise DamagedEntry(f"{entry.name}: truncated data")
+            left -= len(chunk)
+            if inflater is None:
+                crc, size = _crc32(chunk, crc), size + len(chunk)
+            else:
+                plain = inflater.decompress(chunk)
+                crc, size = zlib.crc32(plain, crc), size + len(plain)
+            if write is not None:
+                write(chunk)
+        if inflater is not None:
+            plain = inflater.flush()
+            crc, size = zlib.crc32(plain, crc), size + len(plain)
+    except DamagedEntry:
+        raise
+    except (OSError, ValueError, zlib.error) as exc:
+        raise DamagedEntry(f"{entry.name}: {type(exc).__name__}: {exc}") from exc
     if crc != entry.crc or size != entry.file_size:
         raise DamagedEntry(f"{entry.name}: CRC-32 or size mismatch")
-    return data
+
+
+def read_stored_entry(fh: BinaryIO, entry: StoredEntry) -> bytes:
+    """The compressed bytes of ``entry``, checked as :func:`copy_stored_entry` checks them."""
+    parts: list[bytes] = []
+    copy_stored_entry(fh, entry, parts.append)
+    return b"".join(parts)
+
+
+def stored_entry_of(value: Mapping[str, Any]) -> StoredEntry:
+    """A :class:`StoredEntry` from a ``reused_entries`` value (see :data:`REUSED_ENTRY_TYPE`)."""
+    return StoredEntry(
+        str(value["format"]), str(value["name"]), int(value["header_offset"]), int(value["compress_size"]),
+        int(value["file_size"]), int(value["crc"]), int(value["method"]), 0,
+    )  # fmt: skip
 
 
 def merge_reused_problems(level: int, computed: list[dict], stored: list[dict]) -> list[dict]:

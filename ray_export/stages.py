@@ -58,11 +58,12 @@ from .reuse import (
     REUSED_ENTRIES_TYPE,
     DamagedEntry,
     ReuseSource,
+    StoredEntry,
+    copy_stored_entry,
     file_fingerprint_of,
     member_fingerprint,
     open_binary,
     parts_fingerprint,
-    read_stored_entry,
 )
 from .visualize import image_size_from_header, render_visualization
 
@@ -308,12 +309,10 @@ def copy_stage(
                 reason = "new" if candidate is None else "damaged" if candidate.broken else "changed"
             if candidate is not None and not candidate.broken and candidate.member_fingerprint == member_print:
                 level = ALL_REUSED if candidate.parts_fingerprint == parts_print else MEMBERS_REUSED
+                copied = [e for e in candidate.entries if e.level <= level]
                 try:
-                    copied = [
-                        {"format": e.format, "data": read_stored_entry(previous(), e), "crc": e.crc,
-                         "file_size": e.file_size, "method": e.method}
-                        for e in candidate.entries if e.level <= level
-                    ]  # fmt: skip
+                    for e in copied:  # the writer copies them from the previous ZIP: check them now
+                        copy_stored_entry(previous(), e)
                 except DamagedEntry:
                     reason = "damaged"
                 else:
@@ -324,7 +323,7 @@ def copy_stage(
                     new_problems.append([])
                     levels.append(level)
                     reasons.append(None)
-                    entries_out.append(copied)
+                    entries_out.append([_entry_value(e) for e in copied])
                     continue
             if path is not None and file_fingerprint == "mtime":
                 data, read_error = _read_original(fs, path, is_local, rel, base, limits)
@@ -359,6 +358,13 @@ def copy_stage(
             "reused_entries": pa.array(entries_out, type=REUSED_ENTRIES_TYPE),
         },
     )
+
+
+def _entry_value(entry: StoredEntry) -> dict[str, Any]:
+    """A ``reused_entries`` value: where the writer finds the checked entry in the previous ZIP."""
+    return {"format": entry.format, "name": entry.name, "header_offset": entry.header_offset,
+            "compress_size": entry.compress_size, "crc": entry.crc, "file_size": entry.file_size,
+            "method": entry.method}  # fmt: skip
 
 
 #: Source columns that are not part of an image's member fingerprint (names and index enter the parts one).

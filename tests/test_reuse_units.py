@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.zipstream import ZipStreamWriter
+from actors.zipstream import ZipOutputError, ZipStreamWriter
 from ray_export.reuse import (
     ALL_REUSED,
     MEMBERS_REUSED,
@@ -46,10 +46,7 @@ def _write(path: Path, copy_from: Path | None = None) -> None:
                 out.add_bytes(name, data)
                 continue
             with zipfile.ZipFile(copy_from) as zf, open(copy_from, "rb") as fh:
-                entry = _entry(zf, name)
-                raw = read_stored_entry(fh, entry)
-            out.add_stored_entry(name, {"data": raw, "crc": entry.crc, "file_size": entry.file_size,
-                                        "method": entry.method})  # fmt: skip
+                out.add_stored_entry(name, _entry(zf, name), fh)
         out.add_bytes("documentation/last.json", b"{}")
 
 
@@ -66,10 +63,22 @@ def test_an_entry_is_refused_under_a_name_that_calls_for_other_compression(tmp_p
     _write(tmp_path / "a.zip")
     with zipfile.ZipFile(tmp_path / "a.zip") as zf, open(tmp_path / "a.zip", "rb") as fh:
         entry = _entry(zf, "images/a.png")
-        raw = read_stored_entry(fh, entry)
-    with ZipStreamWriter(tmp_path / "c.zip", STAMP) as out, pytest.raises(ValueError, match="compression"):
-        out.add_stored_entry("labels/a.txt", {"data": raw, "crc": entry.crc, "file_size": entry.file_size,
-                                              "method": entry.method})  # fmt: skip
+        with ZipStreamWriter(tmp_path / "c.zip", STAMP) as out, pytest.raises(ValueError, match="compression"):
+            out.add_stored_entry("labels/a.txt", entry, fh)
+
+
+def test_an_entry_that_changed_since_it_was_checked_fails_the_copy(tmp_path):
+    _write(tmp_path / "a.zip")
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        entry = _entry(zf, "images/a.png")
+    data = bytearray((tmp_path / "a.zip").read_bytes())
+    data[entry.header_offset + 30 + len(entry.name) + 100] ^= 0xFF
+    (tmp_path / "b.zip").write_bytes(bytes(data))
+    out = ZipStreamWriter(tmp_path / "c.zip", STAMP)
+    with open(tmp_path / "b.zip", "rb") as fh, pytest.raises(ZipOutputError, match="changed while it was copied"):
+        out.add_stored_entry("images/a.png", entry, fh)
+    out.abort()
+    assert not (tmp_path / "c.zip").exists() and not (tmp_path / "c.zip.partial").exists()
 
 
 @pytest.mark.parametrize("name", ["images/a.png", "labels/ä b.txt"])
