@@ -15,11 +15,14 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
+
+from isal import isal_zlib
+from isal.isal_zlib import crc32 as _crc32
 
 from ray_export.reuse import DamagedEntry, StoredEntry, copy_stored_entry, read_stored_entry
 
@@ -51,6 +54,34 @@ _TIFF_MAX_ENTRIES = 4096
 _ZIP64_MEMBER_THRESHOLD = int(zipfile.ZIP64_LIMIT / 1.05)
 _ZIP_MIN_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_DATE_TIME = (2107, 12, 31, 23, 59, 58)
+#: ISA-L deflate level of deflated members (0..3): about 20 times as fast as zlib's level 6 on the
+#: export's JSON and CSV members, for 5-8 % more bytes; a standard raw deflate stream either way.
+DEFLATE_LEVEL = 2
+
+
+def _deflater(level: int) -> Any:
+    """A raw deflate compressor (ISA-L)."""
+    return isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+
+
+def _deflate_blocks(chunks: Iterable[Any]) -> Iterator[Any]:
+    """The data of ``chunks`` in blocks of ``COPY_CHUNK_BYTES`` (the last one shorter): ISA-L's output
+    depends on how its input is split, so every member is fed to it in the same blocks, however it was
+    given (from memory or from a spool file)."""
+    pending = bytearray()
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        if not pending and view.nbytes == COPY_CHUNK_BYTES:
+            yield view
+            continue
+        pending += view
+        while len(pending) >= COPY_CHUNK_BYTES:
+            yield bytes(pending[:COPY_CHUNK_BYTES])
+            del pending[:COPY_CHUNK_BYTES]
+    if pending:
+        yield bytes(pending)
+
+
 _COMPRESS_LEVEL_ATTR = "compress_level" if "compress_level" in zipfile.ZipInfo.__slots__ else "_compresslevel"
 
 
@@ -217,12 +248,12 @@ class ZipStreamWriter:
         self,
         output_path: str | Path,
         timestamp: datetime,
-        compresslevel: int = 6,
+        compresslevel: int = DEFLATE_LEVEL,
         partial_path: str | Path | None = None,
         replace: bool = True,
     ) -> None:
-        if not 0 <= compresslevel <= 9:
-            raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
+        if not 0 <= compresslevel <= 3:
+            raise ValueError(f"compresslevel must be 0..3 (ISA-L), got {compresslevel}")
         self.output_path = Path(output_path)
         default_partial = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
         self.partial_path = Path(partial_path) if partial_path is not None else default_partial
@@ -287,25 +318,60 @@ class ZipStreamWriter:
         payload = data.encode("utf-8") if isinstance(data, str) else data
         if compress_type is None:
             compress_type = member_compression(name, bytes(payload) if _is_tiff_name(name) else b"")
-        info = self._member_info(name, compress_type)
-        size = memoryview(payload).nbytes
-        info.file_size = size
-        with self._zip.open(info, mode="w", force_zip64=size > _ZIP64_MEMBER_THRESHOLD) as member:
-            member.write(payload)
-        self._names.add(name)
+        self._write_member(name, compress_type, memoryview(payload).nbytes, [payload])
 
     def add_file(self, name: str, path: str | Path, compress_type: int | None = None) -> None:
         """Add one member by streaming a (spooled) file in chunks; ``compress_type`` None picks it."""
         source_path = Path(path)
         if compress_type is None:
             compress_type = _file_compression(name, source_path)
-        info = self._member_info(name, compress_type)
         with open(source_path, "rb") as source:
             size = os.fstat(source.fileno()).st_size
-            info.file_size = size
-            with self._zip.open(info, mode="w", force_zip64=size > _ZIP64_MEMBER_THRESHOLD) as member:
-                while chunk := source.read(COPY_CHUNK_BYTES):
-                    member.write(chunk)
+            self._write_member(name, compress_type, size, iter(lambda: source.read(COPY_CHUNK_BYTES), b""))
+
+    def _write_member(self, name: str, compress_type: int, size: int, chunks: Iterable[Any]) -> None:
+        """Write one member of ``size`` bytes given in ``chunks``: its local header, its data (raw deflate
+        by ISA-L at :attr:`compresslevel`, or stored), then the header again with the CRC-32 and sizes —
+        the steps ``ZipFile.open(mode="w")`` takes on a seekable file, with another deflate library."""
+        info = self._member_info(name, compress_type)
+        info.file_size = size
+        info.CRC = 0
+        info.compress_size = 0
+        zip64 = size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
+        archive = self._zip
+        with archive._lock:
+            if archive._writing:
+                raise ValueError("another member is being written")
+            archive.fp.seek(archive.start_dir)
+            info.header_offset = archive.fp.tell()
+            archive._writecheck(info)
+            archive._didModify = True
+            archive.fp.write(info.FileHeader(zip64))
+            deflater = _deflater(self.compresslevel) if compress_type == ZIP_DEFLATED else None
+            crc = written = compressed = 0
+            for chunk in _deflate_blocks(chunks) if deflater is not None else chunks:
+                crc = _crc32(chunk, crc)
+                written += memoryview(chunk).nbytes
+                out = deflater.compress(chunk) if deflater is not None else chunk
+                compressed += memoryview(out).nbytes
+                archive.fp.write(out)
+            if deflater is not None:
+                out = deflater.flush()
+                compressed += len(out)
+                archive.fp.write(out)
+            if written != size:
+                raise ZipOutputError(f"{name}: {written} bytes given for a member of {size}")
+            if not zip64 and compressed > zipfile.ZIP64_LIMIT:
+                raise ZipOutputError(f"{name}: compressed size needs ZIP64")
+            info.CRC = crc
+            info.compress_size = compressed
+            end = archive.fp.tell()
+            archive.fp.seek(info.header_offset)
+            archive.fp.write(info.FileHeader(zip64))
+            archive.fp.seek(end)
+            archive.start_dir = end
+            archive.filelist.append(info)
+            archive.NameToInfo[name] = info
         self._names.add(name)
 
     def add_stored_entry(self, name: str, entry: StoredEntry, source: BinaryIO) -> None:
