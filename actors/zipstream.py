@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar
 
-from isal import isal_zlib
 from isal.isal_zlib import crc32 as _crc32
 
 from ray_export.reuse import DamagedEntry, StoredEntry, copy_stored_entry, read_stored_entry
@@ -54,20 +53,20 @@ _TIFF_MAX_ENTRIES = 4096
 _ZIP64_MEMBER_THRESHOLD = int(zipfile.ZIP64_LIMIT / 1.05)
 _ZIP_MIN_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_DATE_TIME = (2107, 12, 31, 23, 59, 58)
-#: ISA-L deflate level of deflated members (0..3): about 20 times as fast as zlib's level 6 on the
-#: export's JSON and CSV members, for 5-8 % more bytes; a standard raw deflate stream either way.
-DEFLATE_LEVEL = 2
+#: zlib deflate level of deflated members. ISA-L's deflate (about 20 times as fast on the export's JSON
+#: and CSV members) was measured not to give the same bytes for the same input in every process, so
+#: members stay with zlib, whose output depends only on the input and the level.
+DEFLATE_LEVEL = 6
 
 
 def _deflater(level: int) -> Any:
-    """A raw deflate compressor (ISA-L)."""
-    return isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    """A raw deflate compressor (zlib)."""
+    return zlib.compressobj(level, zlib.DEFLATED, -15)
 
 
 def _deflate_blocks(chunks: Iterable[Any]) -> Iterator[Any]:
-    """The data of ``chunks`` in blocks of ``COPY_CHUNK_BYTES`` (the last one shorter): ISA-L's output
-    depends on how its input is split, so every member is fed to it in the same blocks, however it was
-    given (from memory or from a spool file)."""
+    """The data of ``chunks`` in blocks of ``COPY_CHUNK_BYTES`` (the last one shorter): every member is
+    fed to the compressor in the same blocks, however it was given (from memory or from a spool file)."""
     pending = bytearray()
     for chunk in chunks:
         view = memoryview(chunk).cast("B")
@@ -252,8 +251,8 @@ class ZipStreamWriter:
         partial_path: str | Path | None = None,
         replace: bool = True,
     ) -> None:
-        if not 0 <= compresslevel <= 3:
-            raise ValueError(f"compresslevel must be 0..3 (ISA-L), got {compresslevel}")
+        if not 0 <= compresslevel <= 9:
+            raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
         self.output_path = Path(output_path)
         default_partial = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
         self.partial_path = Path(partial_path) if partial_path is not None else default_partial
@@ -331,8 +330,8 @@ class ZipStreamWriter:
 
     def _write_member(self, name: str, compress_type: int, size: int, chunks: Iterable[Any]) -> None:
         """Write one member of ``size`` bytes given in ``chunks``: its local header, its data (raw deflate
-        by ISA-L at :attr:`compresslevel`, or stored), then the header again with the CRC-32 and sizes —
-        the steps ``ZipFile.open(mode="w")`` takes on a seekable file, with another deflate library."""
+        at :attr:`compresslevel`, or stored), then the header again with the CRC-32 and sizes — the steps
+        ``ZipFile.open(mode="w")`` takes on a seekable file."""
         info = self._member_info(name, compress_type)
         info.file_size = size
         info.CRC = 0
