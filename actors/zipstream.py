@@ -64,21 +64,9 @@ def _deflater(level: int) -> Any:
     return zlib.compressobj(level, zlib.DEFLATED, -15)
 
 
-def _deflate_blocks(chunks: Iterable[Any]) -> Iterator[Any]:
-    """The data of ``chunks`` in blocks of ``COPY_CHUNK_BYTES`` (the last one shorter): every member is
-    fed to the compressor in the same blocks, however it was given (from memory or from a spool file)."""
-    pending = bytearray()
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        if not pending and view.nbytes == COPY_CHUNK_BYTES:
-            yield view
-            continue
-        pending += view
-        while len(pending) >= COPY_CHUNK_BYTES:
-            yield bytes(pending[:COPY_CHUNK_BYTES])
-            del pending[:COPY_CHUNK_BYTES]
-    if pending:
-        yield bytes(pending)
+def _needs_zip64(size: int) -> bool:
+    """Whether a member of ``size`` bytes gets ZIP64 sizes from the start (as ``ZipFile.open`` decides it)."""
+    return size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
 
 
 _COMPRESS_LEVEL_ATTR = "compress_level" if "compress_level" in zipfile.ZipInfo.__slots__ else "_compresslevel"
@@ -328,15 +316,11 @@ class ZipStreamWriter:
             size = os.fstat(source.fileno()).st_size
             self._write_member(name, compress_type, size, iter(lambda: source.read(COPY_CHUNK_BYTES), b""))
 
-    def _write_member(self, name: str, compress_type: int, size: int, chunks: Iterable[Any]) -> None:
-        """Write one member of ``size`` bytes given in ``chunks``: its local header, its data (raw deflate
-        at :attr:`compresslevel`, or stored), then the header again with the CRC-32 and sizes — the steps
-        ``ZipFile.open(mode="w")`` takes on a seekable file."""
-        info = self._member_info(name, compress_type)
-        info.file_size = size
-        info.CRC = 0
-        info.compress_size = 0
-        zip64 = size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
+    @contextlib.contextmanager
+    def _raw_member(self, info: zipfile.ZipInfo, zip64: bool) -> Iterator[BinaryIO]:
+        """Write one member's bytes directly: the local header, then the caller writes the data to the file
+        it is given and fills ``info.CRC`` and ``info.compress_size``, then the header again with them and
+        the member is registered — the steps ``ZipFile.open(mode="w")`` takes on a seekable file."""
         archive = self._zip
         with archive._lock:
             if archive._writing:
@@ -346,32 +330,42 @@ class ZipStreamWriter:
             archive._writecheck(info)
             archive._didModify = True
             archive.fp.write(info.FileHeader(zip64))
-            deflater = _deflater(self.compresslevel) if compress_type == ZIP_DEFLATED else None
-            crc = written = compressed = 0
-            for chunk in _deflate_blocks(chunks) if deflater is not None else chunks:
-                crc = _crc32(chunk, crc)
-                written += memoryview(chunk).nbytes
-                out = deflater.compress(chunk) if deflater is not None else chunk
-                compressed += memoryview(out).nbytes
-                archive.fp.write(out)
-            if deflater is not None:
-                out = deflater.flush()
-                compressed += len(out)
-                archive.fp.write(out)
-            if written != size:
-                raise ZipOutputError(f"{name}: {written} bytes given for a member of {size}")
-            if not zip64 and compressed > zipfile.ZIP64_LIMIT:
-                raise ZipOutputError(f"{name}: compressed size needs ZIP64")
-            info.CRC = crc
-            info.compress_size = compressed
+            yield archive.fp
             end = archive.fp.tell()
             archive.fp.seek(info.header_offset)
             archive.fp.write(info.FileHeader(zip64))
             archive.fp.seek(end)
             archive.start_dir = end
             archive.filelist.append(info)
-            archive.NameToInfo[name] = info
-        self._names.add(name)
+            archive.NameToInfo[info.filename] = info
+        self._names.add(info.filename)
+
+    def _write_member(self, name: str, compress_type: int, size: int, chunks: Iterable[Any]) -> None:
+        """Write one member of ``size`` bytes given in ``chunks`` (raw deflate at :attr:`compresslevel`, or stored)."""
+        info = self._member_info(name, compress_type)
+        info.file_size = size
+        info.CRC = 0
+        info.compress_size = 0
+        zip64 = _needs_zip64(size)
+        with self._raw_member(info, zip64) as out:
+            deflater = _deflater(self.compresslevel) if compress_type == ZIP_DEFLATED else None
+            crc = written = compressed = 0
+            for chunk in chunks:
+                crc = _crc32(chunk, crc)
+                written += memoryview(chunk).nbytes
+                data = deflater.compress(chunk) if deflater is not None else chunk
+                compressed += memoryview(data).nbytes
+                out.write(data)
+            if deflater is not None:
+                data = deflater.flush()
+                compressed += len(data)
+                out.write(data)
+            if written != size:
+                raise ZipOutputError(f"{name}: {written} bytes given for a member of {size}")
+            if not zip64 and compressed > zipfile.ZIP64_LIMIT:
+                raise ZipOutputError(f"{name}: compressed size needs ZIP64")
+            info.CRC = crc
+            info.compress_size = compressed
 
     def add_stored_entry(self, name: str, entry: StoredEntry, source: BinaryIO) -> None:
         """Add one member by copying ``entry``, an entry of another ZIP written this way (``source``), as its
@@ -383,7 +377,7 @@ class ZipStreamWriter:
         ``name`` calls for is refused; one that fails its check raises :class:`ZipOutputError` (the
         ZIP being written is then unusable: abort it).
         """
-        method, crc, size = int(entry.method), int(entry.crc), int(entry.file_size)
+        method, size = int(entry.method), int(entry.file_size)
         head = b""
         if _is_tiff_name(name):
             raw = read_stored_entry(source, entry)
@@ -393,26 +387,12 @@ class ZipStreamWriter:
         info = self._member_info(name, method)
         info.file_size = size
         info.compress_size = int(entry.compress_size)
-        info.CRC = crc
-        archive = self._zip
-        zip64 = size > _ZIP64_MEMBER_THRESHOLD or size * 1.05 > zipfile.ZIP64_LIMIT
-        # the steps ZipFile.open(mode="w") takes on a seekable file, with the sizes and CRC known up front
-        with archive._lock:
-            if archive._writing:
-                raise ValueError("another member is being written")
-            archive.fp.seek(archive.start_dir)
-            info.header_offset = archive.fp.tell()
-            archive._writecheck(info)
-            archive._didModify = True
-            archive.fp.write(info.FileHeader(zip64))
+        info.CRC = int(entry.crc)
+        with self._raw_member(info, _needs_zip64(size)) as out:
             try:
-                copy_stored_entry(source, entry, archive.fp.write)
+                copy_stored_entry(source, entry, out.write)
             except DamagedEntry as exc:
                 raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
-            archive.start_dir = archive.fp.tell()
-            archive.filelist.append(info)
-            archive.NameToInfo[name] = info
-        self._names.add(name)
 
     # ---------------------------------------------------------------------------------------------------------------
     def commit(self) -> int:
