@@ -49,11 +49,19 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
+#: Blocks per CPU of the cluster the rows are cut into (when the read batch size allows): the first
+#: results reach the writer after one small block, and the last blocks leave no CPU idle for long.
+#: 230 camera images on 2 CPUs (8 rows per block instead of 29): 11.3 s -> 8.4-8.8 s with Ray warm;
+#: 1,000 images (32 rows per block either way) are not affected.
+BLOCKS_PER_CPU = 16
+
+
 def rows_per_read_task(n_images: int, cluster_cpus: float, max_rows: int, min_rows: int = 4) -> int:
     """Images per read task (= per block): at most ``max_rows`` (the read batch size), and small enough
-    that there are about four blocks per CPU, so a small project still keeps every CPU busy; never
-    below ``min_rows`` (each block has a fixed scheduling cost)."""
-    per_block = math.ceil(n_images / max(1.0, 4.0 * cluster_cpus))
+    that there are about :data:`BLOCKS_PER_CPU` blocks per CPU, so a small project still keeps every
+    CPU busy and the writer gets its first images early; never below ``min_rows`` (each block has a
+    fixed scheduling cost)."""
+    per_block = math.ceil(n_images / max(1.0, BLOCKS_PER_CPU * cluster_cpus))
     return max(1, min(max_rows, max(min_rows, per_block)))
 
 
@@ -206,3 +214,5 @@ def _shut_down(executor: Any) -> None:
         executor.shutdown(force=True)
     except Exception:  # the export's own outcome matters more than a failed clean-up
         log.debug("could not shut down the dataset executor", exc_info=True)
+
+

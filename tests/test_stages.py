@@ -244,7 +244,8 @@ def test_stage_placement_pins_only_what_must_stay_on_the_driver():
 
 @pytest.mark.parametrize(
     ("n", "cpus", "max_rows", "expected"),
-    [(12, 2, 32, 4), (150, 2, 32, 19), (10_000, 16, 32, 32), (3, 2, 32, 4), (1000, 2, 8, 8), (2, 64, 1, 1)],
+    [(12, 2, 32, 4), (150, 2, 32, 5), (230, 2, 32, 8), (1000, 2, 32, 32), (10_000, 16, 32, 32), (3, 2, 32, 4),
+     (1000, 2, 8, 8), (2, 64, 1, 1)],
 )
 def test_rows_per_read_task(n, cpus, max_rows, expected):
     from ray_export.dataset import rows_per_read_task
