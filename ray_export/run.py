@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import RayUnreachable, ensure_ray
-from .dataset import build_dataset, quiet_ray_data, streamed_bundles
+from .dataset import build_dataset, preload_dataset_modules, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
 from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
@@ -145,7 +145,8 @@ class _CancelWatcher(threading.Thread):
 
 
 class _Planning(threading.Thread):
-    """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts."""
+    """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts,
+    then imports Ray Data for the dataset built later."""
 
     def __init__(self, options: ExportOptions, timings: ExportTimings) -> None:
         super().__init__(name="ray-export-plan", daemon=True)
@@ -163,6 +164,7 @@ class _Planning(threading.Thread):
             self.error = exc
         finally:
             self.done.set()
+        preload_dataset_modules()  # Ray is still starting: take the import off the export's path
 
     def result(self, cancel: threading.Event) -> ExportPlan:
         """The plan, or the exception planning raised; waits in short steps, so that a cancel (or an
