@@ -26,6 +26,7 @@ from actors.zipstream import ReorderBuffer, ZipStreamWriter
 from ray_export.documents import ExportSummary
 from ray_export.formats.base import FormatWriter, Selection, WriterContext
 from ray_export.formats.registry import check_result_schema, manifest_part_fields, result_schema, selected_formats
+from ray_export.heap import release_free_heap
 from ray_export.options import is_uri
 from ray_export.reuse import (
     ALL_REUSED,
@@ -515,6 +516,7 @@ class ZipWriterActor:
         """(images written now, problems those images carry, bytes written so far, reuse counts so far)."""
         before = self.assembler.problem_count
         written = self.assembler.add_batch(table)
+        release_free_heap()
         return (
             written, self.assembler.problem_count - before, self.assembler.bytes_written,
             dict(self.assembler.reuse_counts),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cluster import cluster_cpus, place_stages, stage_demand
+from .heap import release_free_heap
 from .options import ExportOptions
 from .planning import ExportPlan
 
@@ -102,6 +103,7 @@ def _tracked(fn: Callable, stage: str, progress: Any, finish: bool = False) -> C
         failed = failed_indices(table, out) if progress is not None else []
         if finish:
             out = finish_stage(out)
+            release_free_heap()
         if progress is not None:
             progress.add_images.remote(stage, out.column("index").to_pylist(), failed)
         return out
