@@ -6,11 +6,15 @@ import ctypes
 import functools
 from collections.abc import Callable
 
+import pyarrow as pa
+
 
 def release_free_heap() -> None:
-    """Hand the heap memory freed by a batch back to the system (glibc's ``malloc_trim``): a process
+    """Hand the memory freed by a batch back to the system: Arrow's memory pool (where the batches'
+    columns live) and the C heap (glibc's ``malloc_trim``, where NumPy and OpenCV allocate). A process
     waiting for its next batch then holds only what it uses, not the high-water mark of the batches
-    before. Does nothing where the C library has no ``malloc_trim``."""
+    before. The C heap is left alone where the C library has no ``malloc_trim``."""
+    pa.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -28,3 +28,14 @@ def test_memory_freed_inside_the_heap_is_returned():
     assert before - after > 150 * 2**20, (before, after)
     assert pin[0] == 0
 
+
+
+def test_memory_freed_in_arrows_pool_is_returned():
+    import pyarrow as pa
+
+    buffers = [pa.allocate_buffer(64_000) for _ in range(3000)]  # about 180 MiB from Arrow's memory pool
+    del buffers
+    before = _resident_bytes()
+    release_free_heap()
+    after = _resident_bytes()
+    assert before - after > 150 * 2**20, (before, after)
