@@ -223,5 +223,3 @@ def _shut_down(executor: Any) -> None:
         executor.shutdown(force=True)
     except Exception:  # the export's own outcome matters more than a failed clean-up
         log.debug("could not shut down the dataset executor", exc_info=True)
-
-

@@ -29,7 +29,6 @@ def test_memory_freed_inside_the_heap_is_returned():
     assert pin[0] == 0
 
 
-
 def test_memory_freed_in_arrows_pool_is_returned():
     import pyarrow as pa
 
