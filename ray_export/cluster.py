@@ -7,8 +7,9 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ExportError
 from .options import MAP_STAGES, ExportOptions, is_remote_uri
@@ -146,9 +147,51 @@ def cluster_may_grow() -> bool:
     return _v2_cluster_config() is not None or _v1_has_node_types(_v1_autoscaler_status())
 
 
-def _v1_node_types_from_monitor(status: dict | None) -> list[dict[str, float]] | None:
-    """The node types of a v1 autoscaling config, read from the file the monitor process was started
-    with; only readable on the head's host (a job driver, a notebook on the head). None otherwise."""
+class NodeTypes(NamedTuple):
+    """Resources of each node the cluster has or its autoscaler may launch (``shapes``; None when an
+    autoscaler manages the cluster but its node types cannot be read from here), and of the node types
+    a cluster-wide limit keeps the autoscaler from ever launching (``withheld``, that limit in ``limit``)."""
+
+    shapes: list[dict[str, float]] | None
+    withheld: tuple[dict[str, float], ...] = ()
+    limit: str = ""
+
+
+def autoscaling_config_node_types(config: dict) -> NodeTypes:
+    """Node types an autoscaler v1 config (the ``ray up`` / ``--autoscaling-config`` YAML) lets the
+    autoscaler launch: a type with its own ``max_workers`` above 0, unless the cluster-wide
+    ``max_workers`` is 0 (it counts workers of all types together: no worker ever comes), which
+    withholds them all. The head node itself is present, so the head type counts only as a worker type."""
+    launchable = []
+    for spec in config["available_node_types"].values():
+        if int(spec.get("max_workers", 0)) > 0:
+            launchable.append(_with_unknowns({str(k): float(v) for k, v in (spec.get("resources") or {}).items()}))
+    cap = config.get("max_workers")  # the autoscaler needs it; prepare_config fills it in for `ray up`
+    if cap is not None and int(cap) <= 0 and launchable:
+        return NodeTypes([], tuple(launchable), f"the cluster-wide max_workers is {int(cap)}")
+    return NodeTypes(launchable)
+
+
+def cluster_config_node_types(config: Any) -> NodeTypes:
+    """Node groups an autoscaler v2 publishes (an ``autoscaler_pb2.ClusterConfig``) that it may launch:
+    ``max_count`` not 0 (-1: unbounded), and no resource of one node above the cluster-wide
+    ``max_resources`` cap, which a group of larger nodes can never get under."""
+    caps = {str(k): float(v) for k, v in config.max_resources.items()}
+    launchable, withheld, over = [], [], []
+    for group in config.node_group_configs:
+        if group.max_count == 0:
+            continue
+        shape = {str(k): float(v) for k, v in group.resources.items()}
+        exceeded = [f"{k}={caps[k]:g}" for k in sorted(shape) if k in caps and shape[k] > caps[k]]
+        (withheld if exceeded else launchable).append(_with_unknowns(shape))
+        over.extend(item for item in exceeded if item not in over)
+    limit = f"the cluster's max_resources cap {', '.join(over)}" if withheld else ""
+    return NodeTypes(launchable, tuple(withheld), limit)
+
+
+def _v1_config_from_monitor(status: dict | None) -> dict | None:
+    """The autoscaler v1 config the monitor process was started with (``--autoscaling-config``); only
+    readable on the head's host (a job driver, a notebook on the head). None otherwise."""
     import yaml
 
     pid = (status or {}).get("monitor_pid")
@@ -163,14 +206,9 @@ def _v1_node_types_from_monitor(status: dict | None) -> list[dict[str, float]] |
         if text.startswith("--autoscaling-config="):
             try:
                 config = yaml.safe_load(Path(text.split("=", 1)[1]).expanduser().read_text(encoding="utf-8"))
-                node_types = config["available_node_types"]
-                return [
-                    {str(k): float(v) for k, v in (spec.get("resources") or {}).items()}
-                    for name, spec in node_types.items()
-                    if name == config.get("head_node_type") or int(spec.get("max_workers", 0)) > 0
-                ]
             except Exception:
                 return None
+            return config if isinstance(config, dict) else None
     return None
 
 
@@ -180,25 +218,33 @@ def _with_unknowns(shape: dict[str, float]) -> dict[str, float]:
     return {"CPU": math.inf, "GPU": math.inf, "memory": math.inf, **shape}
 
 
-def launchable_node_shapes() -> list[dict[str, float]] | None:
-    """Resources of each node the cluster has or its autoscaler may launch; None when an autoscaler
-    manages the cluster but its node types cannot be read from here."""
+def launchable_node_types() -> NodeTypes:
+    """The nodes the cluster has plus the node types its autoscaler (v2: the node groups it publishes to
+    the GCS; v1: the config its monitor reads) may launch, with those a cluster-wide limit withholds."""
     import ray
 
     present = [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
-    config = _v2_cluster_config()
-    if config is not None:
-        launchable = [
-            {str(k): float(v) for k, v in group.resources.items()}
-            for group in config.node_group_configs
-            if group.max_count != 0
-        ]
-        return present + [_with_unknowns(shape) for shape in launchable]
-    status = _v1_autoscaler_status()
-    if not _v1_has_node_types(status):
-        return present
-    launchable = _v1_node_types_from_monitor(status)
-    return None if launchable is None else present + [_with_unknowns(shape) for shape in launchable]
+    cluster_config = _v2_cluster_config()
+    if cluster_config is not None:
+        types = cluster_config_node_types(cluster_config)
+    else:
+        status = _v1_autoscaler_status()
+        if not _v1_has_node_types(status):
+            return NodeTypes(present)
+        config = _v1_config_from_monitor(status)
+        try:
+            types = autoscaling_config_node_types(config) if config is not None else None
+        except Exception:  # a config the autoscaler could not run either
+            types = None
+        if types is None:
+            return NodeTypes(None)
+    return NodeTypes(present + (types.shapes or []), types.withheld, types.limit)
+
+
+def launchable_node_shapes() -> list[dict[str, float]] | None:
+    """Resources of each node the cluster has or its autoscaler may launch; None when an autoscaler
+    manages the cluster but its node types cannot be read from here."""
+    return launchable_node_types().shapes
 
 
 def cluster_cpus() -> float:
@@ -248,29 +294,72 @@ def _fits(demand: dict[str, float], shape: dict[str, float]) -> bool:
     return all(amount <= float(shape.get(resource, 0.0)) for resource, amount in demand.items())
 
 
-def check_stages_feasible(options: ExportOptions, stages: list[str], shapes: list[dict[str, float]] | None) -> None:
+def check_stages_feasible(
+    options: ExportOptions,
+    stages: list[str],
+    shapes: list[dict[str, float]] | None,
+    withheld: Sequence[dict[str, float]] = (),
+    limit: str = "",
+) -> None:
     """A stage no node (present or launchable: ``shapes``) can hold would wait forever; refuse it before
-    any work starts. ``shapes`` None (node types unknown) checks nothing."""
-    if not shapes:
+    any work starts. ``shapes`` None (node types unknown) checks nothing. ``withheld``: node types the
+    autoscaler never launches because of a cluster-wide ``limit`` (named in the message when only such
+    a type could hold the stage)."""
+    if shapes is None:
         return
     for stage in stages:
         demand = stage_demand(options, stage)
         if any(_fits(demand, shape) for shape in shapes):
             continue
+        if any(_fits(demand, shape) for shape in withheld):
+            ending = f"; only worker types that are never launched have it ({limit}); lower it or raise that limit"
+        else:
+            ending = "; lower it"
         short = [r for r in demand if not any(demand[r] <= float(s.get(r, 0.0)) for s in shapes)]
         if short:
             resource = short[0]
-            largest = max(float(s.get(resource, 0.0)) for s in shapes)
+            largest = max((float(s.get(resource, 0.0)) for s in shapes), default=0.0)
             raise ExportError(
                 f"invalid option stages.{stage}.{_option_name(resource)}: asks for {demand[resource]:g} {resource} "
                 f"per task, but no node of this cluster, present or launchable, has that much (largest: "
-                f"{largest:g}); lower it",
+                f"{largest:g}){ending}",
                 2,
             )
         wants = ", ".join(f"{r}={a:g}" for r, a in sorted(demand.items()))
         raise ExportError(
             f"invalid option stages.{stage}: a task asks for {wants}, but no node of this cluster, present or "
-            "launchable, has all of it at once; lower it",
+            f"launchable, has all of it at once{ending}",
+            2,
+        )
+
+
+def check_read_fits(options: ExportOptions, driver_resources: dict[str, float] | None = None) -> None:
+    """Reads of a SQLite database run on the driver's node (the file is there): read hints that node
+    cannot hold are a usage error (the tasks would wait forever). ``driver_resources``: that node's
+    resources, looked up from the running Ray when not given."""
+    from .sources import parse_db_target
+
+    if parse_db_target(options.db).kind != "sqlite":
+        return
+    if driver_resources is None:
+        import ray
+
+        driver_resources = node_resources(ray.get_runtime_context().get_node_id())
+    for resource, amount in stage_demand(options, "read").items():
+        have = float(driver_resources.get(resource, 0.0))
+        if amount <= have:
+            continue
+        if resource == "CPU" and have <= 0:
+            # stages.read.num_cpus must be above 0, so no read hint fits a node without CPUs
+            raise ExportError(
+                "reads of a SQLite database run on the driver's node, which has no CPU (a read task needs some, "
+                "stages.read.num_cpus cannot be 0); give that node CPUs (for the head: ray start --head "
+                "--num-cpus=1) or use a PostgreSQL database, whose reads run on any node",
+                2,
+            )
+        raise ExportError(
+            f"invalid option stages.read.{_option_name(resource)}: asks for {amount:g} {resource}, but reads of a "
+            f"SQLite database run on the driver's node, which has {have:g}; lower it",
             2,
         )
 
@@ -285,7 +374,8 @@ def place_stages(options: ExportOptions, images_root: str, driver_node: str) -> 
     single_static_node = alive_nodes() == 1 and not cluster_may_grow()
     placement = stage_placement(files_on_driver_only, single_static_node, driver_node)
     check_pinned_stages_fit(options, placement, node_resources(driver_node))
-    check_stages_feasible(options, ["read", *MAP_STAGES], launchable_node_shapes())
+    types = launchable_node_types()
+    check_stages_feasible(options, ["read", *MAP_STAGES], types.shapes, types.withheld, types.limit)
     return placement
 
 

@@ -99,6 +99,75 @@ def test_cluster_yaml_documents_job_usage():
     assert not re.search(r"postgres(?:ql)?://[^@\s/]*:[^@\s/]*@", text), "no password in any DSN"
 
 
+SSM_AMI_PREFIX = "resolve:ssm:"
+#: root volume each node type needs: the venv, Ray's logs and spilled objects (and on the head the ZIPs)
+MIN_ROOT_GIB = {"head": 100, "worker": 32}
+
+
+def test_cluster_yaml_gives_every_node_a_gp3_root_volume():
+    config = _load_cluster_yaml()
+    for name, spec in config["available_node_types"].items():
+        mappings = spec["node_config"].get("BlockDeviceMappings") or []
+        root = [m for m in mappings if m.get("DeviceName") == "/dev/sda1"]  # Ubuntu AMIs' root device
+        assert len(root) == 1, f"{name}: no root volume"
+        ebs = root[0]["Ebs"]
+        assert ebs["VolumeType"] == "gp3", name
+        wanted = MIN_ROOT_GIB["head" if name == config["head_node_type"] else "worker"]
+        assert type(ebs["VolumeSize"]) is int and ebs["VolumeSize"] >= wanted, name
+        assert ebs.get("DeleteOnTermination", True) is True, name
+
+
+def _put_role_policy(text: str) -> list[str]:
+    """The arguments of the one ``aws iam put-role-policy`` command in ``text`` (shell continuations joined)."""
+    import shlex
+
+    joined = re.sub(r"\\\n\s*", " ", text)
+    commands = re.findall(r"aws iam put-role-policy .*?'[^']*'", joined, flags=re.S)
+    assert len(commands) == 1, commands
+    return shlex.split(commands[0])
+
+
+def _policy_of(args: list[str]) -> dict:
+    return json.loads(args[args.index("--policy-document") + 1])
+
+
+def test_the_readme_grants_the_heads_role_what_launching_workers_needs():
+    """Workers use the head's instance profile and a ``resolve:ssm:`` AMI: the head's role must be allowed
+    iam:PassRole on its own role and ssm:GetParameters on the AMI parameter, which ``ray up`` does not grant."""
+    config = _load_cluster_yaml()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(aws iam put-role-policy .*?)```", readme, flags=re.S)
+    assert block, "a copy-pasteable put-role-policy command in README.md"
+    args = _put_role_policy(block.group(1))
+    assert args[:3] == ["aws", "iam", "put-role-policy"]
+    role = args[args.index("--role-name") + 1]
+    assert role == "ray-autoscaler-v1"  # the role `ray up` creates for the head
+    policy = _policy_of(args)
+    assert policy["Version"] == "2012-10-17"
+    grants = {statement["Action"]: statement for statement in policy["Statement"]}
+    assert all(statement["Effect"] == "Allow" for statement in grants.values())
+
+    pass_role = grants["iam:PassRole"]["Resource"]
+    workers = {n: s for n, s in config["available_node_types"].items() if n != config["head_node_type"]}
+    for name, spec in workers.items():
+        profile = spec["node_config"]["IamInstanceProfile"]["Name"]
+        assert re.fullmatch(pass_role.replace("*", "[^:]*"), f"arn:aws:iam::123456789012:role/{profile}"), name
+
+    ssm = grants["ssm:GetParameters"]["Resource"]
+    assert ssm.startswith("arn:aws:ssm:*::parameter/aws/service/")  # public parameters: no account id
+    for name, spec in config["available_node_types"].items():
+        image = spec["node_config"]["ImageId"]
+        if image.startswith(SSM_AMI_PREFIX):
+            parameter = image[len(SSM_AMI_PREFIX) :]
+            arn = f"arn:aws:ssm:{config['provider']['region']}::parameter{parameter}"
+            assert re.fullmatch(re.escape(ssm).replace(r"\*", ".*"), arn), name
+
+    # cluster.yaml's comments carry the same command
+    text = CLUSTER_YAML.read_text(encoding="utf-8")
+    comments = "\n".join(line.lstrip()[1:] for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert _policy_of(_put_role_policy(comments)) == policy
+
+
 # ------------------------------------------------------------------------------------------------- notebook
 
 
