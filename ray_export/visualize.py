@@ -15,14 +15,26 @@ Conventions:
   Grayscale becomes three equal channels. Only the first page/frame of a multi-page file is used.
 * Drawing order: every object's fill (outer ring minus its holes, alpha-blended at ``fill_opacity``),
   then the outer outlines (external colour), the hole outlines and orphan-hole outlines (internal
-  colour), the polylines (open, external colour), and last the number discs.
-* Each number sits in a white disc with a dark border centred in the object's material (outer ring
-  minus holes), on a pixel of its mask far from its boundary, found with an exact distance transform of
-  the mask, so it lies inside concave objects too and never in a hole. An object with holes gets the
-  pole of inaccessibility of its material (the pixel farthest from the outer ring and every hole); a
-  hole-free one the pixel nearest its centroid among those within 10 % of that largest distance.
-  Objects under one square pixel, or covering no pixel, get no number.
-  ``font_size`` is the font's full height in pixels.
+  colour), the polylines (open, in their own colour: the one of green, magenta, cyan and yellow
+  farthest from both outline colours, green by default), and last the badges' leaders and discs.
+* Badges: each numbered object's number, and each polyline's ``P<number>`` (its number in the JSON
+  export), in a white disc with a dark border. Their text height scales with the image: ``font_size``
+  pixels on an image whose shorter side is 1000 px, in proportion to the shorter side otherwise, at
+  least 10 px, at most four times ``font_size`` and at most a sixth of the shorter side.
+* A badge sits on its object, centred in its material (outer ring minus holes) on a pixel of its mask
+  far from its boundary, found with an exact distance transform of the mask, so it lies inside concave
+  objects too and never in a hole: for an object with holes the pole of inaccessibility of its material
+  (the pixel farthest from the outer ring and every hole), for a hole-free one the pixel nearest its
+  centroid among those within 10 % of that largest distance. It stays there when the disc clears the
+  outline there and covers at most a fifth of the object's visible material. Otherwise (small or thin
+  objects) the badge is set beside the object, outside its outer ring (holes included) with a small
+  gap, wholly inside the image, joined to the object's nearest pixel by a thin leader (white with dark
+  edges). Among the allowed centres near the object the one whose disc covers the fewest pixels
+  already drawn on (other objects, polylines, earlier badges) wins, then the one nearest the pole, then
+  the first in row order. Objects on their poles come first, then the others in number order, then the
+  polylines, each beside the middle of its length on the image. A badge that finds no room beside its
+  shape (a tiny image) is drawn at the pole, or at the polyline's middle. Objects under one square
+  pixel, or covering no pixel, get no number.
 * Encoding: PNG at compression level 3; JPEG at quality 95 with 4:4:4 chroma; WebP lossy at quality 95
   (WebP is limited to 16383 pixels per side; larger images give a ``render_failed`` problem).
 
@@ -31,12 +43,14 @@ All drawing uses integer OpenCV primitives, so the same input always gives the s
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -59,6 +73,17 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _DISC_FILL = (255, 255, 255)
 _DISC_BORDER = (32, 32, 32)
 _TEXT_COLOUR = (0, 0, 0)
+_REFERENCE_SIDE = 1000  # shorter image side on which badge text is ``font_size`` pixels high
+_MIN_TEXT_HEIGHT = 10  # badge text is never smaller (the smallest font size accepted)...
+_MAX_TEXT_FACTOR = 4  # ...nor larger than this many times the font size...
+_MAX_TEXT_SHARE = 6  # ...nor than this fraction (1/6) of the shorter image side
+_MAX_COVER = 0.2  # a badge on its object covers at most this share of the object's material
+_SEARCH_STEPS = 8  # a badge set beside its shape is sought on a grid of radius / 8 pixels (at least 1)
+_LEADER_GAP = (
+    2  # least gap in pixels (plus a third of the radius) between a badge set beside its shape and the shape's outline
+)
+#: Polylines take the colour of this list farthest from both outline colours (green by default).
+_POLYLINE_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0))
 _JPEG_QUALITY = 95
 _WEBP_QUALITY = 95
 
@@ -298,17 +323,9 @@ def object_mask(obj: PolygonObject, width: int, height: int) -> tuple[np.ndarray
     return mask, x0, y0
 
 
-def pole_of_inaccessibility(mask: np.ndarray, ring_shaped: bool = False) -> tuple[int, int] | None:
-    """``(x, y)`` of a mask pixel as far as possible from the mask's boundary, holes' edges included.
-
-    The distance is the exact Euclidean distance transform of the mask (zero pixels, the border of the
-    mask's box included, are the outside). For a ``ring_shaped`` mask (an object with holes, whose
-    centroid often lies in a hole) the pixel of largest distance is taken: the pole of inaccessibility
-    of the material, the centre of the largest disc that fits in it. Otherwise, among the pixels whose
-    distance is within 10 % of the largest, the one closest to the mask's centroid is taken, so
-    elongated and concave shapes get a central point that still lies well inside them. Ties go to the
-    pixel closest to the centroid, then to the first in row order.
-    """
+def _pole(mask: np.ndarray, ring_shaped: bool) -> tuple[int, int, float] | None:
+    """``(x, y, clearance)``: the pixel :func:`pole_of_inaccessibility` picks and its distance to the
+    nearest pixel outside the mask."""
     if not mask.any():
         return None
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
@@ -320,52 +337,408 @@ def pole_of_inaccessibility(mask: np.ndarray, ring_shaped: bool = False) -> tupl
     centroid_x = moments["m10"] / moments["m00"]
     centroid_y = moments["m01"] / moments["m00"]
     nearest = int(np.argmin((cols - centroid_x) ** 2 + (rows - centroid_y) ** 2))
-    return int(cols[nearest]), int(rows[nearest])
+    row, col = int(rows[nearest]), int(cols[nearest])
+    return col, row, float(distance[row, col])
 
 
-def _text_metrics(text: str, font_size: int) -> tuple[float, int, int, int]:
-    """``(scale, thickness, text_width, text_height)`` for a label drawn at ``font_size`` pixels."""
-    thickness = max(1, round(font_size / 16))
-    scale = cv2.getFontScaleFromHeight(_FONT, int(font_size), thickness)
-    (text_width, text_height), _baseline = cv2.getTextSize(text, _FONT, scale, thickness)
-    return scale, thickness, text_width, text_height
+def pole_of_inaccessibility(mask: np.ndarray, ring_shaped: bool = False) -> tuple[int, int] | None:
+    """``(x, y)`` of a mask pixel as far as possible from the mask's boundary, holes' edges included.
+
+    The distance is the exact Euclidean distance transform of the mask (zero pixels, the border of the
+    mask's box included, are the outside). For a ``ring_shaped`` mask (an object with holes, whose
+    centroid often lies in a hole) the pixel of largest distance is taken: the pole of inaccessibility
+    of the material, the centre of the largest disc that fits in it. Otherwise, among the pixels whose
+    distance is within 10 % of the largest, the one closest to the mask's centroid is taken, so
+    elongated and concave shapes get a central point that still lies well inside them. Ties go to the
+    pixel closest to the centroid, then to the first in row order.
+    """
+    found = _pole(mask, ring_shaped)
+    return None if found is None else (found[0], found[1])
 
 
-def disc_radius(number: int, font_size: int) -> int:
-    """Radius in pixels of the white disc that holds ``number``."""
-    _scale, thickness, text_width, text_height = _text_metrics(str(number), font_size)
-    return math.ceil(math.hypot(text_width, text_height) / 2) + thickness + 2
+# --------------------------------------------------------------------------- badges
 
 
-def _clamp_centre(centre: int, size: int) -> int:
-    """Keep a disc centre on the image; the disc itself may be cut by the border rather than leave its
-    object (a corner object keeps its number on it)."""
-    return min(max(centre, 0), size - 1)
+@dataclass(frozen=True)
+class Badge:
+    """One label: ``text`` (``text_height`` pixels high) in a white disc of ``radius`` with a dark
+    border centred at pixel ``(x, y)``; ``leader`` is the ``(x0, y0, x1, y1)`` line from the disc's edge
+    to the labelled shape for a badge set beside it, None for a badge on its object."""
+
+    text: str
+    x: int
+    y: int
+    radius: int
+    text_height: int
+    leader: tuple[float, float, float, float] | None = None
 
 
-def _disc_from_mask(
-    obj: PolygonObject, mask: np.ndarray, x0: int, y0: int, width: int, height: int, font_size: int
-) -> tuple[int, int, int] | None:
-    pole = pole_of_inaccessibility(mask, ring_shaped=any(len(hole) >= 3 for hole in obj.holes))
+@dataclass(frozen=True)
+class _Site:
+    """Where an object's material can hold its badge: the pole ``(x, y)`` in image pixels, its
+    ``clearance`` to the material's edge, the material's visible ``area`` and box size."""
+
+    x: int
+    y: int
+    clearance: float
+    area: int
+    box_width: int
+    box_height: int
+
+
+def badge_text_height(width: int, height: int, font_size: int) -> int:
+    """Text height in pixels of the badges on a ``width`` x ``height`` image.
+
+    ``font_size`` is the height on an image whose shorter side is 1000 px; it scales with the shorter
+    side, is at least 10 px and at most four times ``font_size``, and never more than a sixth of the
+    shorter side (so tiny images keep room for their objects).
+    """
+    short = max(1, min(width, height))
+    size = max(font_size * short / _REFERENCE_SIDE, _MIN_TEXT_HEIGHT)
+    size = min(size, _MAX_TEXT_FACTOR * font_size, short / _MAX_TEXT_SHARE)
+    return max(1, math.floor(size + 0.5))
+
+
+def _line_thickness(text_height: int) -> int:
+    """Thickness of the text strokes and of the disc border for text ``text_height`` pixels high."""
+    return max(1, round(text_height / 16))
+
+
+def _text_metrics(text: str, text_height: int) -> tuple[float, int, int, int]:
+    """``(scale, thickness, text_width, text_height)`` for a label drawn ``text_height`` pixels high."""
+    thickness = _line_thickness(text_height)
+    scale = cv2.getFontScaleFromHeight(_FONT, int(text_height), thickness)
+    (text_width, drawn_height), _baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    return scale, thickness, text_width, drawn_height
+
+
+def disc_radius(text: str | int, text_height: int) -> int:
+    """Radius in pixels of the white disc that holds ``text`` drawn ``text_height`` pixels high."""
+    _scale, thickness, text_width, drawn_height = _text_metrics(str(text), text_height)
+    return math.ceil(math.hypot(text_width, drawn_height) / 2) + thickness + 2
+
+
+def _outer_radius(radius: int, text_height: int) -> int:
+    """Radius of everything a disc of ``radius`` paints, its anti-aliased border included."""
+    return radius + _line_thickness(text_height) // 2 + 1
+
+
+def _leader_width(text_height: int) -> int:
+    """Width of a leader's white core (it gets a one-pixel dark edge on each side)."""
+    return max(1, _line_thickness(text_height) // 2)
+
+
+def polyline_colour(external: tuple[int, int, int], internal: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The colour of polylines: the palette colour farthest (in RGB) from both outline colours."""
+    palette = np.asarray(_POLYLINE_PALETTE, dtype=np.int64)
+    outlines = np.asarray([external, internal], dtype=np.int64)
+    nearest = ((palette[:, None, :] - outlines[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    return _POLYLINE_PALETTE[int(np.argmax(nearest))]
+
+
+def _site(obj: PolygonObject, mask: np.ndarray, x0: int, y0: int) -> _Site | None:
+    """The badge site of an object from its visible fill mask."""
+    pole = _pole(mask, ring_shaped=any(len(hole) >= 3 for hole in obj.holes))
     if pole is None:
         return None
-    radius = disc_radius(obj.number, font_size)
-    centre_x = _clamp_centre(pole[0] + x0, width)
-    centre_y = _clamp_centre(pole[1] + y0, height)
-    return centre_x, centre_y, radius
+    area = int(np.count_nonzero(mask))
+    return _Site(pole[0] + x0, pole[1] + y0, pole[2], area, mask.shape[1], mask.shape[0])
+
+
+def _fits_inside(site: _Site, outer: int, stroke: int) -> bool:
+    """Whether a disc painting ``outer`` pixels around the pole stays clear of the outline and holes
+    and covers at most :data:`_MAX_COVER` of the material."""
+    return site.clearance >= outer + (stroke + 1) // 2 + 1 and math.pi * outer * outer <= _MAX_COVER * site.area
+
+
+def _polyline_anchor(points: np.ndarray, width: int, height: int) -> tuple[int, int] | None:
+    """The pixel at half the length of the polyline's part inside the image, or None when no part of it
+    is inside."""
+    start = points[:-1]
+    delta = points[1:] - start
+    lo = np.zeros(len(delta))
+    hi = np.ones(len(delta))
+    visible = np.ones(len(delta), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis, limit in ((0, width - 1), (1, height - 1)):
+            d = delta[:, axis]
+            for p, q in ((-d, start[:, axis]), (d, limit - start[:, axis])):
+                ratio = q / p
+                lo = np.where(p < 0, np.maximum(lo, ratio), lo)
+                hi = np.where(p > 0, np.minimum(hi, ratio), hi)
+                visible &= ~((p == 0) & (q < 0))
+    lengths = np.hypot(delta[:, 0], delta[:, 1])
+    seen = np.where(visible & (hi > lo), (hi - lo) * lengths, 0.0)
+    total = float(seen.sum())
+    if total <= 0:
+        inside = (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
+        if not inside.any():
+            return None
+        first = points[int(np.argmax(inside))]
+        return math.floor(first[0] + 0.5), math.floor(first[1] + 0.5)
+    cumulative = np.cumsum(seen)
+    k = int(np.searchsorted(cumulative, total / 2))
+    before = float(cumulative[k - 1]) if k > 0 else 0.0
+    t = lo[k] + (total / 2 - before) / lengths[k]
+    x, y = start[k] + t * delta[k]
+    return min(max(math.floor(x + 0.5), 0), width - 1), min(max(math.floor(y + 0.5), 0), height - 1)
+
+
+class _Layout:
+    """Everything drawn on the image, rasterised on demand into windows: the filled outer rings, the
+    polylines and orphan holes, and the badges placed so far (discs and leaders)."""
+
+    def __init__(self, parsed: ImagePolygons, stroke: int, capacity: int) -> None:
+        rings = [obj.outer for obj in parsed.objects if len(obj.outer) >= 3]
+        lines = [line.points for line in parsed.polylines if len(line.points) >= 2]
+        loops = [hole for hole in parsed.orphan_holes if len(hole) >= 2]
+        self._stroke = stroke
+        self._rings = [_fixed_point(ring) for ring in rings]
+        self._lines = [_fixed_point(line) for line in lines]
+        self._loops = [_fixed_point(loop) for loop in loops]
+        self._ring_boxes = _boxes(rings, 0.0)
+        self._line_boxes = _boxes(lines, stroke / 2)
+        self._loop_boxes = _boxes(loops, stroke / 2)
+        self._discs: list[tuple[int, int, int]] = []
+        self._leaders: list[tuple[np.ndarray, int] | None] = []
+        self._badge_boxes = np.zeros((capacity, 4), dtype=np.float64)
+
+    def add(self, badge: Badge) -> None:
+        """Record a placed badge so that later ones avoid it."""
+        outer = _outer_radius(badge.radius, badge.text_height)
+        box = [badge.x - outer, badge.y - outer, badge.x + outer, badge.y + outer]
+        leader = None
+        if badge.leader is not None:
+            x0, y0, x1, y1 = badge.leader
+            box = [min(box[0], x0, x1) - 2, min(box[1], y0, y1) - 2, max(box[2], x0, x1) + 2, max(box[3], y0, y1) + 2]
+            leader = (_fixed_point(np.array(badge.leader)).reshape(2, 2), _leader_width(badge.text_height) + 2)
+        self._badge_boxes[len(self._discs)] = box
+        self._discs.append((badge.x, badge.y, outer))
+        self._leaders.append(leader)
+
+    def rasterise(self, canvas: np.ndarray, ox: int, oy: int) -> None:
+        """Set every pixel of ``canvas`` (image pixel ``(ox, oy)`` at its top-left) that is drawn on."""
+        window = (ox, oy, ox + canvas.shape[1] - 1, oy + canvas.shape[0] - 1)
+        shift = np.array([ox * _ONE, oy * _ONE], dtype=np.int32)
+        for index in _meeting(self._ring_boxes, window):
+            cv2.fillPoly(canvas, [self._rings[index] - shift], 1, cv2.LINE_8, _SHIFT)
+        for shapes, boxes, closed in ((self._lines, self._line_boxes, False), (self._loops, self._loop_boxes, True)):
+            chosen = [shapes[index] - shift for index in _meeting(boxes, window)]
+            if chosen:
+                cv2.polylines(canvas, chosen, closed, 1, self._stroke, cv2.LINE_8, _SHIFT)
+        for index in _meeting(self._badge_boxes[: len(self._discs)], window):
+            x, y, outer = self._discs[index]
+            cv2.circle(canvas, (x - ox, y - oy), outer, 1, -1, cv2.LINE_8)
+            leader = self._leaders[index]
+            if leader is not None:
+                ends, width = leader[0] - shift, leader[1]
+                start, end = (int(ends[0, 0]), int(ends[0, 1])), (int(ends[1, 0]), int(ends[1, 1]))
+                cv2.line(canvas, start, end, 1, width, cv2.LINE_8, _SHIFT)
+
+
+def _boxes(shapes: list[np.ndarray], pad: float) -> np.ndarray:
+    """``(n, 4)`` boxes ``[x_min, y_min, x_max, y_max]`` of point arrays, grown by ``pad`` pixels."""
+    if not shapes:
+        return np.zeros((0, 4), dtype=np.float64)
+    lows = np.array([shape.min(axis=0) for shape in shapes]) - pad
+    highs = np.array([shape.max(axis=0) for shape in shapes]) + pad
+    return np.hstack([lows, highs])
+
+
+def _meeting(boxes: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Indices of the boxes that reach into the pixel ``window`` ``(x0, y0, x1, y1)`` (inclusive)."""
+    x0, y0, x1, y1 = window
+    hit = (boxes[:, 2] >= x0 - 1) & (boxes[:, 0] <= x1 + 1) & (boxes[:, 3] >= y0 - 1) & (boxes[:, 1] <= y1 + 1)
+    return np.nonzero(hit)[0]
+
+
+def _disc_sums(drawn: np.ndarray, cols: np.ndarray, rows: np.ndarray, radius: int) -> np.ndarray:
+    """How many set pixels of ``drawn`` lie under a disc of ``radius`` at each centre ``(cols, rows)``,
+    the disc taken as the union of two crossed rectangles (exact integer sums from one integral image)."""
+    inner = math.floor(radius * math.sqrt(0.5))
+    padded = cv2.copyMakeBorder(drawn, radius, radius, radius, radius, cv2.BORDER_CONSTANT, value=0)
+    integral = cv2.integral(padded, sdepth=cv2.CV_32S)
+    xs, ys = cols + radius, rows + radius
+
+    def box(half_x: int, half_y: int) -> np.ndarray:
+        x0, x1, y0, y1 = xs - half_x, xs + half_x + 1, ys - half_y, ys + half_y + 1
+        return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
+    return (box(radius, inner) + box(inner, radius) - box(inner, inner)).astype(np.int64)
+
+
+def _badge_beside(
+    text: str,
+    text_height: int,
+    anchor: tuple[int, int],
+    extent: float,
+    draw_shape: Callable[[np.ndarray, int, int], None],
+    layout: _Layout,
+    width: int,
+    height: int,
+    stroke: int,
+) -> Badge | None:
+    """A badge set beside a shape (outside it, wholly on the image) with a leader to its nearest pixel.
+
+    The search runs in a window around ``anchor`` (a pixel of the shape) that reaches past the shape
+    (of size ``extent``) by a few badge radii, over centres on a grid of :data:`_SEARCH_STEPS` steps per
+    badge radius (every pixel for small badges). Allowed centres keep the disc clear of the shape and
+    its outline and inside the image; among them the one whose disc covers the fewest pixels already
+    drawn on (other objects, polylines, badges) wins, then the one nearest to ``anchor``, then the first
+    in row order. None when there is no room.
+    """
+    radius = disc_radius(text, text_height)
+    outer = _outer_radius(radius, text_height)
+    clearance = outer + (stroke + 1) // 2 + _LEADER_GAP + outer // 3
+    reach = math.ceil(min(extent / 2, 3 * outer)) + clearance + outer + 1
+    ax, ay = anchor
+    wx0, wy0 = max(0, ax - reach), max(0, ay - reach)
+    wx1, wy1 = min(width, ax + reach + 1), min(height, ay + reach + 1)
+    shape = np.zeros((wy1 - wy0, wx1 - wx0), dtype=np.uint8)
+    draw_shape(shape, wx0, wy0)
+    if not shape.any():
+        return None
+    # Distances between cells of step x step pixels, less the most two pixels can be off their cells' grid.
+    step = max(1, outer // _SEARCH_STEPS)
+    cells_y, cells_x = -(-shape.shape[0] // step), -(-shape.shape[1] // step)
+    grid = np.zeros((cells_y * step, cells_x * step), dtype=np.uint8)
+    grid[: shape.shape[0], : shape.shape[1]] = shape
+    rows_max = functools.reduce(np.maximum, [grid[offset::step] for offset in range(step)])
+    coarse = functools.reduce(np.maximum, [rows_max[:, offset::step] for offset in range(step)])
+    distance = cv2.distanceTransform((coarse == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    far = distance * step - (step - 1) * math.sqrt(2.0) >= clearance
+    rows, cols = np.nonzero(far)
+    rows = rows.astype(np.int64) * step + (step - 1) // 2
+    cols = cols.astype(np.int64) * step + (step - 1) // 2
+    # Centres keep the disc on the image, and away from window edges inside the image (the shape may go on).
+    lo_x = max(outer, wx0 + clearance if wx0 > 0 else 0) - wx0
+    hi_x = min(width - 1 - outer, wx1 - 1 - clearance if wx1 < width else width) - wx0
+    lo_y = max(outer, wy0 + clearance if wy0 > 0 else 0) - wy0
+    hi_y = min(height - 1 - outer, wy1 - 1 - clearance if wy1 < height else height) - wy0
+    keep = (cols >= lo_x) & (cols <= hi_x) & (rows >= lo_y) & (rows <= hi_y)
+    if not keep.any():
+        return None
+    rows, cols = rows[keep], cols[keep]
+    drawn = np.zeros_like(shape)
+    layout.rasterise(drawn, wx0, wy0)
+    nearness = (cols + wx0 - ax) ** 2 + (rows + wy0 - ay) ** 2
+    key = _disc_sums(drawn, cols, rows, outer) * (int(nearness.max()) + 1) + nearness
+    best = int(np.argmin(key))
+    row, col = int(rows[best]), int(cols[best])
+    ys, xs = np.nonzero(shape)
+    nearest = int(np.argmin((xs.astype(np.int64) - col) ** 2 + (ys.astype(np.int64) - row) ** 2))
+    centre_x, centre_y = int(col) + wx0, int(row) + wy0
+    target_x, target_y = float(xs[nearest] + wx0), float(ys[nearest] + wy0)
+    dx, dy = target_x - centre_x, target_y - centre_y
+    length = math.hypot(dx, dy)
+    ux, uy = dx / length, dy / length
+    leader = (centre_x + ux * radius, centre_y + uy * radius, target_x - ux * 0.5, target_y - uy * 0.5)
+    return Badge(text, centre_x, centre_y, radius, text_height, leader)
+
+
+def _object_shape(obj: PolygonObject) -> Callable[[np.ndarray, int, int], None]:
+    """Rasteriser of an object's filled outer ring (its holes count as the object) into a window."""
+    ring = _fixed_point(obj.outer)
+
+    def draw(canvas: np.ndarray, ox: int, oy: int) -> None:
+        cv2.fillPoly(canvas, [ring - np.array([ox * _ONE, oy * _ONE], dtype=np.int32)], 1, cv2.LINE_8, _SHIFT)
+
+    return draw
+
+
+def _line_shape(points: np.ndarray, stroke: int) -> Callable[[np.ndarray, int, int], None]:
+    """Rasteriser of a polyline at the stroke width into a window."""
+    line = _fixed_point(points)
+
+    def draw(canvas: np.ndarray, ox: int, oy: int) -> None:
+        shifted = line - np.array([ox * _ONE, oy * _ONE], dtype=np.int32)
+        cv2.polylines(canvas, [shifted], False, 1, stroke, cv2.LINE_8, _SHIFT)
+
+    return draw
+
+
+def _place_badges(
+    parsed: ImagePolygons,
+    sites: list[tuple[PolygonObject, _Site]],
+    width: int,
+    height: int,
+    settings: VisualizationSettings,
+) -> list[Badge]:
+    """Badges of the numbered objects (in the order of ``sites``) followed by those of the polylines.
+
+    An object whose pole leaves room for its disc, which then covers at most :data:`_MAX_COVER` of its
+    material, keeps its badge there; the others are set beside their object in number order, then the
+    polylines' ``P<number>`` badges beside theirs, each avoiding what was placed before it.
+    """
+    text_height = badge_text_height(width, height, settings.font_size)
+    stroke = int(settings.stroke_width)
+    layout = _Layout(parsed, stroke, len(sites) + len(parsed.polylines))
+    placed: list[Badge | None] = [None] * len(sites)
+    for index, (obj, site) in enumerate(sites):
+        text = str(obj.number)
+        radius = disc_radius(text, text_height)
+        if _fits_inside(site, _outer_radius(radius, text_height), stroke):
+            placed[index] = Badge(text, site.x, site.y, radius, text_height)
+            layout.add(placed[index])
+    for index, (obj, site) in enumerate(sites):
+        if placed[index] is not None:
+            continue
+        text = str(obj.number)
+        extent = max(site.box_width, site.box_height)
+        badge = _badge_beside(
+            text, text_height, (site.x, site.y), extent, _object_shape(obj), layout, width, height, stroke
+        )
+        if badge is None:  # no room beside it: on the object after all
+            badge = Badge(text, site.x, site.y, disc_radius(text, text_height), text_height)
+        placed[index] = badge
+        layout.add(badge)
+    badges = [badge for badge in placed if badge is not None]
+    for line in parsed.polylines:
+        if len(line.points) < 2:
+            continue
+        anchor = _polyline_anchor(line.points, width, height)
+        if anchor is None:
+            continue
+        low = np.clip(line.points.min(axis=0), 0, (width - 1, height - 1))
+        high = np.clip(line.points.max(axis=0), 0, (width - 1, height - 1))
+        extent = float((high - low).max())
+        text = f"P{line.number}"
+        badge = _badge_beside(
+            text, text_height, anchor, extent, _line_shape(line.points, stroke), layout, width, height, stroke
+        )
+        if badge is None:
+            radius = disc_radius(text, text_height)
+            badge = Badge(text, anchor[0], anchor[1], radius, text_height)
+        layout.add(badge)
+        badges.append(badge)
+    return badges
+
+
+def _object_sites(parsed: ImagePolygons, width: int, height: int) -> list[tuple[PolygonObject, _Site]]:
+    """The badge sites of the objects that get a number."""
+    sites = []
+    for obj in parsed.objects:
+        if abs(ring_signed_area(obj.outer)) < _MIN_NUMBERED_AREA:
+            continue
+        found = object_mask(obj, width, height)
+        site = None if found is None else _site(obj, *found)
+        if site is not None:
+            sites.append((obj, site))
+    return sites
+
+
+def place_badges(parsed: ImagePolygons, width: int, height: int, settings: VisualizationSettings) -> list[Badge]:
+    """Every badge of an overlay: the numbered objects' in number order, then the polylines'."""
+    return _place_badges(parsed, _object_sites(parsed, width, height), width, height, settings)
 
 
 def number_disc(
     obj: PolygonObject, width: int, height: int, settings: VisualizationSettings
 ) -> tuple[int, int, int] | None:
-    """``(centre_x, centre_y, radius)`` of the object's number disc, or None when it gets no number."""
-    if abs(ring_signed_area(obj.outer)) < _MIN_NUMBERED_AREA:
-        return None
-    found = object_mask(obj, width, height)
-    if found is None:
-        return None
-    mask, x0, y0 = found
-    return _disc_from_mask(obj, mask, x0, y0, width, height, settings.font_size)
+    """``(centre_x, centre_y, radius)`` of the object's number disc when it is drawn alone, or None when
+    it gets no number."""
+    badges = place_badges(ImagePolygons(objects=[obj]), width, height, settings)
+    return (badges[0].x, badges[0].y, badges[0].radius) if badges else None
 
 
 # --------------------------------------------------------------------------- drawing
@@ -380,18 +753,27 @@ def _blend_mask(image: np.ndarray, mask: np.ndarray, x0: int, y0: int, colour: n
     region[selected] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _draw_number(image: np.ndarray, number: int, disc: tuple[int, int, int], font_size: int) -> None:
-    centre_x, centre_y, radius = disc
-    text = str(number)
-    scale, thickness, text_width, text_height = _text_metrics(text, font_size)
-    cv2.circle(image, (centre_x, centre_y), radius, _DISC_FILL, -1, cv2.LINE_AA)
-    cv2.circle(image, (centre_x, centre_y), radius, _DISC_BORDER, max(1, thickness), cv2.LINE_AA)
-    origin = (centre_x - text_width // 2, centre_y + text_height // 2)
-    cv2.putText(image, text, origin, _FONT, scale, _TEXT_COLOUR, thickness, cv2.LINE_AA)
+def _draw_badges(image: np.ndarray, badges: list[Badge]) -> None:
+    """Draw every leader (white with dark edges), then every disc with its text on top."""
+    for badge in badges:
+        if badge.leader is None:
+            continue
+        ends = _fixed_point(np.array(badge.leader).reshape(2, 2)).reshape(2, 2)
+        start, end = (int(ends[0, 0]), int(ends[0, 1])), (int(ends[1, 0]), int(ends[1, 1]))
+        core = _leader_width(badge.text_height)
+        cv2.line(image, start, end, _DISC_BORDER, core + 2, cv2.LINE_AA, _SHIFT)
+        cv2.line(image, start, end, _DISC_FILL, core, cv2.LINE_AA, _SHIFT)
+    for badge in badges:
+        scale, thickness, text_width, text_height = _text_metrics(badge.text, badge.text_height)
+        centre = (badge.x, badge.y)
+        cv2.circle(image, centre, badge.radius, _DISC_FILL, -1, cv2.LINE_AA)
+        cv2.circle(image, centre, badge.radius, _DISC_BORDER, thickness, cv2.LINE_AA)
+        origin = (badge.x - text_width // 2, badge.y + text_height // 2)
+        cv2.putText(image, badge.text, origin, _FONT, scale, _TEXT_COLOUR, thickness, cv2.LINE_AA)
 
 
 def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: VisualizationSettings) -> np.ndarray:
-    """Draw the objects, holes, polylines and numbers of ``parsed`` on a copy of ``rgb`` (RGB uint8)."""
+    """Draw the objects, holes, polylines and badges of ``parsed`` on a copy of ``rgb`` (RGB uint8)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
     image = np.ascontiguousarray(rgb).copy()
@@ -402,7 +784,7 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
     opacity = float(settings.fill_opacity)
     stroke = int(settings.stroke_width)
 
-    discs: list[tuple[int, tuple[int, int, int]]] = []
+    sites: list[tuple[PolygonObject, _Site]] = []
     for obj in parsed.objects:
         found = object_mask(obj, width, height)
         if found is None:
@@ -411,9 +793,9 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
         if opacity > 0:
             _blend_mask(image, mask, x0, y0, fill_colour, opacity)
         if settings.show_numbers and abs(ring_signed_area(obj.outer)) >= _MIN_NUMBERED_AREA:
-            disc = _disc_from_mask(obj, mask, x0, y0, width, height, settings.font_size)
-            if disc is not None:
-                discs.append((obj.number, disc))
+            site = _site(obj, mask, x0, y0)
+            if site is not None:
+                sites.append((obj, site))
 
     outers = [_fixed_point(obj.outer) for obj in parsed.objects if len(obj.outer) >= 2]
     if outers:
@@ -424,10 +806,10 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
         cv2.polylines(image, holes, True, internal, stroke, cv2.LINE_AA, _SHIFT)
     lines = [_fixed_point(line.points) for line in parsed.polylines if len(line.points) >= 2]
     if lines:
-        cv2.polylines(image, lines, False, external, stroke, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(image, lines, False, polyline_colour(external, internal), stroke, cv2.LINE_AA, _SHIFT)
 
-    for number, disc in discs:
-        _draw_number(image, number, disc, settings.font_size)
+    if settings.show_numbers:
+        _draw_badges(image, _place_badges(parsed, sites, width, height, settings))
     return image
 
 

@@ -354,8 +354,8 @@ def test_polyline_is_drawn_open() -> None:
         [{"type": "external", "geometry": "polyline", "points": _points([(10, 10), (150, 10), (150, 110)])}]
     )
     out = render_overlay(_flat_image(), parsed, VisualizationSettings())
-    np.testing.assert_array_equal(out[10, 80], [255, 0, 0])
-    np.testing.assert_array_equal(out[60, 150], [255, 0, 0])
+    np.testing.assert_array_equal(out[10, 80], [0, 255, 0])  # polylines have their own colour
+    np.testing.assert_array_equal(out[60, 150], [0, 255, 0])
     np.testing.assert_array_equal(out[60, 80], [100, 100, 100])  # would be on the closing segment
     np.testing.assert_array_equal(out[80, 40], [100, 100, 100])
 
@@ -385,11 +385,203 @@ def test_tiny_and_offscreen_objects_do_not_break_rendering() -> None:
     assert number_disc(parsed.objects[1], WIDTH, HEIGHT, settings) is None
     disc = number_disc(parsed.objects[2], WIDTH, HEIGHT, settings)
     assert disc is not None
-    centre_x, centre_y, _radius = disc
-    # the number stays on its object (the part of it on the image), even if the border cuts the disc
-    assert 140 <= centre_x <= WIDTH - 1 and 100 <= centre_y <= HEIGHT - 1
+    centre_x, centre_y, radius = disc
+    # the 20 x 20 corner of it on the image is too small to hold the disc: it goes beside, on the image
+    assert radius <= centre_x <= WIDTH - 1 - radius and radius <= centre_y <= HEIGHT - 1 - radius
+    assert not (140 - radius <= centre_x and 100 - radius <= centre_y)
+    whole = number_disc(parsed.objects[3], WIDTH, HEIGHT, settings)
+    assert whole is not None and abs(whole[0] - WIDTH / 2) <= 1 and abs(whole[1] - HEIGHT / 2) <= 1
     out = render_overlay(_flat_image(), parsed, settings)
     assert out.shape == (HEIGHT, WIDTH, 3)
+
+
+# --------------------------------------------------------------------------- badges
+
+VGA_WIDTH, VGA_HEIGHT = 640, 480
+
+
+def _vga_image(value: int = 100) -> np.ndarray:
+    return np.full((VGA_HEIGHT, VGA_WIDTH, 3), value, dtype=np.uint8)
+
+
+def _ring_object(cx: float, cy: float, r: float, hole_r: float = 0.0, hole_dx: float = 0.0) -> list[dict]:
+    """A circular external (id ``a``) with an optional circular hole ``hole_dx`` right of its centre."""
+    elements = [{"type": "external", "id": "a", "points": _points(_circle(cx, cy, r, 64))}]
+    if hole_r > 0:
+        elements.append(
+            {"type": "internal", "parent_id": "a", "points": _points(_circle(cx + hole_dx, cy, hole_r, 64))}
+        )
+    return elements
+
+
+def _full_mask(obj, width: int, height: int) -> np.ndarray:
+    """The object's visible material as a boolean image-sized mask."""
+    mask, x0, y0 = object_mask(obj, width, height)
+    full = np.zeros((height, width), dtype=bool)
+    full[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask > 0
+    return full
+
+
+def _hole_mask(obj, width: int, height: int) -> np.ndarray:
+    """The pixels of the object's holes (the same rasterisation as the fill leaves clear)."""
+    holes = np.zeros((height, width), dtype=np.uint8)
+    for hole in obj.holes:
+        cv2.fillPoly(holes, [visualize._fixed_point(hole)], 1, cv2.LINE_8, visualize._SHIFT)
+    return holes > 0
+
+
+def _badge_changes(parsed: ImagePolygons, settings: VisualizationSettings, image: np.ndarray) -> np.ndarray:
+    """Pixels the badges (discs, text and leaders) change: a render with numbers against one without."""
+    with_numbers = render_overlay(image, parsed, settings)
+    without = render_overlay(image, parsed, VisualizationSettings(**{**settings.__dict__, "show_numbers": False}))
+    return np.any(with_numbers != without, axis=2)
+
+
+@pytest.mark.parametrize("font_size", [10, 32, 50])
+@pytest.mark.parametrize("stroke_width", [1, 2, 5])
+def test_small_object_keeps_its_pixels_and_its_hole_visible(font_size: int, stroke_width: int) -> None:
+    """A 30 px object with a hole on a 640 x 480 image: its badge goes beside it, joined by a leader."""
+    parsed = parse_polygons(_ring_object(320, 240, 15, hole_r=5, hole_dx=3))
+    obj = parsed.objects[0]
+    settings = VisualizationSettings(font_size=font_size, stroke_width=stroke_width)
+    changed = _badge_changes(parsed, settings, _vga_image())
+    material = _full_mask(obj, VGA_WIDTH, VGA_HEIGHT)
+    hole = _hole_mask(obj, VGA_WIDTH, VGA_HEIGHT)
+    assert hole.sum() > 50 and material.sum() > 500
+    assert (changed & material).sum() / material.sum() <= 0.2  # >= 80 % of the object stays visible
+    assert not (changed & hole).any()  # the whole hole stays visible
+    # the badge is there, off the object, and its leader reaches the object's outline
+    (badge,) = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert badge.leader is not None
+    assert np.hypot(badge.x - 320, badge.y - 240) >= 15 + badge.radius
+    near_outline = cv2.dilate(material.astype(np.uint8), np.ones((2 * stroke_width + 3,) * 2, np.uint8)) > 0
+    assert (changed & near_outline & ~material).any()
+    end_x, end_y = badge.leader[2:]
+    assert abs(np.hypot(end_x - 320, end_y - 240) - 15) <= 1.5
+
+
+@pytest.mark.parametrize("with_hole", [False, True])
+def test_large_object_keeps_its_badge_centred_at_its_pole(with_hole: bool) -> None:
+    parsed = parse_polygons(_ring_object(300, 220, 120, hole_r=40 if with_hole else 0, hole_dx=30))
+    obj = parsed.objects[0]
+    settings = VisualizationSettings()
+    (badge,) = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert badge.leader is None and badge.text == "1"
+    mask, x0, y0 = object_mask(obj, VGA_WIDTH, VGA_HEIGHT)
+    pole = visualize.pole_of_inaccessibility(mask, ring_shaped=with_hole)
+    assert (badge.x, badge.y) == (pole[0] + x0, pole[1] + y0)
+    if not with_hole:
+        assert abs(badge.x - 300) <= 1 and abs(badge.y - 220) <= 1
+    changed = _badge_changes(parsed, settings, _vga_image())
+    material = _full_mask(obj, VGA_WIDTH, VGA_HEIGHT)
+    ys, xs = np.nonzero(changed)
+    assert np.all(material[ys, xs])  # the disc lies in the material, away from the hole and outline
+    assert np.all(np.hypot(xs - badge.x, ys - badge.y) <= badge.radius + 2)  # border and anti-aliasing
+    assert changed.sum() / material.sum() <= 0.2
+
+
+CORNER_OBJECTS = {
+    "top_left_inside": (8, 8, 6),
+    "top_left_cut": (0, 0, 12),
+    "top_right_cut": (VGA_WIDTH - 3, 4, 10),
+    "bottom_left": (10, VGA_HEIGHT - 12, 9),
+    "bottom_right_cut": (VGA_WIDTH, VGA_HEIGHT, 14),
+    "left_edge": (-5, 240, 12),
+    "bottom_edge": (320, VGA_HEIGHT + 4, 11),
+}
+
+
+@pytest.mark.parametrize("where", sorted(CORNER_OBJECTS))
+@pytest.mark.parametrize("font_size", [10, 50])
+def test_badge_stays_inside_the_image_at_borders_and_corners(where: str, font_size: int) -> None:
+    cx, cy, r = CORNER_OBJECTS[where]
+    parsed = parse_polygons(_ring_object(cx, cy, r))
+    settings = VisualizationSettings(font_size=font_size)
+    (badge,) = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert badge.leader is not None
+    assert badge.radius + 1 <= badge.x <= VGA_WIDTH - 2 - badge.radius
+    assert badge.radius + 1 <= badge.y <= VGA_HEIGHT - 2 - badge.radius
+    assert np.hypot(badge.x - cx, badge.y - cy) >= r + badge.radius  # beside the object, not on it
+    changed = _badge_changes(parsed, settings, _vga_image())
+    material = _full_mask(parsed.objects[0], VGA_WIDTH, VGA_HEIGHT)
+    assert (changed & material).sum() / material.sum() <= 0.2
+    rows, cols = np.mgrid[0:VGA_HEIGHT, 0:VGA_WIDTH]
+    disc = np.hypot(cols - badge.x, rows - badge.y) <= badge.radius - 1
+    assert changed[disc].mean() >= 0.95  # the whole disc is drawn, none of it cut by the border
+
+
+def test_badge_text_height_scales_with_the_image() -> None:
+    height = visualize.badge_text_height
+    assert height(1000, 1000, 32) == 32  # font_size is the height on a 1000 px shorter side
+    assert height(640, 480, 32) == 15
+    assert height(4000, 3000, 32) == 96
+    assert height(640, 480, 10) == 10  # never below 10 px...
+    assert height(20000, 20000, 50) == 200  # ...nor above four times the font size
+    assert height(30, 30, 32) == 5  # ...nor above a sixth of the shorter side
+    small = visualize.place_badges(parse_polygons(_ring_object(320, 240, 120)), 640, 480, VisualizationSettings())
+    large = visualize.place_badges(parse_polygons(_ring_object(1000, 750, 375)), 2000, 1500, VisualizationSettings())
+    assert small[0].radius < 20 and large[0].radius > 2.5 * small[0].radius
+
+
+def test_badge_beside_avoids_neighbours_and_other_badges() -> None:
+    """Small objects packed along a large one: no badge covers the large object or another badge."""
+    elements = [{"type": "external", "points": _points(_box(100, 200, 540, 400))}]
+    elements += [{"type": "external", "points": _points(_circle(130 + 40 * k, 190, 8, 32))} for k in range(10)]
+    parsed = parse_polygons(elements)
+    settings = VisualizationSettings()
+    badges = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert [b.text for b in badges] == [str(n) for n in range(1, 12)]
+    assert badges[0].leader is None
+    for badge in badges[1:]:
+        assert badge.leader is not None
+        assert badge.y + badge.radius < 200  # above the row, off the large object
+    centres = np.array([(b.x, b.y) for b in badges[1:]], dtype=float)
+    gaps = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    radii = np.array([b.radius for b in badges[1:]], dtype=float)
+    np.fill_diagonal(gaps, np.inf)
+    assert np.all(gaps >= radii[:, None] + radii[None, :])  # badges do not overlap
+    first = render_overlay(_vga_image(), parsed, settings)
+    second = render_overlay(_vga_image(), parsed, settings)
+    np.testing.assert_array_equal(first, second)  # same inputs, same pixels
+
+
+def test_polylines_have_their_own_colour_and_a_label_beside_them() -> None:
+    line = [(100, 300), (300, 250), (500, 300)]
+    parsed = parse_polygons(
+        [*_ring_object(320, 120, 80), {"type": "external", "geometry": "polyline", "points": _points(line)}]
+    )
+    settings = VisualizationSettings()
+    out = render_overlay(_vga_image(), parsed, settings)
+    green = (out[:, :, 1] == 255) & (out[:, :, 0] == 0) & (out[:, :, 2] == 0)
+    red = (out[:, :, 0] == 255) & (out[:, :, 1] == 0) & (out[:, :, 2] == 0)
+    np.testing.assert_array_equal(out[300, 100], [0, 255, 0])
+    np.testing.assert_array_equal(out[275, 400], [0, 255, 0])
+    assert green[240:320].sum() > 300 and not red[240:320].any()  # the polyline is green, never red
+    assert red[:220].sum() > 300 and not green[:220].any()  # the object keeps its red outline
+    badges = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert [b.text for b in badges] == ["1", "P1"]
+    label = badges[1]
+    assert label.leader is not None
+    on_line = np.zeros((VGA_HEIGHT, VGA_WIDTH), dtype=np.uint8)
+    cv2.polylines(on_line, [np.array(line, np.int32)], False, 1, 2)
+    ys, xs = np.nonzero(on_line)
+    assert np.hypot(xs - label.x, ys - label.y).min() >= label.radius + 2  # beside the line, not on it
+    assert np.hypot(xs - label.leader[2], ys - label.leader[3]).min() <= 1.5  # its leader reaches it
+    assert np.hypot(label.x - 300, label.y - 262) < 60  # near the middle of its length
+    hidden = render_overlay(_vga_image(), parsed, VisualizationSettings(show_numbers=False))
+    assert np.any(hidden[240:320] != out[240:320])  # the label is a badge, left out with the numbers
+
+
+@pytest.mark.parametrize(
+    ("external", "internal", "expected"),
+    [
+        ((255, 0, 0), (0, 0, 255), (0, 255, 0)),
+        ((0, 255, 0), (0, 0, 255), (255, 0, 255)),
+        ((0, 255, 0), (255, 0, 255), (0, 255, 255)),
+    ],
+)
+def test_polyline_colour_differs_from_both_outline_colours(external, internal, expected) -> None:
+    assert visualize.polyline_colour(external, internal) == expected
 
 
 def test_render_overlay_rejects_wrong_arrays() -> None:
