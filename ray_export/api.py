@@ -141,21 +141,24 @@ class ExportHandle:
         """Draw a progress bar (a widget in Jupyter, text elsewhere) until the export ends."""
         from tqdm.auto import tqdm
 
+        from actors.progress import BAR_FORMAT, eta_text
+
         bar = None
         while not self.done():
             snap = self.progress()
             total = (snap.get("totals") or {}).get("write")
             if total and bar is None:
-                bar = tqdm(total=total, desc=f"export {self.export_id}", unit="img")
+                bar = tqdm(total=total, desc=f"export {self.export_id}", unit="img", bar_format=BAR_FORMAT)
             if bar is not None:
                 bar.n = (snap.get("done") or {}).get("write", 0)
                 stalled = snap.get("stalled")
                 reuse = snap.get("reuse") or {}
                 taken = int(reuse.get("reused", 0)) + int(reuse.get("reused_members", 0))
+                eta = eta_text(snap)
                 bar.set_postfix_str(
                     snap.get("state", "")
                     + (f", {taken} reused, {int(reuse.get('computed', 0))} computed" if reuse else "")
-                    + (f", {stalled['stage']} stalled" if stalled else "")
+                    + (f", {stalled['stage']} stalled" if stalled else f", eta {eta}" if eta else "")
                 )
                 bar.refresh()
             time.sleep(poll_seconds)

@@ -128,7 +128,7 @@ class _ProgressPrinter(threading.Thread):
     def run(self) -> None:
         import ray
 
-        from actors.progress import get_progress_actor
+        from actors.progress import BAR_FORMAT, eta_text, get_progress_actor
 
         actor = None
         last_line = ""
@@ -148,11 +148,16 @@ class _ProgressPrinter(threading.Thread):
                 if self.bar is None:
                     from tqdm import tqdm
 
-                    self.bar = tqdm(total=total, unit="img", desc="export", file=sys.stderr, leave=False)
+                    self.bar = tqdm(
+                        total=total, unit="img", desc="export", file=sys.stderr, leave=False, bar_format=BAR_FORMAT
+                    )
                 self.bar.n = done
                 reuse = snap.get("reuse") or {}
                 taken = int(reuse.get("reused", 0)) + int(reuse.get("reused_members", 0))
-                self.bar.set_postfix_str(snap.get("state", "") + (f", {taken} reused" if reuse else ""))
+                eta = eta_text(snap)
+                self.bar.set_postfix_str(
+                    snap.get("state", "") + (f", {taken} reused" if reuse else "") + (f", eta {eta}" if eta else "")
+                )
                 self.bar.refresh()
             elif not self.tty:
                 line = _status_line(snap)
@@ -171,9 +176,11 @@ def _status_line(snap: dict) -> str:
     totals = snap.get("totals") or {}
     done = snap.get("done") or {}
     stages = " ".join(f"{k}={done.get(k, 0)}/{v}" for k, v in totals.items())
-    eta = snap.get("eta_s")
-    eta_text = f" eta={eta:.0f}s" if isinstance(eta, (int, float)) else ""
-    line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_text}"
+    from actors.progress import eta_text
+
+    eta = eta_text(snap)  # a duration, "stalled" or None
+    eta_part = f" eta={eta}" if eta else ""
+    line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_part}"
     reuse = snap.get("reuse")
     if reuse:
         line += f" reused={int(reuse.get('reused', 0)) + int(reuse.get('reused_members', 0))}"

@@ -1,7 +1,10 @@
-"""Progress state machine (pure, injected clock) and the detached named progress actor on a small Ray."""
+"""Progress state machine, ETA and registry (pure, injected clock) and the detached named progress actor
+on a small Ray. No test races the wall clock: the logic is driven by explicit or fake times, and the
+tests on Ray only wait for things to happen (liveness deadlines)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -11,18 +14,38 @@ import pytest
 import ray
 
 from actors.progress import (
+    ETA_MAX_CHANGE_PER_S,
+    ETA_MIN_IMAGES,
+    ETA_MIN_SECONDS,
+    ETA_STALL_S,
     HEARTBEAT_LOST_MESSAGE,
     PROGRESS_ACTOR_NAME,
     PROGRESS_NAMESPACE,
     ProgressActor,
+    ProgressRegistry,
     ProgressState,
     create_progress_actor,
+    eta_text,
+    format_duration,
     get_progress_actor,
     list_progress_actors,
 )
 
 T0 = 1_700_000_000.0
 MEMORY_MONITOR_ENV = "RAY_memory_monitor_refresh_ms"  # Ray's own (lower-case) config variable
+
+
+class FakeClock:
+    """A clock that moves only when told to (picklable, so an actor can be given a copy)."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _running_state() -> ProgressState:
@@ -44,6 +67,7 @@ def test_initial_snapshot() -> None:
     assert snap["totals"] == {} and snap["done"] == {} and snap["failed"] == {}
     assert snap["throughput_images_per_s"] is None
     assert snap["eta_s"] is None
+    assert snap["eta_stalled"] is False
     assert snap["fraction"] is None
     assert snap["cancel_requested"] is False
     assert snap["started_at"] == T0
@@ -139,7 +163,7 @@ def test_throughput_and_eta_follow_the_slowest_stage() -> None:
     assert snap["images_total"] == 100
     assert snap["fraction"] == pytest.approx(0.3)
     assert snap["throughput_images_per_s"] == pytest.approx(3.0)
-    assert snap["eta_s"] == pytest.approx(70 / 3.0)
+    assert snap["eta_s"] is None  # one report per stage: no rate yet
     assert snap["done"] == {"read": 80, "visualize": 30, "write": 30}
     assert snap["failed"] == {"read": 0, "visualize": 2, "write": 0}
 
@@ -148,7 +172,6 @@ def test_throughput_and_eta_follow_the_slowest_stage() -> None:
     snap = state.snapshot(now=T0 + 22)
     assert snap["images_done"] == 30 and snap["images_total"] == 50
     assert snap["throughput_images_per_s"] == pytest.approx(30 / 20)
-    assert snap["eta_s"] == pytest.approx(20 / 1.5)
 
 
 def test_throughput_freezes_at_the_terminal_time() -> None:
@@ -191,19 +214,190 @@ def test_a_retried_batch_counts_its_images_once() -> None:
         state.add_images("copy", [-1])
 
 
-def test_eta_comes_from_stage_rates_before_anything_is_written() -> None:
-    state = ProgressState("exp1", now=T0)
+def test_state_times_come_from_the_injected_clock() -> None:
+    clock = FakeClock()
+    state = ProgressState("exp1", clock=clock)
+    clock.advance(3)
+    state.set_state("running")
+    clock.advance(2)
+    snap = state.snapshot()
+    assert (snap["started_at"], snap["running_since"], snap["updated_at"]) == (T0, T0 + 3, T0 + 3)
+    assert snap["heartbeat_age_s"] == 5.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ETA: fed (time, done) reports with explicit times
+
+
+def _feed(state: ProgressState, reports: list[tuple[float, str, int]], until: float, step: float = 1.0) -> list[dict]:
+    """Apply ``(time, stage, n)`` reports in time order and take a snapshot every ``step`` seconds up to
+    ``until``; returns the snapshots (each with its time under ``"t"``)."""
+    pending = sorted(reports, key=lambda report: report[0])
+    snaps, t = [], 0.0
+    while t <= until + 1e-9:
+        while pending and pending[0][0] <= t:
+            at, stage, n = pending.pop(0)
+            state.add_done(stage, n, now=T0 + at)
+        snap = state.snapshot(now=T0 + t)
+        snap["t"] = t
+        snaps.append(snap)
+        t = round(t + step, 6)
+    return snaps
+
+
+def _steady(stage: str, start: float, end: float, every: float, n: int) -> list[tuple[float, str, int]]:
+    count = round((end - start) / every)
+    return [(start + k * every, stage, n) for k in range(count)]
+
+
+def _one_stage(total: int) -> ProgressState:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9)
+    state.set_totals({"write": total}, now=T0)
+    state.set_state("running", now=T0)
+    return state
+
+
+def test_no_eta_until_enough_images_and_time_since_the_first_report() -> None:
+    # 20 s of start-up, then 5 images every 2 s: the old estimate (done / time since start) was 5x too high
+    state = _one_stage(1000)
+    snaps = {snap["t"]: snap for snap in _feed(state, _steady("write", 20, 60, 2, 5), until=40)}
+    first_shown = min(t for t, snap in snaps.items() if snap["eta_s"] is not None)
+    assert first_shown == 20 + ETA_MIN_SECONDS  # 25 images after the first report by then
+    assert all(not snap["eta_stalled"] for snap in snaps.values())
+    assert snaps[first_shown]["eta_s"] == pytest.approx((1000 - 30) / 2.5, rel=0.02)
+
+    # a big first batch and a second one: enough images, not enough time
+    state = _one_stage(1000)
+    snaps = _feed(state, [(5, "write", 100), (6, "write", 100), (14, "write", 1)], until=15)
+    assert [snap["eta_s"] for snap in snaps] == [None] * len(snaps)
+    state.add_done("write", 1, now=T0 + 15)
+    assert state.snapshot(now=T0 + 15)["eta_s"] is not None
+
+    # a trickle: enough time, not enough images
+    state = _one_stage(1000)
+    snaps = _feed(state, _steady("write", 5, 40, 2, 1), until=5 + 2 * ETA_MIN_IMAGES - 1)
+    assert [snap["eta_s"] for snap in snaps] == [None] * len(snaps)
+    assert _feed(state, [], until=0)[0]["eta_s"] is None
+    state.add_done("write", 1, now=T0 + 5 + 2 * ETA_MIN_IMAGES)
+    assert state.snapshot(now=T0 + 5 + 2 * ETA_MIN_IMAGES)["eta_s"] is not None
+
+
+def test_eta_counts_down_and_converges_on_a_steady_rate() -> None:
+    state = _one_stage(1200)
+    snaps = _feed(state, _steady("write", 10, 300, 3, 6), until=250, step=0.5)  # 2 images/s, reports every 3 s
+    shown = [snap for snap in snaps if snap["eta_s"] is not None]
+    assert shown[0]["t"] == pytest.approx(10 + 12)
+    for snap in shown:
+        true_left = (1200 - snap["done"]["write"]) / 2 - (snap["t"] - 10) % 3  # images left, mid-batch
+        assert snap["eta_s"] == pytest.approx(true_left, rel=0.05, abs=2)
+    for before, after in itertools.pairwise(shown):
+        assert after["eta_s"] <= before["eta_s"]  # never up on a steady rate
+
+
+def test_eta_follows_an_autoscaling_burst_smoothly() -> None:
+    """Workers join mid-run: reports come in bursts (several at the same instant, uneven sizes); the ETA
+    moves towards the new rate in bounded steps and settles near the true time left."""
+    total = 3000
+    reports = _steady("write", 25, 90, 4, 8)  # 2 images/s on the first node
+    t, k = 90.0, 0
+    while sum(n for _, _, n in reports) < total:
+        reports += [(t, "write", 32)] + ([(t, "write", 16)] if k % 3 == 0 else [])  # new nodes: ~37 images/s
+        reports += [(t + 0.5, "write", 2)] if k % 4 == 0 else []
+        t, k = t + 1.0, k + 1
+    state = _one_stage(total)
+    snaps = _feed(state, reports, until=t + 5)
+    shown = [snap for snap in snaps if snap["eta_s"] is not None and snap["done"]["write"] < total]
+    assert shown[0]["t"] == 25 + 12  # no ETA before the rate is trusted
+    for before, after in itertools.pairwise(shown):
+        dt = after["t"] - before["t"]
+        countdown = max(0.0, before["eta_s"] - dt)
+        bound = dt * max(ETA_MAX_CHANGE_PER_S * countdown, 1.0)
+        assert abs(after["eta_s"] - countdown) <= bound + 1e-6, (before["t"], before["eta_s"], after["eta_s"])
+    by_time = {snap["t"]: snap for snap in shown}
+    slow = by_time[80.0]
+    assert slow["eta_s"] == pytest.approx((total - slow["done"]["write"]) / 2, rel=0.1)
+    rate = (32 + 16 / 3 + 2 / 4) / 1.0
+    settled = [snap for snap in shown if snap["t"] >= 90 + 40]
+    assert settled, "the export ended before the ETA settled"
+    for snap in settled:
+        assert snap["eta_s"] == pytest.approx((total - snap["done"]["write"]) / rate, rel=0.15, abs=3)
+    assert all(not snap["eta_stalled"] for snap in snaps)
+    assert snaps[-1]["eta_s"] == 0.0
+
+
+def test_eta_shows_stalled_when_progress_stops_and_returns_when_it_resumes() -> None:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9)
+    state.set_totals({"copy": 1000, "write": 1000}, now=T0)
+    state.set_state("running", now=T0)
+    reports = _steady("copy", 10, 100, 3, 6) + _steady("write", 11, 100, 3, 6)
+    snaps = {snap["t"]: snap for snap in _feed(state, reports, until=97 + ETA_STALL_S + 10)}
+    last_report = 97.0  # copy's; write's is at 98
+    moving = [snap for t, snap in snaps.items() if 30 <= t <= last_report + ETA_STALL_S]
+    assert all(isinstance(snap["eta_s"], float) and snap["eta_s"] > 1 and not snap["eta_stalled"] for snap in moving)
+    late = [snap for t, snap in snaps.items() if t > last_report + ETA_STALL_S]
+    assert late and all(snap["eta_s"] is None and snap["eta_stalled"] for snap in late)
+    assert all(snap["stalled"] is None for snap in late)  # not yet the resource stall (300 s)
+    assert eta_text(late[0]) == "stalled"
+    assert json.loads(json.dumps(late[0]))["eta_stalled"] is True
+
+    from ray_export.cli import _status_line
+
+    assert " eta=stalled" in _status_line(late[0])
+    assert " eta=" in _status_line(moving[-1]) and "eta=stalled" not in _status_line(moving[-1])
+
+    resumed = 140.0
+    state.add_done("copy", 6, now=T0 + resumed)
+    state.add_done("write", 6, now=T0 + resumed)
+    snap = state.snapshot(now=T0 + resumed)
+    assert snap["eta_stalled"] is False and snap["eta_s"] > 0
+
+
+def test_a_stage_that_never_starts_shows_no_eta_and_then_stalled_never_zero() -> None:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9, stall_timeout_s=120)
     state.set_totals({"copy": 100, "visualize": 100, "write": 100}, now=T0)
     state.set_state("running", now=T0)
-    state.add_images("copy", list(range(20)), now=T0 + 2)  # 10 images/s
-    state.add_images("visualize", list(range(10)), now=T0 + 2)  # 5 images/s: 18 s left
-    snap = state.snapshot(now=T0 + 2)
-    assert snap["done"]["write"] == 0 and snap["images_done"] == 0
-    assert snap["eta_s"] == pytest.approx(90 / 5)
-    state.add_done("write", 100, now=T0 + 30)
-    state.add_images("copy", list(range(100)), now=T0 + 30)
-    state.add_images("visualize", list(range(100)), now=T0 + 30)
-    assert state.snapshot(now=T0 + 30)["eta_s"] == 0.0
+    state.add_images("copy", list(range(50)), now=T0 + 5)
+    state.add_images("copy", list(range(50, 100)), now=T0 + 20)  # copy is done; visualize waits for CPUs
+    for t in (21, 60, 119):
+        snap = state.snapshot(now=T0 + t)
+        assert snap["eta_s"] is None and snap["eta_stalled"] is False and eta_text(snap) is None
+    snap = state.snapshot(now=T0 + 121)
+    assert snap["stalled"]["stage"] == "visualize"
+    assert snap["eta_s"] is None and snap["eta_stalled"] is True and eta_text(snap) == "stalled"
+
+
+def test_a_stage_with_one_report_is_not_yet_judged_stalled() -> None:
+    state = _one_stage(100)
+    state.add_done("write", 20, now=T0 + 5)
+    snap = state.snapshot(now=T0 + 5 + 3 * ETA_STALL_S)  # big batches: the second may be far off
+    assert snap["eta_s"] is None and snap["eta_stalled"] is False
+
+
+def test_eta_is_the_longest_stage_once_every_stage_with_images_left_has_a_rate() -> None:
+    state = ProgressState("exp1", now=T0, heartbeat_timeout_s=1e9)
+    state.set_totals({"copy": 600, "visualize": 600, "write": 600}, now=T0)
+    state.set_state("running", now=T0)
+    reports = _steady("copy", 5, 45, 2, 30) + _steady("visualize", 6, 400, 2, 6) + _steady("write", 40, 400, 2, 4)
+    snaps = _feed(state, reports, until=80)  # copy 15/s (done at 43 s), visualize 3/s, write 2/s from 40 s
+    assert [snap["eta_s"] for snap in snaps if snap["t"] < 40 + ETA_MIN_SECONDS] == [None] * 50  # write: no rate yet
+    snap = snaps[-1]
+    assert snap["done"]["copy"] == 600  # a finished stage is left out
+    visualize_left = (600 - snap["done"]["visualize"]) / 3
+    write_left = (600 - snap["done"]["write"]) / 2
+    assert write_left > visualize_left
+    assert snap["eta_s"] == pytest.approx(write_left, rel=0.05)
+
+
+def test_eta_formatting() -> None:
+    assert [format_duration(s) for s in (0, 0.4, 45.6, 60, 725, 3599, 3600, 11220)] == [
+        "0s", "0s", "46s", "1m00s", "12m05s", "59m59s", "1h00m", "3h07m",
+    ]  # fmt: skip
+    assert eta_text({"state": "running", "eta_s": 725.2, "eta_stalled": False}) == "12m05s"
+    assert eta_text({"state": "running", "eta_s": None, "eta_stalled": True}) == "stalled"
+    assert eta_text({"state": "running", "eta_s": None, "eta_stalled": False}) is None
+    assert eta_text({"state": "running", "eta_s": None}) is None  # an older snapshot
+    assert eta_text({"state": "running", "eta_s": None, "stalled": {"stage": "copy"}}) == "stalled"
+    assert eta_text({"state": "succeeded", "eta_s": 0.0}) == "0s"
 
 
 def test_a_stage_with_work_waiting_and_no_progress_is_reported_stalled() -> None:
@@ -309,7 +503,8 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
     export_id = f"test-{os.getpid()}-{time.time_ns()}"
     assert get_progress_actor(export_id) is None
 
-    handle = create_progress_actor(export_id, keep_seconds=2, output="/tmp/out.zip")
+    # retention far beyond the test and no heartbeat loss: nothing here depends on how fast Ray answers
+    handle = create_progress_actor(export_id, keep_seconds=600, output="/tmp/out.zip", heartbeat_timeout_s=1e9)
     ray.get(handle.set_totals.remote({"read": 10, "write": 10}))
     assert ray.get(handle.set_state.remote("running")) is True
     ray.get([handle.add_images.remote("read", [0, 1, 2, 3, 4, 5]), handle.add_done.remote("write", 4, 1)])
@@ -331,7 +526,7 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
         all_namespaces=True
     )
 
-    same = create_progress_actor(export_id, keep_seconds=2)  # an id already held keeps its state
+    same = create_progress_actor(export_id, keep_seconds=1)  # an id already held keeps its state (and retention)
     assert ray.get(same.snapshot.remote())["done"] == {"read": 6, "write": 4}
 
     ray.get(attached.request_cancel.remote())
@@ -341,6 +536,13 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
     assert ray.get(handle.set_state.remote("succeeded")) is True
     assert ray.get(handle.set_state.remote("running")) is False
     assert ray.get(handle.snapshot.remote())["state"] == "succeeded"
+
+
+def test_the_actor_drops_an_ended_export_by_itself(ray_cluster: None) -> None:
+    """Its sweep thread runs: an ended export with no retention goes within the liveness deadline."""
+    export_id = f"test-ended-{os.getpid()}-{time.time_ns()}"
+    handle = create_progress_actor(export_id, keep_seconds=0, heartbeat_timeout_s=1e9)
+    assert ray.get(handle.set_state.remote("succeeded")) is True
     assert _wait_until_gone(export_id), "progress still held long after its retention time"
     with pytest.raises(ray.exceptions.RayTaskError):
         ray.get(handle.snapshot.remote(), timeout=30)
@@ -348,8 +550,7 @@ def test_progress_actor_lifecycle(ray_cluster: None) -> None:
 
 def test_progress_without_heartbeat_expires(ray_cluster: None) -> None:
     export_id = f"test-stale-{os.getpid()}-{time.time_ns()}"
-    handle = create_progress_actor(export_id, keep_seconds=1, heartbeat_timeout_s=0.5)
-    ray.get(handle.set_state.remote("running"))
+    create_progress_actor(export_id, keep_seconds=1, heartbeat_timeout_s=0.5)  # no heartbeat ever comes
     assert _wait_until_gone(export_id), "the progress of an export whose driver stopped heart-beating was kept"
 
 
@@ -364,17 +565,60 @@ def test_many_exports_share_one_progress_actor(ray_cluster: None) -> None:
     assert len(_progress_actors()) == 1
 
 
-def test_retention_drops_ended_exports_and_caps_their_number(ray_cluster: None) -> None:
-    """The sweep on a private actor (unnamed): expired and surplus ended exports go, running ones stay."""
-    actor = ProgressActor.remote(max_retained=2, sweep_period_s=None)
-    now = time.time()
+def _fill_for_retention(call, register) -> None:
+    """Five long-kept exports (four of them end at T0 + n) and one quick one (ended at T0, kept 0.5 s)."""
     for n in range(5):
-        ray.get(actor.register.remote(f"e{n}", 600.0))
-    ray.get(actor.register.remote("quick", 0.5))
-    ray.get(actor.call.remote("quick", "set_state", "succeeded"))
+        register(f"e{n}", 600.0)
+    register("quick", 0.5)
+    call("quick", "set_state", "succeeded", None, T0)
     for n in range(4):
-        ray.get(actor.call.remote(f"e{n}", "set_state", "failed", "x", now + n))
-    dropped = ray.get(actor.sweep.remote(now + 5))
-    assert sorted(dropped) == ["e0", "e1", "quick"]  # quick expired; e0, e1 are the oldest ended beyond 2
-    assert ray.get(actor.export_ids.remote()) == ["e2", "e3", "e4"]
-    ray.kill(actor)
+        call(f"e{n}", "set_state", "failed", "x", T0 + n)
+
+
+def test_retention_drops_ended_exports_and_caps_their_number() -> None:
+    """Expired and surplus ended exports go, running ones stay; every time from a fake clock."""
+    clock = FakeClock(T0)
+    registry = ProgressRegistry(max_retained=2, clock=clock)
+    for n in range(4):
+        assert registry.register(f"e{n}", 600.0)
+    assert registry.register("quick", 0.5)
+    assert not registry.register("quick", 600.0)  # an id already held keeps its state and retention
+    registry.call("quick", "set_state", "succeeded")
+    clock.advance(0.4)
+    assert registry.sweep() == []
+    clock.advance(0.1)
+    assert registry.sweep() == ["quick"]  # expired
+    for n in range(3):
+        clock.now = T0 + 1.5 + n
+        registry.call(f"e{n}", "set_state", "failed", "x")
+    assert registry.sweep() == ["e0"]  # at most 2 ended exports are kept: the oldest goes
+    assert registry.export_ids() == ["e1", "e2", "e3"]
+
+    clock.now = T0 + 20
+    assert registry.call("e3", "heartbeat") is False
+    assert registry.sweep(T0 + 50) == []  # e3 runs: its heartbeat is 30 s old, not more
+    clock.now = T0 + 50.5
+    assert registry.call("e3", "snapshot")["state"] == "failed"  # heartbeat lost: reported ended since T0 + 50
+    assert registry.sweep() == ["e1"]
+    assert registry.sweep(T0 + 603.4) == []  # e2 ended at T0 + 3.5
+    assert registry.sweep(T0 + 603.5) == ["e2"]
+    assert registry.sweep(T0 + 650) == ["e3"]
+    assert registry.export_ids() == [] and not registry.has("e3")
+    with pytest.raises(KeyError):
+        registry.call("e3", "snapshot")
+    with pytest.raises(AttributeError):
+        registry.call("e3", "sweep")
+
+
+def test_retention_through_the_actor(ray_cluster: None) -> None:
+    """The actor is a thin wrapper: the same sweep on a private (unnamed) actor with a fixed clock."""
+    actor = ProgressActor.remote(max_retained=2, sweep_period_s=None, clock=FakeClock(T0))
+    try:
+        _fill_for_retention(
+            lambda *args: ray.get(actor.call.remote(*args)), lambda *args: ray.get(actor.register.remote(*args))
+        )
+        assert sorted(ray.get(actor.sweep.remote(T0 + 5))) == ["e0", "e1", "quick"]
+        assert ray.get(actor.export_ids.remote()) == ["e2", "e3", "e4"]
+        assert ray.get(actor.call.remote("e4", "snapshot"))["started_at"] == T0
+    finally:
+        ray.kill(actor)
