@@ -182,7 +182,9 @@ def _dump_bytes(value: Any, sort_keys: bool) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-_CONTENT_OPTION_KEYS = ("image_ids", "originals", "visualizations", "annotations", "metrics", "docs", "scale")
+_CONTENT_OPTION_KEYS = (
+    "image_ids", "originals", "visualizations", "annotations", "coco_holes", "metrics", "docs", "scale",
+)  # fmt: skip
 
 
 def _content_options_only(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,6 +418,7 @@ def _options_section(summary: ExportSummary) -> list[str]:
         f"- originals: {on_off('originals')}",
         f"- visualizations: {on_off('visualizations')}",
         f"- annotation formats: {formats('annotations')}",
+        *([f"- COCO objects with holes (`coco_holes`): {options['coco_holes']}"] if "coco_holes" in options else []),
         f"- metrics formats: {formats('metrics')}",
         f"- documentation: {on_off('docs')}",
         f"- scale option: {'not given' if scale is None else _format_number(scale) + ' µm/px'}",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats.base import STAGE_ORDER
+from .formats.coco import COCO_HOLES_CHOICES, DEFAULT_COCO_HOLES
 from .formats.registry import annotation_format_names, metric_format_names
 from .reuse import FILE_FINGERPRINTS
 
@@ -300,6 +301,8 @@ class ExportOptions:
     reuse: str | None = None
     #: how an original file enters its image's fingerprint: ``sha256`` of its bytes or its ``mtime``
     file_fingerprint: str = "sha256"
+    #: how COCO writes objects with holes: ``rle`` (compressed RLE) or ``polygons`` (one bridged polygon each)
+    coco_holes: str = DEFAULT_COCO_HOLES
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -383,6 +386,8 @@ class ExportOptions:
             raise OptionError(
                 "file_fingerprint", f"{self.file_fingerprint!r} is not one of {', '.join(FILE_FINGERPRINTS)}"
             )
+        if self.coco_holes not in COCO_HOLES_CHOICES:
+            raise OptionError("coco_holes", f"{self.coco_holes!r} is not one of {', '.join(COCO_HOLES_CHOICES)}")
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -399,10 +404,11 @@ class ExportOptions:
         """The options that shape the ZIP's content, keyed as in an options file (for metadata.json).
 
         Leaves out the database, paths, addresses, output, credentials and the resource hints (which
-        never change the bytes). Selected image ids are listed sorted.
+        never change the bytes), and values an option declares ``unrecorded``. Selected image ids are
+        listed sorted.
         """
-        content = (option for option in OPTION_FIELDS if option.content)
-        return {option.key: option.plain_value(getattr(self, option.attribute)) for option in content}
+        content = ((option, getattr(self, option.attribute)) for option in OPTION_FIELDS if option.content)
+        return {option.key: option.plain_value(value) for option, value in content if value not in option.unrecorded}
 
 
 def _is_number(value: object) -> bool:
@@ -615,7 +621,9 @@ class OptionField:
     - ``required``: a text that must be given (checked once every required option is converted);
       ``convert_none``: a given ``None`` is converted instead of leaving the default.
     - ``content``: the option shapes the ZIP's content and is listed in
-      :meth:`ExportOptions.content_options`, converted by ``plain`` when one is given.
+      :meth:`ExportOptions.content_options`, converted by ``plain`` when one is given, except when its
+      value is one of ``unrecorded`` (the default of an option added later, so that the records of exports
+      made without it, metadata.json and the reuse fingerprint, stay the same).
     """
 
     key: str
@@ -631,6 +639,7 @@ class OptionField:
     convert_none: bool = False
     content: bool = False
     plain: Callable[[Any], Any] | None = None
+    unrecorded: tuple[Any, ...] = ()
 
     def plain_value(self, value: Any) -> Any:
         """An attribute value as an options file holds it (for :meth:`ExportOptions.content_options`)."""
@@ -703,6 +712,10 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("annotations", "annotations", _formats, "--annotations", metavar=",".join(ANNOTATION_FORMATS) + "|none",
                 help="annotation formats (default: all)", group=CONTENT_GROUP, convert_none=True, content=True,
                 plain=list),
+    OptionField("coco_holes", "coco_holes", _lower_text, "--coco-holes", metavar="|".join(COCO_HOLES_CHOICES),
+                help="how COCO writes objects with holes: compressed RLE (default) or one polygon each, holes "
+                "joined by zero-width bridges (for importers that read only polygons)", group=CONTENT_GROUP,
+                content=True, unrecorded=(DEFAULT_COCO_HOLES,)),
     OptionField("metrics", "metrics", _formats, "--metrics", metavar=",".join(METRIC_FORMATS) + "|none",
                 help="metrics formats (default: all)", group=CONTENT_GROUP, convert_none=True, content=True,
                 plain=list),

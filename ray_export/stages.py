@@ -21,7 +21,7 @@ import os
 import posixpath
 import stat as stat_module
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -494,12 +494,14 @@ def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_origi
 # ----------------------------------------------------------------------------------------- annotate
 
 
-def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
+def annotate_stage(table: pa.Table, formats: tuple[str, ...], settings: Mapping[str, Any] | None = None) -> pa.Table:
     """Object counts, the polygon problems, and the per-image part of each named format made here.
 
     ``formats`` names registered formats whose part is computed by this stage, in the order their
     problems are reported. One format failing for an image does not take the others with it.
+    ``settings``: the content options the parts depend on (``ImageInput.settings``).
     """
+    settings = dict(settings or {})
     parts = [format_named(name).part for name in formats]
     parts = [part for part in parts if part is not None and part.compute is not None]
     indices, image_ids = _values(table, "index"), _values(table, "image_id")
@@ -520,7 +522,9 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...]) -> pa.Table:
             continue
         parsed = _parse(texts[i], "annotate")
         found = list(parsed.problems)
-        image = ImageInput(int(indices[i]), image_ids[i], file_names[i], int(widths[i]), int(heights[i]), parsed)
+        image = ImageInput(
+            int(indices[i]), image_ids[i], file_names[i], int(widths[i]), int(heights[i]), parsed, settings
+        )
         for part, column in zip(parts, values, strict=True):
             try:
                 value, part_problems = part.compute(image)
@@ -630,7 +634,10 @@ def stage_chain(
             visualize_stage,
             {"settings": options.visualization, "keep_originals": options.include_originals},
         ),
-        "annotate": (annotate_stage, {"formats": _annotate_formats(formats)}),
+        "annotate": (
+            annotate_stage,
+            {"formats": _annotate_formats(formats), "settings": {"coco_holes": options.coco_holes}},
+        ),
         "metrics": (metrics_stage, {"scale_um_per_px": scale_um_per_px}),
     }
     return [StageStep(name, *arguments[name]) for name in STAGE_ORDER if name in needed]

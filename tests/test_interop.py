@@ -1,5 +1,6 @@
 """The unpacked ZIP loads in the tools users already have: pycocotools, supervision, FiftyOne, Datumaro
-and Ultralytics, on the demo project and on a project full of edge cases.
+and Ultralytics, on the demo project and on a project full of edge cases; Label Studio's converter takes
+the COCO file written with ``coco_holes: polygons``.
 
 Run with ``pytest -m interop`` after installing the ``interop`` extra; a loader that is not installed
 skips its own tests.
@@ -12,6 +13,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -396,3 +399,72 @@ def test_ultralytics_checks_and_loads_every_sample(dataset: Dataset, ultralytics
     assert counts == expected
     noisy = [m for m in ultralytics_log.messages if "corrupt" in m.lower() or "ignoring" in m.lower()]
     assert noisy == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Label Studio (label-studio-converter reads COCO polygons only)
+
+_LABEL_STUDIO_CONVERTER = (
+    "import sys\n"
+    "from label_studio_converter.main import main\n"
+    "sys.argv[0] = 'label-studio-converter'\n"
+    "sys.exit(main())\n"
+)
+
+
+def _label_studio_import(coco_path: Path, tasks_path: Path) -> subprocess.CompletedProcess[str]:
+    """``label-studio-converter import coco -i COCO -o TASKS``."""
+    arguments = ["import", "coco", "-i", str(coco_path), "-o", str(tasks_path)]
+    command = [sys.executable, "-c", _LABEL_STUDIO_CONVERTER, *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tasks_path.parent)
+
+
+def _mask(segmentation: Any, width: int, height: int) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, dict):
+        return mask_utils.decode(segmentation)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
+
+
+def test_label_studio_imports_objects_with_holes_as_bridged_polygons(tmp_path_factory) -> None:
+    pytest.importorskip("label_studio_converter", reason="the interop extra (label-studio-converter) is not installed")
+    workdir = tmp_path_factory.mktemp("interop-label-studio")
+    db, images_root = build_edge_case_project(workdir / "project")
+    coco_files = {}
+    for mode in ("rle", "polygons"):
+        out = workdir / f"{mode}.zip"
+        export(db=str(db), project="p1", images_root=str(images_root), output=str(out), coco_holes=mode)
+        coco_files[mode] = workdir / f"{mode}.json"
+        with zipfile.ZipFile(out) as zf:
+            coco_files[mode].write_bytes(zf.read(COCO_MEMBER))
+    with_rle = json.loads(coco_files["rle"].read_text())
+    holed = [ann for ann in with_rle["annotations"] if ann["attributes"]["holes"]]
+    assert len(holed) == 3 and all(isinstance(ann["segmentation"], dict) for ann in holed)
+
+    # compressed RLE stops the converter at the first object with holes: nothing is imported
+    refused = _label_studio_import(coco_files["rle"], workdir / "rle-tasks.json")
+    assert refused.returncode != 0 and "KeyError: 0" in refused.stderr
+    assert not (workdir / "rle-tasks.json").exists()
+
+    # bridged polygons: every object comes through, its polygon filling the same pixels as the RLE
+    converted = _label_studio_import(coco_files["polygons"], workdir / "tasks.json")
+    assert converted.returncode == 0, converted.stderr
+    tasks = json.loads((workdir / "tasks.json").read_text())
+    images = {image["file_name"]: image for image in with_rle["images"]}
+    assert sorted(task["data"]["image"].rsplit("/", 1)[1] for task in tasks) == sorted(images)
+    imported = 0
+    for task in tasks:
+        image = images[task["data"]["image"].rsplit("/", 1)[1]]
+        width, height = image["width"], image["height"]
+        expected = [ann for ann in with_rle["annotations"] if ann["image_id"] == image["id"]]
+        polygons = [item for item in task["annotations"][0]["result"] if item["type"] == "polygonlabels"]
+        assert len(polygons) == len(expected)
+        for item, ann in zip(polygons, expected, strict=True):
+            assert item["value"]["polygonlabels"] == ["cell"]
+            flat = [[c for x, y in item["value"]["points"] for c in (x * width / 100.0, y * height / 100.0)]]
+            mask = _mask(flat, width, height)
+            assert np.array_equal(mask, _mask(ann["segmentation"], width, height))
+            assert mask.sum() == ann["area"]
+        imported += len(polygons)
+    assert imported == len(with_rle["annotations"]) == 7

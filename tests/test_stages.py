@@ -351,13 +351,13 @@ def test_stage_chain_follows_the_selected_formats(root):
     limited = build_options(None, {"db": "x.db", "project": "p", "max_file_bytes": "1MiB", "read_timeout_s": 2,
                                    "max_image_pixels": 4096})
     assert stages.stage_chain(limited, str(root), None)[0].kwargs["limits"] == stages.ReadLimits(1 << 20, 2.0, 4096)
-    assert chain[2].kwargs == {"formats": ("coco", "yolo", "json")}
+    assert chain[2].kwargs == {"formats": ("coco", "yolo", "json"), "settings": {"coco_holes": "rle"}}
     assert chain[3].kwargs == {"scale_um_per_px": 0.5}
     lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
                                 "annotations": "json", "metrics": "none"})
     chain = stages.stage_chain(lean, str(root), None)
     assert [step.name for step in chain] == ["copy", "annotate"]
-    assert chain[0].kwargs["read_files"] is False and chain[1].kwargs == {"formats": ("json",)}
+    assert chain[0].kwargs["read_files"] is False and chain[1].kwargs["formats"] == ("json",)
     assert chain[0].kwargs["check"] == "none"
     no_drawings = build_options(None, {"db": "x.db", "project": "p", "visualizations": False})
     assert stages.stage_chain(no_drawings, str(root), None)[0].kwargs["check"] == "decode"

@@ -76,6 +76,8 @@ class ImageInput:
     width: int
     height: int
     parsed: ImagePolygons
+    #: content options a part depends on, keyed as in an options file (``coco_holes``)
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ spools.
 
 Masks follow pycocotools' own rasterisation: a hole-free object is stored as a polygon list, an object
 with holes as compressed RLE of the outer ring minus its holes, and ``area`` is always the pixel count
-that ``COCO.annToMask`` decodes.
+that ``COCO.annToMask`` decodes. With ``coco_holes: polygons`` (for importers that read only polygons) an
+object with holes is one polygon instead: its holes joined to the outer ring by zero-width bridges, which
+pycocotools fills to the same pixels as that RLE.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from ..geometry import ring_bbox
+from ..geometry import bridged_ring, ring_bbox
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
 from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, SpooledDocumentWriter, WriterContext
@@ -37,6 +39,10 @@ CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"
 #: to that grown box before rasterising: pixels of the image are unaffected, and pycocotools' work (which
 #: grows with the ring's length in pixels) stays proportional to the image for far-out vertices.
 CLIP_MARGIN_PX = 64.0
+
+#: How objects with holes are written (option ``coco_holes``): compressed RLE, or one bridged polygon.
+COCO_HOLES_CHOICES: tuple[str, ...] = ("rle", "polygons")
+DEFAULT_COCO_HOLES = "rle"
 
 
 def dumps_compact(value: Any) -> str:
@@ -143,15 +149,68 @@ def object_rle(obj: PolygonObject, width: int, height: int) -> dict:
     return mask_utils.merge([outer, _complement_rle(holes)], intersect=True)
 
 
-def _object_annotation(index: int, obj: PolygonObject, width: int, height: int) -> dict:
-    if obj.holes:
+def _run_rectangles(mask: np.ndarray) -> list[np.ndarray]:
+    """One rectangle on pixel edges per vertical run of ``mask``: pycocotools fills exactly that run."""
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1]), dtype=np.int8)
+    padded[1:-1] = mask
+    steps = np.diff(padded, axis=0).T  # (column, row boundary): +1 where a run starts, -1 after it ends
+    starts, ends = np.argwhere(steps == 1), np.argwhere(steps == -1)
+    return [
+        np.array([[c, a], [c + 1, a], [c + 1, b], [c, b]], dtype=np.float64)
+        for (c, a), (_, b) in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
+
+
+def object_polygon(obj: PolygonObject, width: int, height: int) -> tuple[np.ndarray, dict]:
+    """One ring for the object and its pycocotools mask (compressed RLE); the ring may be empty when
+    the object lies entirely outside the rasterised box.
+
+    A hole-free object is its (clipped) outer ring. With holes, each hole is joined to the outer ring by a
+    zero-width bridge; pycocotools fills a ring even-odd, so the mask equals :func:`object_rle` whenever
+    the holes lie inside the outer ring without overlapping one another. Where they do not, the pixels
+    that differ are bridged in as well (as rectangles on pixel edges), so the mask always equals it.
+    """
+    outer = _rasterisable_ring(obj.outer, width, height)
+    if not obj.holes:
+        return outer, _polygon_rle([outer], width, height)
+    target = object_rle(obj, width, height)
+    if len(outer) < 3:
+        return outer, target
+    holes = [ring for ring in (_rasterisable_ring(h, width, height) for h in obj.holes) if len(ring) >= 3]
+    ring = bridged_ring(outer, holes)
+    rle = _polygon_rle([ring], width, height)
+    if rle["counts"] != target["counts"]:
+        differs = mask_utils.decode(rle) != mask_utils.decode(target)
+        if differs.any():
+            ring = bridged_ring(ring, _run_rectangles(differs))
+            rle = _polygon_rle([ring], width, height)
+            if not np.array_equal(mask_utils.decode(rle), mask_utils.decode(target)):
+                raise ValueError("the bridged polygon does not fill the object's mask")
+    return ring, rle
+
+
+def _empty_polygon(obj: PolygonObject, width: int, height: int) -> list[float]:
+    """A zero-area polygon (one point three times) for an object entirely outside the rasterised box:
+    its first vertex moved onto that box."""
+    margin = max(CLIP_MARGIN_PX, float(width), float(height))
+    x, y = np.asarray(obj.outer, dtype=np.float64).reshape(-1, 2)[0]
+    point = [float(np.clip(x, -margin, width + margin)), float(np.clip(y, -margin, height + margin))]
+    return point * 3
+
+
+def _object_annotation(
+    index: int, obj: PolygonObject, width: int, height: int, coco_holes: str = DEFAULT_COCO_HOLES
+) -> dict:
+    if obj.holes and coco_holes == "rle":
         rle = object_rle(obj, width, height)
         segmentation: Any = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
     else:
-        ring = _rasterisable_ring(obj.outer, width, height)
-        rle = _polygon_rle([ring], width, height)
-        segmentation = [_flat(ring)] if len(ring) >= 3 else []
-        if not segmentation:
+        ring, rle = object_polygon(obj, width, height)
+        if len(ring) >= 3:
+            segmentation = [_flat(ring)]
+        elif coco_holes == "polygons":
+            segmentation = [_empty_polygon(obj, width, height)]
+        else:
             # Entirely outside the image: an empty RLE decodes to the (empty) mask.
             segmentation = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
     return {
@@ -184,14 +243,17 @@ def polylines_left_out(parsed: ImagePolygons) -> list[Problem]:
 
 
 def coco_annotations_for_image(
-    index: int, parsed: ImagePolygons, width: int, height: int
+    index: int, parsed: ImagePolygons, width: int, height: int, coco_holes: str = DEFAULT_COCO_HOLES
 ) -> tuple[list[dict], list[Problem]]:
     """COCO annotations of one image's closed objects by number, without ``id``.
 
-    Polylines are not instance masks and are left out (see :func:`polylines_left_out`). With an unknown
-    image size (0 or missing) no annotation can be rasterised: none are returned and one
-    ``annotation_failed`` problem says so. A single object that fails is reported and left out.
+    ``coco_holes`` (one of :data:`COCO_HOLES_CHOICES`) says how objects with holes are written. Polylines
+    are not instance masks and are left out (see :func:`polylines_left_out`). With an unknown image size
+    (0 or missing) no annotation can be rasterised: none are returned and one ``annotation_failed``
+    problem says so. A single object that fails is reported and left out.
     """
+    if coco_holes not in COCO_HOLES_CHOICES:
+        raise ValueError(f"coco_holes must be one of {COCO_HOLES_CHOICES}, not {coco_holes!r}")
     width = int(width or 0)
     height = int(height or 0)
     if not parsed.objects:
@@ -203,7 +265,7 @@ def coco_annotations_for_image(
     problems: list[Problem] = []
     for obj in parsed.objects:
         try:
-            annotations.append(_object_annotation(index, obj, width, height))
+            annotations.append(_object_annotation(index, obj, width, height, coco_holes))
         except Exception as exc:
             problems.append(_failure("object", obj.number, exc))
     return annotations, problems + polylines_left_out(parsed)
@@ -320,7 +382,8 @@ def _image_annotations(image: ImageInput) -> tuple[list[bytes] | None, list[Prob
     """The per-image part: each annotation as compact JSON without ``id``; none for an unknown size."""
     if image.width <= 0 or image.height <= 0:
         return None, polylines_left_out(image.parsed)
-    annotations, problems = coco_annotations_for_image(image.index, image.parsed, image.width, image.height)
+    coco_holes = image.settings.get("coco_holes", DEFAULT_COCO_HOLES)
+    annotations, problems = coco_annotations_for_image(image.index, image.parsed, image.width, image.height, coco_holes)
     return [dumps_compact(ann).encode("utf-8") for ann in annotations], problems
 
 
@@ -353,6 +416,15 @@ class CocoFormatWriter(SpooledDocumentWriter):
         self.ctx.counts["coco_images"] += 1
 
 
+def _holes_text(summary: Any) -> str:
+    if summary.content_options.get("coco_holes", DEFAULT_COCO_HOLES) == "polygons":
+        return (
+            "ones with holes as one polygon each, every hole joined to the outer ring by a zero-width bridge "
+            "(option `coco_holes: polygons`; pycocotools fills it to the same pixels, holes empty)"
+        )
+    return "ones with holes as compressed RLE"
+
+
 def _readme_loading(summary: Any) -> list[str]:
     return [
         "### COCO (pycocotools)",
@@ -374,7 +446,7 @@ def _readme_loading(summary: Any) -> list[str]:
         "originals are exported, only images stored under `images/` are listed (a file that is missing, "
         "outside the images root or not decodable is left out and named in the report); without them, "
         "every image of known size is. Category 1 "
-        "`cell` holds the closed objects: hole-free ones as polygons, ones with holes as compressed RLE; "
+        f"`cell` holds the closed objects: hole-free ones as polygons, {_holes_text(summary)}; "
         "`area` is the pixel count of the decoded mask, `bbox` is `[min x, min y, width, height]` of the "
         "outer ring, `attributes` holds `number`, `model_confidence` (the segmentation "
         "model's confidence, or null; named so that it collides with no loader's own `confidence` field), "

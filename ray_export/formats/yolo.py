@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..geometry import ring_signed_area
+from ..geometry import bridged_ring
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
 from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterContext, reused_entry
@@ -21,47 +21,6 @@ from .base import ImageInput, ImagePart, OutputFormat, ReadmeSection, WriterCont
 FORMAT_NAME = "yolo"
 LABELS_FOLDER = "labels/"
 DATA_YAML_MEMBER = "data.yaml"
-
-#: Largest number of vertex pairs compared at once when looking for the nearest bridge ends.
-_PAIR_BLOCK = 1 << 20
-
-
-def _nearest_vertex_pair(ring: np.ndarray, hole: np.ndarray) -> tuple[int, int, float]:
-    """``(ring index, hole index, squared distance)`` of the closest vertex pair (first on ties)."""
-    best = (0, 0, np.inf)
-    rows = max(1, _PAIR_BLOCK // max(1, len(hole)))
-    for start in range(0, len(ring), rows):
-        block = ring[start : start + rows]
-        d2 = np.sum((block[:, None, :] - hole[None, :, :]) ** 2, axis=2)
-        flat = int(np.argmin(d2))
-        i, j = divmod(flat, d2.shape[1])
-        if d2[i, j] < best[2]:
-            best = (start + i, j, float(d2[i, j]))
-    return best
-
-
-def _oriented(ring: np.ndarray, clockwise: bool) -> np.ndarray:
-    """The ring running in the requested on-screen direction (positive shoelace = clockwise, y down)."""
-    return ring if (ring_signed_area(ring) >= 0) == clockwise else ring[::-1]
-
-
-def bridged_ring(outer: np.ndarray, holes: list[np.ndarray]) -> np.ndarray:
-    """One ring covering ``outer`` minus ``holes``: every hole joined by a zero-width bridge.
-
-    Holes are taken nearest-to-the-outer-ring first (ties by position) and each is bridged from the nearest
-    vertex of the ring built so far, so later holes may chain through earlier ones.
-    """
-    if not holes:
-        return outer
-    outer_clockwise = ring_signed_area(outer) >= 0
-    ring = outer
-    order = sorted(range(len(holes)), key=lambda k: (_nearest_vertex_pair(outer, holes[k])[2], k))
-    for k in order:
-        hole = _oriented(holes[k], clockwise=not outer_clockwise)
-        i, j, _ = _nearest_vertex_pair(ring, hole)
-        around_hole = np.concatenate([hole[j:], hole[:j], hole[j : j + 1]], axis=0)
-        ring = np.concatenate([ring[: i + 1], around_hole, ring[i:]], axis=0)
-    return ring
 
 
 def _label_line(obj: PolygonObject, width: int, height: int) -> str:
