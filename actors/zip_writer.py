@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pyarrow as pa
@@ -28,6 +27,7 @@ from ray_export.formats.base import FormatWriter, Selection, WriterContext
 from ray_export.formats.registry import check_result_schema, manifest_part_fields, result_schema, selected_formats
 from ray_export.heap import release_free_heap
 from ray_export.options import is_uri
+from ray_export.output_files import release_dead_lock
 from ray_export.reuse import (
     ALL_REUSED,
     COMPUTE_REASONS,
@@ -59,7 +59,8 @@ class AssemblyPlan:
     scale_um_per_px: float | None
     summary: ExportSummary
     coco_info: dict
-    #: an existing folder for spooled members, made by the driver (which deletes it on cancel or failure)
+    #: the existing folder the writer makes its unnamed spool files in (the output's folder for a local
+    #: output); nothing in it is named or removed by the export
     spool_dir: str
     #: per-image problems found on the driver (renamed members), by index
     driver_problems: dict[int, list[dict]] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class AssemblyPlan:
     notes: tuple[str, ...] = ()
     #: most images held back waiting for an earlier index (blocks arrive in order; this is a safety bound)
     max_buffered_images: int = 256
-    #: where a local output is written before its final rename (None: ``<output>.partial``)
+    #: the partial file's name where the file system cannot make unnamed files (None: a private name)
     partial_path: str | None = None
     #: the final rename may replace an output that appeared while the export ran (``--force``)
     replace: bool = True
@@ -103,17 +104,13 @@ class ExportAssembler:
         self.buffer = ReorderBuffer()
         self.released = 0
         self.writers: list[FormatWriter] = []
-        # An object-store output is assembled in the spool folder and uploaded once complete.
-        try:
-            if self.remote_output:
-                self.zip = ZipStreamWriter(self.spool / "export.zip", plan.export_time)
-            else:
-                self.zip = ZipStreamWriter(
-                    Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
-                )
-        except BaseException:
-            shutil.rmtree(self.spool, ignore_errors=True)
-            raise
+        # An object-store output is assembled in an unnamed spool file and uploaded once complete.
+        if self.remote_output:
+            self.zip = ZipStreamWriter(None, plan.export_time, folder=self.spool)
+        else:
+            self.zip = ZipStreamWriter(
+                Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
+            )
         self.recorder = MemberRecorder(self.zip)
         self.previous: PreviousManifest | None = None
         self.reuse_counts = new_reuse_counts()
@@ -221,12 +218,14 @@ class ExportAssembler:
             writer.finish(summary)
         size = self.zip.commit()
         if self.remote_output:
-            upload_file(self.spool / "export.zip", self.remote_output)
-        shutil.rmtree(self.spool, ignore_errors=True)
+            try:
+                upload_file(self.zip.file, self.remote_output)
+            finally:
+                self.zip.abort()  # the uploaded (or failed) spool copy goes
         return {**summary.counts, "bytes": size, "reuse": dict(self.reuse_counts)}
 
     def abort(self) -> None:
-        """Remove the partial output and every spool file; never raises."""
+        """Discard the partial output and close every spool file; never raises."""
         try:
             self.zip.abort()
         finally:
@@ -236,7 +235,6 @@ class ExportAssembler:
             if self.previous is not None:
                 with contextlib.suppress(Exception):
                     self.previous.close()
-            shutil.rmtree(self.spool, ignore_errors=True)
 
     @property
     def bytes_written(self) -> int:
@@ -271,8 +269,8 @@ class MemberRecorder:
         self.zip.add_bytes(name, data, compress_type)
         self._note(name)
 
-    def add_file(self, name: str, path: Path, compress_type: int | None = None) -> None:
-        self.zip.add_file(name, path, compress_type)
+    def add_file(self, name: str, source: Path | BinaryIO, compress_type: int | None = None) -> None:
+        self.zip.add_file(name, source, compress_type)
         self._note(name)
 
     def add_stored_entry(self, name: str, entry: Any) -> None:
@@ -354,8 +352,9 @@ def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
     return rows
 
 
-def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
-    """Copy a finished local file to ``uri``; a failed upload leaves nothing at the destination.
+def upload_file(local: Path | BinaryIO, uri: str, chunk: int = 8 << 20) -> None:
+    """Copy a finished local file (a path, or an open file read from its start) to ``uri``; a failed
+    upload leaves nothing at the destination.
 
     An ``s3://`` destination is one multipart upload made with boto3 where boto3 is installed: a failure
     aborts it, so no object and no stored part remain. pyarrow's output streams cannot abort (closing
@@ -364,18 +363,27 @@ def upload_file(local: Path, uri: str, chunk: int = 8 << 20) -> None:
     old version in a versioned bucket), and an upload whose part S3 refused stays incomplete, for the
     bucket's lifecycle rule to remove.
     """
+    if isinstance(local, (str, Path)):
+        size = os.stat(local).st_size
+        with open(local, "rb") as source:
+            _upload(source, size, uri, chunk)
+    else:
+        local.seek(0)
+        _upload(local, os.fstat(local.fileno()).st_size, uri, chunk)
+
+
+def _upload(local: BinaryIO, size: int, uri: str, chunk: int) -> None:
     client = _s3_client(uri)
     if client is not None:
-        _upload_s3(client, local, uri, chunk)
+        _upload_s3(client, local, size, uri, chunk)
         return
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
     stream = fs.open_output_stream(path)
     try:
-        with open(local, "rb") as src:
-            while block := src.read(chunk):
-                stream.write(block)
+        while block := local.read(chunk):
+            stream.write(block)
         stream.close()
     except BaseException:
         # Closing is the only way to end the stream (it completes a multipart upload); do it now, while
@@ -426,21 +434,19 @@ def _s3_client(uri: str) -> Any | None:
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
-def _upload_s3(client: Any, local: Path, uri: str, chunk: int) -> None:
+def _upload_s3(client: Any, local: BinaryIO, size: int, uri: str, chunk: int) -> None:
     """One multipart upload of ``local`` to ``uri``, aborted when any step fails."""
     parts = urlsplit(uri)
     bucket, key = parts.netloc.rpartition("@")[2], unquote(parts.path.lstrip("/"))
-    size = local.stat().st_size
     part_size = max(chunk, _S3_MIN_PART, -(-size // _S3_MAX_PARTS))
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/zip")["UploadId"]
     try:
         done: list[dict[str, Any]] = []
-        with open(local, "rb") as src:
-            # an empty file is one empty part: S3 completes no upload without a part
-            while (block := src.read(part_size)) or not done:
-                number = len(done) + 1
-                reply = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block)
-                done.append({"PartNumber": number, "ETag": reply["ETag"]})
+        # an empty file is one empty part: S3 completes no upload without a part
+        while (block := local.read(part_size)) or not done:
+            number = len(done) + 1
+            reply = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block)
+            done.append({"PartNumber": number, "ETag": reply["ETag"]})
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done})
     except BaseException:
         with contextlib.suppress(Exception):
@@ -466,24 +472,14 @@ def driver_gone(snapshot: dict | None, unreachable_s: float, timeout_s: float) -
     return snapshot.get("state") in ("succeeded", "failed", "cancelled")
 
 
-def release_dead_lock(output: Path) -> None:
-    """Remove the lock file of ``output`` when no live export holds it (its driver died)."""
-    from ray_export.output_lock import OutputLock
-
-    lock = OutputLock(output, "ended")
-    with contextlib.suppress(Exception):
-        lock.acquire()
-        lock.release()
-
-
 @ray.remote(num_cpus=0, max_restarts=0)
 class ZipWriterActor:
     """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs).
 
     Created detached, so that a driver killed outright does not take it down mid-write: with
     ``export_id``, a thread watches the driver's heartbeat through the progress actor and, once the export
-    ended without the writer being stopped (the driver died), removes the partial file and spool folder and
-    ends the actor's process.
+    ended without the writer being stopped (the driver died), discards the partial file, removes the
+    output's lock file and ends the actor's process (its unnamed spool files go with it).
     """
 
     def __init__(self, plan: AssemblyPlan, export_id: str | None = None) -> None:

@@ -3,8 +3,8 @@
 Pure Python (no Ray): the writer actor drives these classes.
 
 - ``member_compression`` decides stored vs deflated per member.
-- ``ZipStreamWriter`` writes ``<output>.partial``, then flushes, fsyncs and renames it on ``commit()``;
-  ``abort()`` removes it. The same sequence of calls gives byte-identical files.
+- ``ZipStreamWriter`` writes a partial file (unnamed where possible), then flushes, fsyncs and names it
+  on ``commit()``; ``abort()`` discards it. The same sequence of calls gives byte-identical files.
 - ``ReorderBuffer`` releases results keyed by a 1-based index strictly in index order.
 """
 
@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Generic, TypeVar
 
 from isal.isal_zlib import crc32 as _crc32
 
+from ray_export.output_files import OutputFolderError, PartialFile, create_partial
 from ray_export.reuse import DamagedEntry, StoredEntry, copy_stored_entry, read_stored_entry
 
 __all__ = [
@@ -41,7 +42,6 @@ ZIP_DEFLATED = zipfile.ZIP_DEFLATED
 
 STORED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
-PARTIAL_SUFFIX = ".partial"
 COPY_CHUNK_BYTES = 1 << 20
 MEMBER_PERMISSIONS = 0o644
 UNIX_CREATE_SYSTEM = 3
@@ -165,15 +165,16 @@ def member_compression(name: str, data_head: bytes = b"") -> int:
     return _compression_for(name, lambda: tiff_compression(data_head))
 
 
-def _file_compression(name: str, path: Path) -> int:
+def _file_compression(name: str, source: BinaryIO) -> int:
     def read_tiff_value() -> int | None:
-        with open(path, "rb") as source:
+        def read_at(offset: int, length: int) -> bytes:
+            source.seek(offset)
+            return source.read(length)
 
-            def read_at(offset: int, length: int) -> bytes:
-                source.seek(offset)
-                return source.read(length)
-
+        try:
             return _tiff_compression_from(read_at)
+        finally:
+            source.seek(0)
 
     return _compression_for(name, read_tiff_value)
 
@@ -194,37 +195,18 @@ def zip_date_time(timestamp: datetime) -> tuple[int, int, int, int, int, int]:
     return fields
 
 
-def _move_into_place(partial: Path, output: Path, replace: bool) -> None:
-    """Rename the finished partial to the output; without ``replace``, never over an existing file."""
-    if replace:
-        os.replace(partial, output)
-        return
+def _open_partial(folder: Path, partial_path: Path | None) -> PartialFile:
     try:
-        os.link(partial, output)  # atomic: fails when the output exists
-    except FileExistsError:
-        raise ZipOutputError(f"output {output} appeared while the export ran; it was left as it is") from None
-    except OSError:  # a file system without hard links: check, then rename
-        if output.exists():
-            raise ZipOutputError(f"output {output} appeared while the export ran; it was left as it is") from None
-        os.rename(partial, output)
-        return
-    partial.unlink()
-
-
-def _open_partial(partial_path: Path) -> BinaryIO:
-    folder = partial_path.parent
-    if not folder.is_dir():
-        raise ZipOutputError(f"output folder does not exist: {folder}")
-    try:
-        return open(partial_path, "wb")
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ZipOutputError(f"output folder is not writable: {folder} ({reason})") from error
+        return create_partial(folder, partial_path)
+    except OutputFolderError as error:
+        raise ZipOutputError(str(error)) from error.__cause__
 
 
 class ZipStreamWriter:
-    """Streams members into a partial file (``<output>.partial`` unless named); ``commit()`` renames it
-    to ``output_path``.
+    """Streams members into a partial file (see :mod:`ray_export.output_files`: an unnamed file in the
+    output's folder where the platform allows it, else ``partial_path``, else a private temporary name);
+    ``commit()`` gives it the name ``output_path``. Without ``output_path`` the ZIP is made in ``folder``
+    and ``commit()`` leaves it open as :attr:`file` (for an upload), to be closed with :meth:`abort`.
 
     Every member gets the same date-time (from ``timestamp``), Unix permissions 0644, no extra fields and
     the fixed deflate level, so the same sequence of calls gives byte-identical files. As a context manager
@@ -233,17 +215,19 @@ class ZipStreamWriter:
 
     def __init__(
         self,
-        output_path: str | Path,
+        output_path: str | Path | None,
         timestamp: datetime,
         compresslevel: int = DEFLATE_LEVEL,
         partial_path: str | Path | None = None,
         replace: bool = True,
+        folder: str | Path | None = None,
     ) -> None:
+        self._committed = True  # nothing to discard until the partial file exists
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
-        self.output_path = Path(output_path)
-        default_partial = self.output_path.with_name(self.output_path.name + PARTIAL_SUFFIX)
-        self.partial_path = Path(partial_path) if partial_path is not None else default_partial
+        if output_path is None and folder is None:
+            raise ValueError("a ZIP writer needs an output path or a folder")
+        self.output_path = Path(output_path) if output_path is not None else None
         #: False: ``commit()`` refuses to replace an output file that appeared while the ZIP was written
         self.replace = replace
         self.date_time = zip_date_time(timestamp)
@@ -251,13 +235,25 @@ class ZipStreamWriter:
         self._names: set[str] = set()
         self._final_size: int | None = None
         self._closed = False
-        self._file = _open_partial(self.partial_path)
+        where = Path(folder) if folder is not None else self.output_path.parent  # type: ignore[union-attr]
+        self._partial = _open_partial(where, Path(partial_path) if partial_path is not None else None)
+        self._file = self._partial.file
+        self._committed = False
         try:
             self._zip = zipfile.ZipFile(self._file, mode="w", allowZip64=True)
         except BaseException:
-            self._file.close()
-            self.partial_path.unlink(missing_ok=True)
+            self._partial.discard()
             raise
+
+    @property
+    def partial_path(self) -> Path | None:
+        """The partial file's name while it has one (None: an unnamed file, or committed)."""
+        return self._partial.path
+
+    @property
+    def file(self) -> BinaryIO:
+        """The ZIP's open file (after a ``commit()`` without output path: the whole ZIP, to upload)."""
+        return self._file
 
     # ---------------------------------------------------------------------------------------------------------------
     @property
@@ -307,14 +303,20 @@ class ZipStreamWriter:
             compress_type = member_compression(name, bytes(payload) if _is_tiff_name(name) else b"")
         self._write_member(name, compress_type, memoryview(payload).nbytes, [payload])
 
-    def add_file(self, name: str, path: str | Path, compress_type: int | None = None) -> None:
-        """Add one member by streaming a (spooled) file in chunks; ``compress_type`` None picks it."""
-        source_path = Path(path)
-        if compress_type is None:
-            compress_type = _file_compression(name, source_path)
-        with open(source_path, "rb") as source:
-            size = os.fstat(source.fileno()).st_size
-            self._write_member(name, compress_type, size, iter(lambda: source.read(COPY_CHUNK_BYTES), b""))
+    def add_file(self, name: str, source: str | Path | BinaryIO, compress_type: int | None = None) -> None:
+        """Add one member by streaming a file in chunks: a path, or an open binary file (a spool file,
+        read from its start); ``compress_type`` None picks it."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, (str, Path)):
+                handle: BinaryIO = stack.enter_context(open(source, "rb"))
+            else:
+                handle = source
+                handle.flush()
+                handle.seek(0)
+            if compress_type is None:
+                compress_type = _file_compression(name, handle)
+            size = os.fstat(handle.fileno()).st_size
+            self._write_member(name, compress_type, size, iter(lambda: handle.read(COPY_CHUNK_BYTES), b""))
 
     @contextlib.contextmanager
     def _raw_member(self, info: zipfile.ZipInfo, zip64: bool) -> Iterator[BinaryIO]:
@@ -396,7 +398,8 @@ class ZipStreamWriter:
 
     # ---------------------------------------------------------------------------------------------------------------
     def commit(self) -> int:
-        """Write the central directory, flush, fsync, rename the partial to the output; return the final size."""
+        """Write the central directory, flush, fsync and give the partial file the output's name; return
+        the final size. An output that appeared meanwhile is left alone without ``replace``."""
         if self._closed:
             if self._final_size is not None:
                 return self._final_size
@@ -405,28 +408,32 @@ class ZipStreamWriter:
             self._zip.close()
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
-            _move_into_place(self.partial_path, self.output_path, self.replace)
+            size = os.fstat(self._file.fileno()).st_size
+            if self.output_path is not None:
+                try:
+                    self._partial.commit(self.output_path, self.replace)
+                except FileExistsError:
+                    raise ZipOutputError(
+                        f"output {self.output_path} appeared while the export ran; it was left as it is"
+                    ) from None
         except BaseException:
             self.abort()
             raise
+        self._committed = self.output_path is not None
         self._closed = True
-        _fsync_folder(self.output_path.parent)
-        self._final_size = self.output_path.stat().st_size
-        return self._final_size
+        self._final_size = size
+        return size
 
     def abort(self) -> None:
-        """Close and remove the partial file. Idempotent; never raises."""
-        if self._closed:
+        """Close and remove the partial file (or the uncommitted ZIP). Idempotent; never raises."""
+        if self._committed:
             return
+        self._committed = True
         self._closed = True
         # The partial is being discarded: a failed close or unlink changes nothing for the caller.
         with contextlib.suppress(Exception):
             self._zip.close()
-        with contextlib.suppress(Exception):
-            self._file.close()
-        with contextlib.suppress(Exception):
-            self.partial_path.unlink(missing_ok=True)
+        self._partial.discard()
 
     def __enter__(self) -> ZipStreamWriter:
         return self
@@ -441,22 +448,8 @@ class ZipStreamWriter:
 
     def __del__(self) -> None:
         # A writer dropped without commit leaves no partial behind.
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_committed", True):
             self.abort()
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist the rename; best effort (not every platform or file system supports it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -363,8 +363,8 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     """
     from actors.zip_writer import ExportAssembler
     from ray_export.options import build_options
+    from ray_export.output_files import spool_folder
     from ray_export.planning import assembly_plan, plan_export
-    from ray_export.run import make_spool_dir
     from ray_export.stages import finish_stage, stage_chain
 
     spent: dict[str, float] = {}
@@ -379,7 +379,7 @@ def run_one_process(options_values: dict, batch_size: int) -> tuple[float, float
     cpu_started = time.process_time()
     options = build_options(options_values)
     plan = timed("plan", plan_export, options)
-    assembler = timed("write", ExportAssembler, assembly_plan(options, plan, make_spool_dir(plan.output)))
+    assembler = timed("write", ExportAssembler, assembly_plan(options, plan, spool_folder(plan.output)))
     chain = stage_chain(options, plan.images_root, plan.scale_um_per_px)
     batches = _read_batches(plan, batch_size)
     try:
@@ -441,8 +441,8 @@ def run_writer_only(options_values: dict, results: Path, repeat: int, log: Calla
 
     from actors.zip_writer import ExportAssembler
     from ray_export.options import build_options
+    from ray_export.output_files import spool_folder
     from ray_export.planning import assembly_plan, plan_export
-    from ray_export.run import make_spool_dir
 
     options = build_options(options_values)
     plan = plan_export(options)
@@ -454,7 +454,7 @@ def run_writer_only(options_values: dict, results: Path, repeat: int, log: Calla
     for run in range(repeat):
         started = time.perf_counter()
         cpu_started = time.process_time()
-        assembler = ExportAssembler(assembly_plan(options, plan, make_spool_dir(plan.output)))
+        assembler = ExportAssembler(assembly_plan(options, plan, spool_folder(plan.output)))
         try:
             opened = time.perf_counter()
             written = sum(assembler.add_batch(table) for table in tables)

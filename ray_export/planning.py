@@ -4,6 +4,7 @@ export time, output checks) and what the ZIP writer must know before its first e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,14 +133,20 @@ def read_projection(options: ExportOptions, sizes_in_database: bool) -> tuple[bo
     return need_polygons, need_path
 
 
-def plan_export(options: ExportOptions) -> ExportPlan:
-    """Run the light driver-side query and settle names, scale, export time and the output path."""
+def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = None) -> ExportPlan:
+    """Run the light driver-side query and settle names, scale, export time and the output path.
+
+    ``on_checked`` is called once the checks that can fail an export as a usage error passed (project,
+    image ids, images root, output), before the rest of the plan is made.
+    """
     target = parse_db_target(options.db)
     images_root = _images_root(options, target)
     project = resolve_project(target, options.project)
     listing = list_images(target, project.id, list(options.image_ids) if options.image_ids else None)
     entries = listing.entries
     output = _check_output(options, project.title)
+    if on_checked is not None:
+        on_checked()
     names = assign_member_names([e.name or "" for e in entries])
     rows: list[dict] = []
     driver_problems: dict[int, list[dict]] = {}
@@ -219,11 +226,12 @@ def assembly_plan(
     previous: PreviousExport | None = None,
 ) -> Any:
     """What the ZIP writer needs to know before the first entry (an :class:`actors.zip_writer.AssemblyPlan`);
-    a local output is written to the export's own partial file. ``previous``: the previous export given
+    a local output is written to the export's own partial file, spool files are made in ``spool_dir``.
+    ``previous``: the previous export given
     to reuse (its manifest is read by the writer when it is trusted)."""
     from actors.zip_writer import AssemblyPlan
 
-    from .output_lock import partial_path
+    from .output_files import partial_path
 
     summary = ExportSummary(
         project_id=plan.project.id,

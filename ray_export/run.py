@@ -6,10 +6,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
-import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -18,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import RayUnreachable, ensure_ray
+from .cluster import RayUnreachable, check_read_fits, ensure_ray
 from .dataset import build_dataset, preload_dataset_modules, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .options import MAP_STAGES, ExportOptions, uri_for_display
-from .output_lock import OutputLock, OutputLocked, partial_path, spool_prefix
+from .output_files import OutputFiles, OutputLocked, UnsafeOutputPath, remove_export_files, spool_folder
 from .planning import ExportPlan, assembly_plan, local_output_path, open_reuse, plan_export, preflight
 from .reuse import PreviousExport
 from .sources import SourceError
@@ -144,6 +141,11 @@ class _CancelWatcher(threading.Thread):
                 return
 
 
+#: How long Ray's start waits for the light query's usage checks (project, image ids, output): a usage
+#: error found by then is reported without starting Ray; a slower query goes on while Ray starts.
+USAGE_CHECK_WAIT_S = 1.5
+
+
 class _Planning(threading.Thread):
     """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts,
     then imports Ray Data for the dataset built later."""
@@ -155,16 +157,29 @@ class _Planning(threading.Thread):
         self.plan: ExportPlan | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+        #: set once the usage checks passed, or planning ended (with :attr:`error` when it failed)
+        self.checked = threading.Event()
 
     def run(self) -> None:
         try:
-            self.plan = plan_export(self.options)
+            self.plan = plan_export(self.options, on_checked=self.checked.set)
             self.timings.mark("plan_ready")
         except BaseException as exc:  # raised in the export's thread by result()
             self.error = exc
         finally:
+            self.checked.set()
             self.done.set()
         preload_dataset_modules()  # Ray is still starting: take the import off the export's path
+
+    def raise_early_error(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the usage checks; raise an export error planning found by then
+        (an unknown project, no images, an unreachable database), before anything starts Ray."""
+        if not self.checked.wait(timeout) or self.error is None:
+            return
+        if isinstance(self.error, SourceError):
+            raise ExportError(str(self.error), self.error.exit_code) from self.error
+        if isinstance(self.error, ExportError):
+            raise self.error
 
     def result(self, cancel: threading.Event) -> ExportPlan:
         """The plan, or the exception planning raised; waits in short steps, so that a cancel (or an
@@ -192,11 +207,10 @@ class _ExportRun:
         self.writer: Any = None
         self.progress: Any = None
         self.output: Path | str | None = None
-        self.spool_dir: Path | None = None
         #: the address of the driver's node (where the writer runs)
         self.driver_ip: str | None = None
         #: the lock taken once the default output name is known (a named output is locked before Ray starts)
-        self.output_lock: OutputLock | None = None
+        self.output_lock: OutputFiles | None = None
 
     def enter(self, phase: str) -> None:
         """Move to ``phase`` unless a cancel got there first."""
@@ -273,50 +287,7 @@ class _ExportRun:
                 ray.kill(writer)
             if committing:
                 time.sleep(0.3)  # let a kill that raced a commit land before looking at the output
-        return remove_export_files(self.output, self.spool_dir, self.started if committing else None, self.export_id)
-
-
-def remove_export_files(
-    output: Path | str | None, spool_dir: Path | None, written_since: float | None, export_id: str | None = None
-) -> list[Path]:
-    """Delete this export's partial file (``<output>.<export id>.partial``, or ``<output>.partial`` without
-    ``export_id``) and its spool folder; with ``written_since``, also an output written after that time
-    (by this export, which holds the output's lock). Returns the export's files that are still there (a
-    folder that forbids removal). Never raises."""
-    left: list[Path] = []
-    if spool_dir is not None:
-        shutil.rmtree(spool_dir, ignore_errors=True)
-        if os.path.lexists(spool_dir):
-            left.append(spool_dir)
-    if output is None:
-        return left
-    if isinstance(output, Path):
-        partial = partial_path(output, export_id) if export_id else Path(str(output) + ".partial")
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        if os.path.lexists(partial):
-            left.insert(0, partial)
-        if written_since is not None:
-            with contextlib.suppress(OSError):
-                if output.stat().st_mtime >= written_since - 1:
-                    output.unlink()
-        return left
-    if written_since is not None:
-        import pyarrow.fs as pafs
-
-        with contextlib.suppress(Exception):
-            fs, path = pafs.FileSystem.from_uri(output)
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.File and (info.mtime is None or info.mtime.timestamp() >= written_since - 1):
-                fs.delete_file(path)
-    return left
-
-
-def make_spool_dir(output: Path | str) -> Path:
-    """The folder for spooled aggregated members: beside a local output, in the temp folder otherwise."""
-    if isinstance(output, Path):
-        return Path(tempfile.mkdtemp(prefix=spool_prefix(output), dir=output.parent))
-    return Path(tempfile.mkdtemp(prefix=".ray-export-spool-"))
+        return remove_export_files(self.output, self.started if committing else None, self.export_id)
 
 
 def run_export(
@@ -333,7 +304,7 @@ def run_export(
     export's files at once, from a watcher thread, in every phase up to the commit. With
     ``handle_signals`` (main thread only), SIGTERM and SIGINT set ``cancel`` and the main thread is
     interrupted once the files are gone; the handlers are installed after Ray starts, which installs
-    handlers of its own. A local output is locked for the whole run (see :mod:`ray_export.output_lock`).
+    handlers of its own. A local output is locked for the whole run (see :mod:`ray_export.output_files`).
     """
     started = time.time()
     export_id = export_id or new_export_id()
@@ -341,7 +312,7 @@ def run_export(
     if on_start:
         on_start(export_id)
     preflight(options)
-    output_lock: OutputLock | None = None
+    output_lock: OutputFiles | None = None
     named_output = local_output_path(options)
     if named_output is not None:
         output_lock = lock_output(named_output, export_id)
@@ -352,13 +323,13 @@ def run_export(
             output_lock.release()
 
 
-def lock_output(output: Path, export_id: str) -> OutputLock:
+def lock_output(output: Path, export_id: str) -> OutputFiles:
     """Take the output's lock for this export (removing what dead exports left beside it) or raise a
-    usage error naming the export that holds it."""
-    lock = OutputLock(output, export_id)
+    usage error naming the export that holds it, or the path beside the output it refuses to open."""
+    lock = OutputFiles(output, export_id)
     try:
-        removed = lock.acquire()
-    except OutputLocked as exc:
+        removed = lock.start()
+    except (OutputLocked, UnsafeOutputPath) as exc:
         raise ExportError(str(exc), 2) from None
     except OSError as exc:
         raise ExportError(f"output {output}: cannot take its lock file: {error_line(exc)}", 2) from exc
@@ -373,7 +344,7 @@ def _run_locked(
     cancel: threading.Event,
     handle_signals: bool,
     started: float,
-    output_lock: OutputLock | None,
+    output_lock: OutputFiles | None,
 ) -> ExportResult:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -384,6 +355,7 @@ def _run_locked(
     timings = ExportTimings(started)
     planning = _Planning(options, timings)
     planning.start()
+    planning.raise_early_error(USAGE_CHECK_WAIT_S)
     try:
         ensure_ray(options.address)
     except RayUnreachable as exc:
@@ -399,6 +371,10 @@ def _run_locked(
     try:
         run.progress = progress = create_progress_actor(export_id)
         ray.get(progress.set_state.remote("querying"))
+        from .options import job_submission_id
+
+        if job_submission_id() is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
+            ray.get(progress.set_job.remote(job_submission_id()))
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
     timings.mark("progress_ready")
@@ -432,8 +408,7 @@ def _run_locked(
         driver_node = ray.get_runtime_context().get_node_id()
         run.driver_ip = ray.util.get_node_ip_address()
         run.output = plan.output
-        run.spool_dir = make_spool_dir(plan.output)
-        assembly = assembly_plan(options, plan, run.spool_dir, export_id, previous)
+        assembly = assembly_plan(options, plan, spool_folder(plan.output), export_id, previous)
         run.set_writer(
             ZipWriterActor.options(
                 name=writer_actor_name(export_id),
@@ -498,31 +473,6 @@ def _run_locked(
         heartbeat.stopped.set()
         if run.output_lock is not None:
             run.output_lock.release()
-
-
-def check_read_fits(options: ExportOptions) -> None:
-    """SQLite read tasks run on the driver's node: read hints that node cannot hold are a usage error
-    (the tasks would wait forever)."""
-    import ray
-
-    from .cluster import node_resources
-    from .sources import parse_db_target
-
-    if parse_db_target(options.db).kind != "sqlite":
-        return
-    hints = options.stages["read"]
-    wanted = {"CPU": float(hints.num_cpus), **hints.resource_dict()}
-    if hints.memory:
-        wanted["memory"] = float(hints.memory)
-    have = node_resources(ray.get_runtime_context().get_node_id())
-    for resource, amount in wanted.items():
-        if amount > float(have.get(resource, 0.0)):
-            option = {"CPU": "num_cpus", "memory": "memory"}.get(resource, f"resources.{resource}")
-            raise ExportError(
-                f"invalid option stages.read.{option}: asks for {amount:g} {resource}, but reads of a SQLite "
-                f"database run on the driver's node, which has {float(have.get(resource, 0.0)):g}; lower it",
-                2,
-            )
 
 
 def _final_state(progress: Any, state: str, message: str) -> None:

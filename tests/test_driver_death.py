@@ -1,5 +1,6 @@
-"""A driver killed outright on a real cluster: its writer removes the partial file and spool folder once
-the heartbeat stops, ``status`` reports the export failed, and answers at once when the cluster is gone."""
+"""A driver killed outright: on a real cluster its writer discards the (unnamed) partial and spool files
+and removes the lock once the heartbeat stops, ``status`` reports the export failed, and answers at once
+when the cluster is gone; on a local Ray of its own, nothing named is left but the free lock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from tests.open_files import named_files_in, unnamed_files_in
 from tests.test_cluster import sandbox, start_head
 
 pytestmark = pytest.mark.cluster
@@ -30,13 +32,12 @@ def test_killed_driver_leaves_no_files_and_status_answers(tmp_path):
             "driver.log",
         )  # fmt: skip
         deadline = time.monotonic() + 180
-        while not list(out_dir.glob("orphan.zip.*.partial")) and time.monotonic() < deadline:
+        while not unnamed_files_in(out_dir) and time.monotonic() < deadline:
             assert driver.poll() is None, box.log("driver.log")[-3000:]
             time.sleep(0.05)
-        partials = list(out_dir.glob("orphan.zip.*.partial"))
-        assert partials, box.log("driver.log")[-3000:]
-        export_id = partials[0].name.split(".")[-2]
-        assert list(out_dir.glob(".orphan.zip.spool-*"))
+        assert unnamed_files_in(out_dir), box.log("driver.log")[-3000:]  # the partial ZIP and spool files
+        assert named_files_in(out_dir) == ["orphan.zip.lock"]
+        export_id = (out_dir / "orphan.zip.lock").read_text()
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         killed = time.monotonic()
@@ -44,7 +45,8 @@ def test_killed_driver_leaves_no_files_and_status_answers(tmp_path):
             time.sleep(0.5)
         cleaned_s = time.monotonic() - killed
         print(f"files of the killed driver removed {cleaned_s:.1f} s after the kill")
-        assert sorted(p.name for p in out_dir.iterdir()) == [], "no partial, spool or lock file left"
+        assert sorted(p.name for p in out_dir.iterdir()) == [], "no lock file left"
+        assert unnamed_files_in(out_dir) == [], "no process holds a partial or spool file"
         status = box.run([sys.executable, "-m", "ray_export", "status", export_id, "--address", head.address],
                          timeout=120)
         assert status.returncode == 0, status.stderr[-3000:]
@@ -58,3 +60,41 @@ def test_killed_driver_leaves_no_files_and_status_answers(tmp_path):
     assert gone.stderr.splitlines() == [
         f"error: no Ray cluster to read status from: no Ray cluster at {head.address} (connection refused)"
     ]
+
+
+def test_driver_killed_on_its_own_local_ray_leaves_no_partial_or_spool(tmp_path):
+    """``ray-export export`` without an address starts a local Ray, whose processes (the writer among
+    them) die with the driver: the partial ZIP and spool files have no names, so nothing is left beside
+    the output but the free lock file, without any later export."""
+    from ray_export.demo import build_demo_project
+
+    demo = build_demo_project(tmp_path / "demo", n_images=48, seed=0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "k.zip"
+    with sandbox() as box:
+        driver = box.popen(
+            [sys.executable, "-m", "ray_export", "export", "--db", str(demo.db_path), "--project", demo.project_id,
+             "--out", str(out), "--quiet", "--batch-size", "copy=2"],
+            "driver.log",
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while not unnamed_files_in(out_dir) and time.monotonic() < deadline:
+            assert driver.poll() is None, box.log("driver.log")[-3000:]
+            time.sleep(0.05)
+        assert unnamed_files_in(out_dir), box.log("driver.log")[-3000:]
+        assert named_files_in(out_dir) == ["k.zip.lock"]
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        killed = time.monotonic()
+        while unnamed_files_in(out_dir) and time.monotonic() - killed < 60:
+            time.sleep(0.5)
+        print(f"unnamed files of the killed driver gone {time.monotonic() - killed:.1f} s after the kill")
+        assert unnamed_files_in(out_dir) == [], "no process holds a partial or spool file 60 s after the kill"
+        assert named_files_in(out_dir) == ["k.zip.lock"], "no partial or spool file has a name"
+    # the lock is free: the next export to the same output takes it over and succeeds
+    from ray_export.output_files import OutputFiles
+
+    with OutputFiles(out, "0123456789ab") as files:
+        assert files.held
+    assert named_files_in(out_dir) == []

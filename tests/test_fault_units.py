@@ -9,7 +9,7 @@ from ray import exceptions as rx
 
 from actors.zip_writer import driver_gone
 from ray_export.errors import ray_error_line
-from ray_export.run import remove_export_files
+from ray_export.output_files import remove_export_files
 
 
 def test_dead_writer_is_named_with_its_node():
@@ -58,12 +58,9 @@ def test_cleanup_removes_only_this_exports_files_and_reports_what_stays(tmp_path
     out = tmp_path / "x.zip"
     mine = tmp_path / "x.zip.aaaa.partial"
     other = tmp_path / "x.zip.bbbb.partial"
-    spool = tmp_path / ".x.zip.spool-1"
     for path in (mine, other):
         path.write_bytes(b"PK")
-    spool.mkdir()
-    (spool / "coco.spool").write_text("{}")
-    assert remove_export_files(out, spool, None, "aaaa") == []
+    assert remove_export_files(out, None, "aaaa") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zip.bbbb.partial"]
 
     mine.write_bytes(b"PK")
@@ -75,4 +72,4 @@ def test_cleanup_removes_only_this_exports_files_and_reports_what_stays(tmp_path
         original_unlink(self, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", refuse)
-    assert remove_export_files(out, None, None, "aaaa") == [mine]
+    assert remove_export_files(out, None, "aaaa") == [mine]

@@ -21,6 +21,7 @@ from ray_export.formats.base import Selection
 from ray_export.formats.registry import ResultSchemaError, result_schema, selected_formats
 from ray_export.options import VisualizationSettings, build_options
 from ray_export.planning import _decide_scale
+from tests.open_files import unnamed_files_in
 
 SQUARE = json.dumps(
     [
@@ -178,12 +179,11 @@ def _plan(tmp_path: Path, total: int) -> AssemblyPlan:
     summary = ExportSummary(project_id="p", project_title="T", project_type="spheroid",
                             export_time="2024-05-06T07:08:09.000000Z", content_options={}, counts={},
                             scale_um_per_px=None, scale_source="pixels")
-    spool = tmp_path / "spool"
-    spool.mkdir(exist_ok=True)
+    # spool files are made beside the output, without names, as in an export
     return AssemblyPlan(output=str(tmp_path / "out.zip"), export_time=when, total_images=total,
                         include_originals=True, include_visualizations=True, annotations=("coco", "yolo", "json"),
                         metrics=("csv",), include_docs=False, viz_extension=".png", scale_um_per_px=None,
-                        summary=summary, coco_info={"description": "T"}, spool_dir=str(spool))
+                        summary=summary, coco_info={"description": "T"}, spool_dir=str(tmp_path))
 
 
 def _result_rows(indices: list[int], drop: str = "") -> pa.Table:
@@ -222,10 +222,13 @@ def test_assembler_reorders_and_writes_in_index_order(tmp_path):
 def test_assembler_refuses_to_commit_with_missing_images_and_abort_cleans_up(tmp_path):
     assembler = ExportAssembler(_plan(tmp_path, 3))
     assembler.add_batch(_result_rows([1, 3]))
+    assert list(tmp_path.iterdir()) == []  # the partial and the spool files have no names
+    assert unnamed_files_in(tmp_path)
     with pytest.raises(RuntimeError, match="only 1 of 3"):
         assembler.finish()
     assembler.abort()
     assert list(tmp_path.iterdir()) == []
+    assert unnamed_files_in(tmp_path) == []
 
 
 def test_stage_placement_pins_only_what_must_stay_on_the_driver():

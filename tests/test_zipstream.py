@@ -23,6 +23,7 @@ from actors.zipstream import (
     tiff_compression,
     zip_date_time,
 )
+from tests.open_files import unnamed_files_in
 
 EXPORT_TIME = datetime(2024, 5, 17, 13, 45, 30, tzinfo=timezone.utc)
 
@@ -184,18 +185,18 @@ def test_same_calls_give_byte_identical_files(tmp_path: Path) -> None:
     assert first.read_bytes() != other_time.read_bytes()
 
 
-def test_partial_file_then_rename(tmp_path: Path) -> None:
+def test_unnamed_partial_file_then_link(tmp_path: Path) -> None:
     output = tmp_path / "out.zip"
-    partial = tmp_path / "out.zip.partial"
     writer = ZipStreamWriter(output, EXPORT_TIME)
-    assert writer.partial_path == partial
+    assert writer.partial_path is None  # an unnamed file: nothing to leave if the process dies
     writer.add_bytes("a.txt", b"hello " * 1000)
-    assert partial.exists()
-    assert not output.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert len(unnamed_files_in(tmp_path)) == 1
     written_before_commit = writer.bytes_written
     assert written_before_commit > 0
     size = writer.commit()
-    assert not partial.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.zip"]
+    assert unnamed_files_in(tmp_path) == []
     assert output.stat().st_size == size == writer.bytes_written
     assert size > written_before_commit  # the central directory came last
     assert writer.commit() == size  # a second commit is harmless
@@ -228,13 +229,28 @@ def test_context_manager_aborts_on_exception_and_commits_otherwise(tmp_path: Pat
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.zip"]
 
 
-def test_existing_stale_partial_is_replaced(tmp_path: Path) -> None:
+def test_a_file_named_like_a_partial_is_left_alone(tmp_path: Path) -> None:
     output = tmp_path / "out.zip"
-    (tmp_path / "out.zip.partial").write_bytes(b"garbage from an earlier crash" * 100)
+    (tmp_path / "out.zip.partial").write_bytes(b"not the export's" * 100)
     with ZipStreamWriter(output, EXPORT_TIME) as writer:
         writer.add_bytes("a.txt", b"data")
     with zipfile.ZipFile(output) as archive:
         assert archive.namelist() == ["a.txt"]
+    assert (tmp_path / "out.zip.partial").read_bytes() == b"not the export's" * 100
+
+
+def test_zip_without_output_path_stays_open_for_an_upload(tmp_path: Path) -> None:
+    writer = ZipStreamWriter(None, EXPORT_TIME, folder=tmp_path)
+    writer.add_bytes("a.txt", b"data")
+    size = writer.commit()
+    assert list(tmp_path.iterdir()) == []
+    writer.file.seek(0)
+    data = writer.file.read()
+    assert len(data) == size
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("a.txt") == b"data"
+    writer.abort()
+    assert writer.file.closed and unnamed_files_in(tmp_path) == []
 
 
 def test_missing_folder_is_a_clear_oserror(tmp_path: Path) -> None:
@@ -382,7 +398,8 @@ def test_reorder_buffer_random_permutation_is_released_sorted() -> None:
     assert 0 < buffer.max_pending < 500
 
 
-def test_named_partial_and_no_replace_of_an_output_that_appeared(tmp_path: Path) -> None:
+def test_named_partial_and_no_replace_of_an_output_that_appeared(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RAY_EXPORT_NAMED_PARTIAL", "1")  # as on a file system without unnamed files
     out = tmp_path / "x.zip"
     partial = tmp_path / "x.zip.ab12.partial"
     writer = ZipStreamWriter(out, datetime(2024, 1, 1, tzinfo=timezone.utc), partial_path=partial, replace=False)
@@ -395,7 +412,8 @@ def test_named_partial_and_no_replace_of_an_output_that_appeared(tmp_path: Path)
     assert not partial.exists()
 
 
-def test_no_replace_commit_when_the_output_is_absent(tmp_path: Path) -> None:
+def test_no_replace_commit_when_the_output_is_absent(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RAY_EXPORT_NAMED_PARTIAL", "1")
     out = tmp_path / "x.zip"
     partial = tmp_path / "x.zip.ab12.partial"
     writer = ZipStreamWriter(out, datetime(2024, 1, 1, tzinfo=timezone.utc), partial_path=partial, replace=False)

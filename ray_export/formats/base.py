@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import pyarrow as pa
 
+from ..output_files import spool_file
 from ..polygons import ImagePolygons
 from ..problems import Problem
 
@@ -102,7 +103,7 @@ class ZipOutput(Protocol):
 
     def add_bytes(self, name: str, data: bytes | memoryview) -> None: ...
 
-    def add_file(self, name: str, path: Path) -> None: ...
+    def add_file(self, name: str, source: Path | BinaryIO) -> None: ...
 
     def add_stored_entry(self, name: str, entry: Mapping[str, Any]) -> None: ...
 
@@ -143,12 +144,10 @@ class WriterContext:
         return bool(row["decodable"]) if self.selection.originals else True
 
     def spool_member(self, member: str, write: Callable[[Any], None]) -> None:
-        """Write ``member`` through a spool file (``write`` gets a binary file object) and add it."""
-        path = self.spool / (member.replace("/", "_") + ".spool")
-        with open(path, "wb") as fh:
+        """Write ``member`` through an unnamed spool file (``write`` gets a binary file object) and add it."""
+        with spool_file(self.spool) as fh:
             write(fh)
-        self.zip.add_file(member, path)
-        path.unlink()
+            self.zip.add_file(member, fh)
 
 
 class FormatWriter(Protocol):

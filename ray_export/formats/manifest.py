@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..output_files import spool_file
 from ..problems import PROBLEMS_TYPE
 from ..reuse import MANIFEST_MEMBER
 from .base import OutputFormat, ReadmeSection, WriterContext
@@ -59,7 +60,7 @@ class ManifestWriter:
         self.ctx = ctx
         self.part_fields = manifest_part_fields(selected_formats(ctx.selection))
         self.schema = manifest_schema(self.part_fields, ctx.manifest_metadata)
-        self.path = ctx.spool / "export_manifest.parquet.spool"
+        self.file = spool_file(ctx.spool)
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
 
@@ -78,7 +79,7 @@ class ManifestWriter:
         import pyarrow.parquet as pq
 
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+            self.writer = pq.ParquetWriter(self.file, self.schema, compression="zstd")
         if self.rows:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=ROWS_PER_GROUP)
         self.rows = []
@@ -87,15 +88,16 @@ class ManifestWriter:
         """Write the last rows and add the manifest."""
         self._flush()
         self.writer.close()
-        self.ctx.zip.add_file(MEMBER, self.path)
-        self.path.unlink()
+        self.ctx.zip.add_file(MEMBER, self.file)
+        self.file.close()
 
     def abort(self) -> None:
-        """Close and remove the spool."""
+        """Close the spool (it has no name)."""
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            self.file.close()
 
 
 def _readme_schema(summary: Any) -> list[str]:

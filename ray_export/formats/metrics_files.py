@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..metrics import INTEGER_METRICS, KEY_COLUMNS, METRIC_COLUMNS, header_name, metric_units
+from ..output_files import spool_file
 from .base import ImagePart, OutputFormat, ReadmeGroup, ReadmeSection, WriterContext
 
 ALL_COLUMNS: list[str] = KEY_COLUMNS + METRIC_COLUMNS
@@ -93,8 +94,7 @@ class MetricsFileWriter:
     def __init__(self, ctx: WriterContext, member: str, make: Callable[[BinaryIO, WriterContext], RowsWriter]) -> None:
         self.ctx = ctx
         self.member = member
-        self.path = ctx.spool / member.replace("/", "_")
-        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
+        self.file = spool_file(ctx.spool)
         try:
             self.rows = make(self.file, ctx)
         except BaseException:
@@ -109,8 +109,8 @@ class MetricsFileWriter:
     def finish(self, summary: Any) -> None:
         """Finish the file and add it to the ZIP."""
         self.rows.close()
+        self.ctx.zip.add_file(self.member, self.file)
         self.file.close()
-        self.ctx.zip.add_file(self.member, self.path)
 
     def abort(self) -> None:
         """Give up the file."""

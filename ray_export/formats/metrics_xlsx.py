@@ -33,9 +33,39 @@ class _ExactNumberWorksheet(Worksheet):
             text = text[:-2]
         self.fh.write(f"<c{attr}><v>{text}</v></c>")
 
+    # Row data of constant_memory mode lives in a temporary file that has no name once open, so that an
+    # export that dies leaves nothing; the open handle is kept (never closed and reopened by name).
+    def _initialize(self, init_data) -> None:
+        super()._initialize(init_data)
+        if getattr(self, "row_data_filename", None):
+            with contextlib.suppress(OSError):
+                os.unlink(self.row_data_filename)
+
+    def _opt_close(self) -> None:
+        """Keep the unnamed row data file open (it cannot be reopened by name)."""
+
+    def _opt_reopen(self) -> None:
+        """The row data file was never closed."""
+
+    def _write_optimized_sheet_data(self) -> None:
+        if self.dim_rowmin is None:
+            self._xml_empty_tag("sheetData")
+            return
+        self._xml_start_tag("sheetData")
+        source = self.row_data_fh
+        source.seek(0)
+        while chunk := source.read(1 << 16):
+            self.fh.write(chunk)
+        source.close()
+        self._xml_end_tag("sheetData")
+
 
 # Guard against a future xlsxwriter that renames the number writer: fall back to its own output.
-_WORKSHEET_CLASS = _ExactNumberWorksheet if hasattr(Worksheet, "_xml_number_element") else Worksheet
+_WORKSHEET_CLASS = (
+    _ExactNumberWorksheet
+    if all(hasattr(Worksheet, name) for name in ("_xml_number_element", "_write_optimized_sheet_data", "_opt_reopen"))
+    else Worksheet
+)
 
 
 def _naive_utc(created: datetime) -> datetime:
@@ -47,8 +77,10 @@ def _naive_utc(created: datetime) -> datetime:
 class MetricsXlsxWriter:
     """``metrics.xlsx``: sheet "Polygon Metrics" (header with units, exact values) and sheet "Summary".
 
-    Rows are streamed to disk (xlsxwriter ``constant_memory``); the defined values of every metric are
-    kept as float64 arrays for the summary. ``tmpdir`` is where xlsxwriter keeps its temporary files.
+    Rows are streamed to disk (xlsxwriter ``constant_memory``, in temporary files unlinked once open); the
+    defined values of every metric are kept as float64 arrays for the summary. ``tmpdir`` is where
+    xlsxwriter makes its temporary files (the system's temporary folder when None): the row files lose
+    their names at once, the package's parts exist only while :meth:`close` assembles the workbook.
     """
 
     def __init__(self, fileobj: BinaryIO, scaled: bool, created: datetime, tmpdir: str | None = None) -> None:
@@ -129,14 +161,14 @@ class MetricsXlsxWriter:
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.close()
-            if path:
+            if path and not isinstance(sheet, _ExactNumberWorksheet):  # its files lost their names at once
                 with contextlib.suppress(OSError):
                     os.remove(path)
 
 
 FORMAT = metrics_file_format(
     "xlsx",
-    lambda fh, ctx: MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time, tmpdir=str(ctx.spool)),
+    lambda fh, ctx: MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time),
     "metrics workbook: sheets `Polygon Metrics` and `Summary`",
     lambda member: [
         "# pd.read_excel needs openpyxl",
