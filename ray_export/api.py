@@ -13,7 +13,7 @@ from typing import Any
 
 from .cluster import ensure_ray, gcs_address_of
 from .errors import ExportCancelled, ExportError
-from .options import ExportOptions, build_options
+from .options import ExportOptions, OptionError, build_options, check_environment_address
 from .planning import preflight
 from .run import ExportResult, new_export_id, run_export
 
@@ -57,6 +57,13 @@ def _caller_logging() -> Iterator[None]:
 
 
 def _start_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():  # Ray would attach to RAY_ADDRESS: a malformed one is a usage error
+        try:
+            check_environment_address(address)
+        except OptionError as exc:
+            raise ExportError(str(exc), 2) from None
     try:  # in the caller's thread: Ray installs its signal handlers there
         start_ray_for_caller(address)
         ensure_ray(address)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import io
 import json
 import logging
@@ -11,12 +13,34 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from .options import OptionError, add_export_arguments, build_options, options_from_args
+from .options import (
+    OptionError,
+    add_export_arguments,
+    build_options,
+    check_environment_address,
+    command_line_name,
+    options_from_args,
+    overrides_from_args,
+    ray_address_problem,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    the export succeeded (stdout: the output path)
+  2    usage error, found before any work: an invalid option, malformed --db or --address, unknown or
+       ambiguous project, no images selected, images root missing, output exists without --force,
+       output folder missing or not writable
+  1    runtime failure: database unreachable, I/O error, disk full, a Ray or actor failure
+  130  cancelled (ray-export cancel, Ctrl-C, SIGTERM / ray job stop); no output is left
+
+Every failure is one line on stderr. The export id ("export id: ID") is printed on stderr once the
+export runs, before any progress; ray-export status / cancel take it."""
 
 
 #: Where results go (the output path, status lines): the process's original stdout. Anything else that
@@ -91,10 +115,51 @@ def _log_to_file() -> None:
     logger.setLevel(logging.DEBUG)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ray-export", description="Export a segmentation project into one ZIP.")
+EXPORT_USAGE = "ray-export export --db DSN_OR_PATH --project ID_OR_TITLE [--out FILE.zip] [options]"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2) with the command's usage, and that
+    takes flags only as spelled out (no abbreviations: a script keeps working as flags are added)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def one_line_usage(self) -> str:
+        return " ".join(self.format_usage().split())
+
+    def error(self, message: str) -> NoReturn:
+        _err(f"error: {message}; {self.one_line_usage()} (--help lists every flag)")
+        sys.exit(EXIT_USAGE)
+
+    def flags(self) -> list[str]:
+        """Every flag this parser takes."""
+        return [flag for action in self._actions for flag in action.option_strings]
+
+
+def unknown_argument_message(parser: _Parser, extras: list[str]) -> str:
+    """``unknown flag --ot (did you mean --out?)`` for the first unrecognized argument."""
+    given = next((item for item in extras if item.startswith("-")), None)
+    if given is None:
+        return f"unexpected argument {extras[0]!r}"
+    name = given.split("=", 1)[0]
+    flags = parser.flags()
+    close = [flag for flag in flags if flag.startswith(name) and flag.startswith("--")][:3]  # abbreviated
+    close = close or difflib.get_close_matches(name, flags, n=1, cutoff=0.6)  # or mistyped
+    return f"unknown flag {name}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="ray-export", description="Export a segmentation project into one ZIP.")
     sub = parser.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="export a project")
+    exp = sub.add_parser(
+        "export", help="export a project", usage=EXPORT_USAGE, epilog=EXIT_CODES_HELP,
+        description="Export a segmentation project into one ZIP.\n--db and --project are required (as flags or "
+        "in the --options file); every other flag is optional.\nUnder `ray job submit`, --out is required too "
+        "(an absolute path or a URI).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     add_export_arguments(exp)
     exp.add_argument("--quiet", action="store_true", help="no progress output")
     demo = sub.add_parser("demo", help="build (or reuse) the demo project and export it")
@@ -108,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("export_id", nargs="?", help="one export (default: every export on the cluster)")
     status.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    cancel = sub.add_parser("cancel", help="cancel a running export")
+    cancel = sub.add_parser("cancel", help="cancel a running export (and stop its Ray job, if it runs as one)")
     cancel.add_argument("export_id", help="the id the export printed first")
     cancel.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
     return parser
@@ -217,31 +282,110 @@ def _clock(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-def _run_export(options, quiet: bool) -> int:
+#: progress states in which an export has started (its usage checks and planning passed)
+_STARTED_STATES = frozenset({"running", "finalizing", "succeeded"})
+#: how often the export's state is looked at until its id is printed (seconds)
+ANNOUNCE_POLL_S = 0.2
+
+
+class _IdAnnouncer(threading.Thread):
+    """Prints ``export id: ID`` on stderr once the export has started (so that a usage error, found
+    before, stays one line), then starts the progress display (``printer``, if any)."""
+
+    def __init__(self, export_id: str, printer: _ProgressPrinter | None) -> None:
+        super().__init__(daemon=True, name="ray-export-id")
+        self.export_id = export_id
+        self.printer = printer
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._announced = False
+
+    def run(self) -> None:
+        import ray
+
+        from actors.progress import get_progress_actor
+
+        actor = None
+        while not self._announced and not self.closed.wait(ANNOUNCE_POLL_S):
+            try:
+                if not ray.is_initialized():
+                    continue
+                actor = actor or get_progress_actor(self.export_id)
+                if actor is None:
+                    continue
+                state = ray.get(actor.snapshot.remote(), timeout=5).get("state")
+            except Exception:
+                continue
+            if state in _STARTED_STATES:
+                self.announce()
+
+    def announce(self, display: bool = True) -> None:
+        """Print the id (once, never after :meth:`close`) and, with ``display``, start the progress display."""
+        with self._lock:
+            if self._announced or self.closed.is_set():
+                return
+            self._announced = True
+            _err(f"export id: {self.export_id}")
+            if display and self.printer is not None:
+                self.printer.start()
+
+    def close(self) -> None:
+        """Nothing is printed from now on; the progress display stops."""
+        with self._lock:
+            self.closed.set()
+        if self.printer is not None and self.printer.is_alive():
+            self.printer.stop()
+
+
+_OPTION_IN_MESSAGE = re.compile(r"^invalid option (\S+):")
+
+
+def _name_options(message: str, name: Callable[[str], str] | None) -> str:
+    """``message`` with the option it starts with (``invalid option X: ...``) named by ``name``."""
+    if name is None:
+        return message
+    return _OPTION_IN_MESSAGE.sub(lambda match: f"invalid option {name(match.group(1))}:", message, count=1)
+
+
+def done_line(result: Any) -> str:
+    """``done: 12 images, 30 objects, 3 warnings, 4.2 s``, saying where the warnings are listed."""
+    from .formats.export_report import MEMBER
+
+    line = f"done: {result.summary_line()}"
+    if result.counts.get("problems"):
+        line += f" (warnings: see {MEMBER} in the ZIP)"
+    return line
+
+
+def _run_export(options, quiet: bool, option_name: Callable[[str], str] | None = None) -> int:
+    """Run the export: ``export id: ID`` once it has started, then the output path (stdout) and a
+    summary, or one error line. ``option_name`` names an option in an error (its flag)."""
     from .errors import ExportCancelled, ExportError
     from .run import install_signal_handlers, new_export_id, run_export
 
     export_id = new_export_id()
-    _err(f"export id: {export_id}")
     cancel = threading.Event()
     install_signal_handlers(cancel)  # until Ray starts; run_export installs them again after ray.init
     printer = None
     if not quiet:
         printer = _ProgressPrinter(export_id, sys.stderr.isatty(), 0.5 if sys.stderr.isatty() else 5.0)
-        printer.start()
+    announcer = _IdAnnouncer(export_id, printer)
+    announcer.start()
     try:
         result = run_export(options, export_id=export_id, cancel=cancel, handle_signals=True)
+        announcer.announce(display=False)
     except ExportCancelled:
+        announcer.close()
         _err("cancelled: no output was written")
         return EXIT_CANCELLED
     except ExportError as exc:
-        _err(f"error: {exc}")
+        announcer.close()
+        _err(f"error: {_name_options(str(exc), option_name)}")
         return exc.exit_code
     finally:
-        if printer is not None:
-            printer.stop()
+        announcer.close()
     _out(result.output)
-    _err(f"done: {result.summary_line()}")
+    _err(done_line(result))
     if result.reuse is not None:
         _err(reuse_line(result.reuse))
     return EXIT_OK
@@ -320,6 +464,8 @@ def _cancel(args) -> int:
 
     from actors.progress import get_progress_actor
 
+    from .errors import error_line
+
     if not _attach(args.address, "cancel on"):
         return EXIT_FAILED
     actor = get_progress_actor(args.export_id)
@@ -327,23 +473,77 @@ def _cancel(args) -> int:
         _err(f"error: no export {args.export_id!r} on this cluster")
         return EXIT_USAGE
     try:
-        state = ray.get(actor.snapshot.remote(), timeout=10).get("state")
-        if state in ("succeeded", "failed", "cancelled"):
-            _out(f"export {args.export_id} already {state}; nothing to cancel")
-            return EXIT_OK
+        snap = ray.get(actor.snapshot.remote(), timeout=10)
+    except Exception as exc:
+        _err(f"error: export {args.export_id!r} did not take the cancel request ({type(exc).__name__})")
+        return EXIT_FAILED
+    if snap.get("state") in ("succeeded", "failed", "cancelled"):
+        _out(f"export {args.export_id} already {snap.get('state')}; nothing to cancel")
+        return EXIT_OK
+    job = snap.get("job_submission_id")
+    if job:  # its driver is a Ray job: stopped through the Jobs API first, so that Ray records it STOPPED
+        try:
+            stop_ray_job(job, dashboard_url(args.address or os.environ.get("RAY_ADDRESS")))
+        except Exception as exc:
+            logging.getLogger("ray_export").debug("stopping job %s failed", job, exc_info=exc)
+            _err(
+                f"warning: could not stop the Ray job {job} ({type(exc).__name__}: {error_line(exc)[:200]}); "
+                "the export is cancelled, but Ray will record the job as FAILED"
+            )
+    try:
         ray.get(actor.request_cancel.remote(), timeout=10)
     except Exception as exc:
         _err(f"error: export {args.export_id!r} did not take the cancel request ({type(exc).__name__})")
         return EXIT_FAILED
-    _out(f"cancel requested for {args.export_id}")
+    _out(f"cancel requested for {args.export_id}" + (f" (its Ray job {job} is stopped)" if job else ""))
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _without_environment(*names: str) -> Iterator[None]:
+    """Unset the environment variables ``names`` for the duration."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def dashboard_url(address: str | None) -> str:
+    """The dashboard (Jobs API) URL of the attached cluster: ``address`` when it is a dashboard URL, else
+    the one the cluster publishes."""
+    from .cluster import is_dashboard_url
+
+    if address and is_dashboard_url(address):
+        return address
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    if not url:
+        raise RuntimeError("the cluster runs no dashboard (Jobs API)")
+    return url if "://" in url else f"http://{url}"
+
+
+def stop_ray_job(submission_id: str, url: str) -> bool:
+    """Stop the Ray job ``submission_id`` through the Jobs API at ``url``, as ``ray job stop`` does: Ray
+    sends its driver SIGTERM (an export driver cancels itself) and records the job ``STOPPED``. Returns
+    whether the job was still running."""
+    from ray.job_submission import JobSubmissionClient
+
+    with _without_environment("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # they would replace ``url``
+        client = JobSubmissionClient(url)
+    return bool(client.stop_job(submission_id))
 
 
 def _demo(args) -> int:
     from .demo import build_demo_project
 
     if args.images < 1 or args.images > 100000:
-        _err("error: invalid option images: must be in 1..100000")
+        _err(f"error: invalid option --images: {args.images} is not in 1..100000")
+        return EXIT_USAGE
+    problem = _address_error(args.address, attach_only=False)
+    if problem:
+        _err(problem)
         return EXIT_USAGE
     workdir = Path(args.workdir).expanduser().absolute()
     try:
@@ -360,12 +560,17 @@ def _demo(args) -> int:
         overrides["force"] = True
     if args.address:
         overrides["address"] = args.address
+    flags = {key: overrides[key] for key in ("output", "force", "address") if key in overrides}
+
+    def option_name(name: str) -> str:
+        return command_line_name(name, flags, None) if name in flags else name
+
     try:
         options = build_options(None, overrides)
     except OptionError as exc:
-        _err(f"error: {exc}")
+        _err(f"error: invalid option {option_name(exc.option)}: {exc.reason}")
         return EXIT_USAGE
-    return _run_export(options, args.quiet)
+    return _run_export(options, args.quiet, option_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,7 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ray is started or attached explicitly; a late Ray call after shutdown must fail, not start a new
     # local cluster as the process ends.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = _subparser(parser, args.command)
+        command.error(unknown_argument_message(command, extras))
     if argv is None:  # the command itself, not a call from Python
         _keep_stdout_for_results()
     _log_to_file()
@@ -390,16 +599,48 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _subparser(parser: _Parser, command: str) -> _Parser:
+    """The parser of ``command``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    return parser
+
+
+def _address_error(address: str | None, attach_only: bool) -> str | None:
+    """The error line for a malformed ``--address`` (or ``RAY_ADDRESS`` when no flag is given), or None.
+    ``attach_only``: the command needs a running cluster, so ``local`` (start a new one) is refused."""
+    name, value = "--address", address
+    if value is None:
+        name, value = "RAY_ADDRESS (environment variable)", os.environ.get("RAY_ADDRESS") or None
+    if value is None:
+        return None
+    problem = ray_address_problem(value)
+    if problem is None and attach_only and value == "local":
+        problem = "'local' starts a new Ray, and this command needs a running cluster (give its address, or auto)"
+    return f"error: invalid option {name}: {problem}" if problem else None
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         try:
             options = options_from_args(args)
+            check_environment_address(options.address)
         except OptionError as exc:
             _err(f"error: {exc}")
             return EXIT_USAGE
-        return _run_export(options, args.quiet)
+        flags = overrides_from_args(args)
+
+        def option_name(name: str) -> str:
+            return command_line_name(name, flags, None)
+
+        return _run_export(options, args.quiet, option_name)
     if args.command == "demo":
         return _demo(args)
+    problem = _address_error(args.address, attach_only=True)
+    if problem:
+        _err(problem)
+        return EXIT_USAGE
     if args.command == "status":
         return _status(args)
     return _cancel(args)

@@ -23,6 +23,8 @@ class OptionError(ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(f"invalid option {option}: {message}")
         self.option = option
+        #: what is wrong, without the option's name
+        self.reason = message
 
 
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -227,6 +229,66 @@ def uri_for_display(path: str) -> str:
     return _URI_SECRET_PARAMS.sub(r"\1***", _URI_USERINFO.sub(r"\1***@", path))
 
 
+RAY_ADDRESS_FORMS = "auto, local, HOST:PORT, ray://HOST:PORT or a dashboard URL http://HOST[:PORT]"
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])$")
+
+
+def _host_port_problem(hostport: str, port_required: bool = True) -> str | None:
+    """What is wrong with ``HOST:PORT`` (``[IPv6]:PORT``), or None."""
+    if hostport.startswith("["):
+        host, bracket, after = hostport.partition("]")
+        host += bracket
+        colon, port = after[:1], after[1:]
+        if after and colon != ":":
+            return f"{hostport!r} is not HOST:PORT"
+    else:
+        host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not host:
+        return "the host is missing"
+    if not _HOST.match(host):
+        return f"{host!r} is not a host name or IP address"
+    if not colon:
+        return "the port is missing" if port_required else None
+    if not port:
+        return "the port is missing"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"the port {port!r} is not a number in 1..65535"
+    return None
+
+
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with a Ray address (``--address``, ``RAY_ADDRESS``), or None when it has one of the
+    forms Ray attaches to: ``auto``, ``local``, ``HOST:PORT``, ``ray://HOST:PORT`` (Ray Client) or a
+    dashboard URL ``http(s)://HOST[:PORT]`` (the Jobs CLI's form). Only the form is checked: whether a
+    cluster answers there is found when Ray starts."""
+    text = address if isinstance(address, str) else ""
+    if text in ("auto", "local"):
+        return None
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        problem = _host_port_problem(text)
+    elif scheme.lower() == "ray":
+        problem = _host_port_problem(rest)
+    elif scheme.lower() in ("http", "https"):
+        problem = _host_port_problem(re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2], port_required=False)
+    else:
+        problem = f"{scheme}:// is not an address scheme Ray attaches to"
+    if problem is None:
+        return None
+    return f"{address!r} is not a Ray address: {problem} (expected {RAY_ADDRESS_FORMS})"
+
+
+def check_environment_address(address: str | None, environ: Mapping[str, str] | None = None) -> None:
+    """Without an address given, Ray attaches to ``RAY_ADDRESS``: raise :class:`OptionError` naming that
+    variable when it is set to something that is not a Ray address."""
+    env = os.environ if environ is None else environ
+    value = env.get("RAY_ADDRESS")
+    if address is None and value:
+        problem = ray_address_problem(value)
+        if problem:
+            raise OptionError("RAY_ADDRESS (environment variable)", problem)
+
+
 def local_path(path: str) -> str:
     """A local path, given plainly or as a ``file://`` URI, as a plain path."""
     return path[len("file://") :] if path.startswith("file://") else path
@@ -344,11 +406,19 @@ class ExportOptions:
             raise OptionError("images_root", "required with a PostgreSQL database (--images-root)")
         if self.address is not None:
             _check_text("address", self.address)
+            problem = ray_address_problem(self.address)
+            if problem:
+                raise OptionError("address", problem)
         _check_formats("annotations", self.annotations, annotation_format_names())
         _check_formats("metrics", self.metrics, metric_format_names())
         if not isinstance(self.visualization, VisualizationSettings):
             raise OptionError("visualization", f"{self.visualization!r} is not a VisualizationSettings")
-        self.visualization.validate()
+        try:
+            self.visualization.validate()
+        except OptionError as exc:
+            if exc.option != "viz_format":
+                raise
+            raise OptionError("visualization.format", exc.reason) from None  # the key, as options files have it
         scale = self.scale_um_per_px
         if scale is not None and (
             not _is_number(scale) or not MIN_SCALE_UM_PER_PX <= float(scale) <= MAX_SCALE_UM_PER_PX
@@ -879,17 +949,23 @@ def build_options(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process is a ``ray job submit`` entrypoint (Ray passes the job's metadata in its env)."""
+def job_submission_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """The submission id of the Ray job whose entrypoint this process is (``ray job submit``), or None:
+    Ray's job supervisor passes the job's metadata to the entrypoint in ``RAY_JOB_CONFIG_JSON_ENV_VAR``."""
     env = os.environ if environ is None else environ
     raw = env.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
-        return False
+        return None
     try:
-        metadata = json.loads(raw).get("metadata") or {}
+        submission_id = (json.loads(raw).get("metadata") or {}).get("job_submission_id")
     except (ValueError, AttributeError):
-        return False
-    return bool(metadata.get("job_submission_id"))
+        return None
+    return submission_id if isinstance(submission_id, str) and submission_id else None
+
+
+def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a ``ray job submit`` entrypoint (Ray passes the job's metadata in its env)."""
+    return job_submission_id(environ) is not None
 
 
 _FLAG_ACTIONS: dict[str, dict[str, Any]] = {
@@ -912,8 +988,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         groups[group] = parser.add_argument_group(group)
     for option in _flag_fields():
         extra = {"metavar": option.metavar} if option.metavar else {}
+        text = f"required (here or in --options): {option.help}" if option.required else option.help
         groups[option.group].add_argument(
-            option.flag, dest=option.name, default=None, help=option.help, **_FLAG_ACTIONS[option.flag_action], **extra
+            option.flag, dest=option.name, default=None, help=text, **_FLAG_ACTIONS[option.flag_action], **extra
         )
     groups[SOURCE_GROUP].add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
 
@@ -924,7 +1001,7 @@ def _stage_assignment(flag: str, text: str) -> tuple[str, str]:
     if not sep or not value.strip():
         raise OptionError(flag, f"{text!r}: expected STAGE=VALUE")
     if stage not in STAGE_NAMES:
-        raise OptionError(f"stages.{stage}", f"unknown stage in {text!r}; expected one of {', '.join(STAGE_NAMES)}")
+        raise OptionError(flag, f"unknown stage in {text!r}; expected one of {', '.join(STAGE_NAMES)}")
     return stage, value.strip()
 
 
@@ -974,7 +1051,94 @@ def options_from_args(args: argparse.Namespace, under_job: bool | None = None) -
     ``under_job`` defaults to :func:`running_under_job_submit`.
     """
     options_path = getattr(args, "options", None)
-    file_values = load_options_file(options_path) if options_path else None
+    overrides = overrides_from_args(args)
+    file_values = None
     if under_job is None:
         under_job = running_under_job_submit()
-    return build_options(file_values, overrides_from_args(args), under_job=under_job)
+    try:
+        file_values = load_options_file(options_path) if options_path else None
+        return build_options(file_values, overrides, under_job=under_job)
+    except OptionError as exc:
+        raise for_command_line(exc, overrides, file_values, options_path) from None
+
+
+_MISSING = object()
+
+
+def _option_path(name: str) -> tuple[str, ...]:
+    """Where the option an :class:`OptionError` names sits in an options mapping: ``("scale",)``,
+    ``("visualization", "stroke_width")``, ``("stages", "copy", "num_cpus")``."""
+    if name.startswith("stages."):
+        return tuple(name.split(".", 3))
+    if name.startswith("visualization."):
+        return tuple(name.split(".", 1))
+    for option in VISUALIZATION_FIELDS:
+        if name in (option.name, option.key):
+            return ("visualization", option.key)
+    return (name,)
+
+
+def _given(values: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in nested mappings, or ``_MISSING``."""
+    value: Any = values
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def flag_for_option(name: str, flags: Mapping[str, Any]) -> str | None:
+    """The command-line flag of the option an :class:`OptionError` names (``stroke_width`` ->
+    ``--stroke-width``; a stage hint with the assignment given, ``--num-cpus copy=8``), or None when the
+    option has no flag or (a stage hint) was not given as one. ``flags``: the given flags, keyed as in an
+    options file (:func:`overrides_from_args`)."""
+    if name.startswith("--"):
+        return name
+    if name == "options":
+        return "--options"
+    path = _option_path(name)
+    if path[0] == "stages" and len(path) >= 3:
+        stage, key = path[1], path[2]
+        value = _given(flags, path)
+        option = next((o for o in STAGE_FIELDS if o.key == key), None)
+        if option is None or option.flag is None or value is _MISSING:
+            return None
+        if key == "resources" and isinstance(value, Mapping):
+            return f"{option.flag} {stage}=" + ",".join(f"{k}:{v}" for k, v in value.items())
+        if key == "resources" and len(path) == 4:
+            return f"{option.flag} {stage}={path[3]}:{value}"
+        return f"{option.flag} {stage}={value}"
+    table = VISUALIZATION_FIELDS if path[0] == "visualization" else OPTION_FIELDS
+    key = path[-1] if path[0] == "visualization" and len(path) == 2 else path[0]
+    return next((o.flag for o in table if o.key == key and o.flag), None)
+
+
+def command_line_name(
+    name: str,
+    flags: Mapping[str, Any],
+    file_values: Mapping[str, Any] | None = None,
+    options_path: str | None = None,
+) -> str:
+    """How a command-line error names an option: its flag, unless its value came from the options file
+    and no flag (then its key, and the file)."""
+    path = _option_path(name)
+    if _given(flags, path) is _MISSING and _given(file_values, path) is not _MISSING:
+        key = ".".join(path)
+        return f"{key} (in {options_path})" if options_path else key
+    return flag_for_option(name, flags) or name
+
+
+def for_command_line(
+    exc: OptionError,
+    flags: Mapping[str, Any],
+    file_values: Mapping[str, Any] | None = None,
+    options_path: str | None = None,
+) -> OptionError:
+    """``exc`` naming the option as the command line knows it (see :func:`command_line_name`)."""
+    named = command_line_name(exc.option, flags, file_values, options_path)
+    if named == exc.option:
+        return exc
+    renamed = OptionError(named, exc.reason)
+    renamed.__cause__ = exc
+    return renamed

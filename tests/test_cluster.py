@@ -587,10 +587,10 @@ def _assert_nothing_advances(box: Sandbox, head: Head, export_id: str) -> dict:
 
 @pytest.mark.cluster
 def test_job_stop_and_cli_cancel_stop_the_export(tmp_path):
-    """``ray job stop`` and ``ray-export cancel`` (given the dashboard URL, the Jobs CLI's address form)
-    on running exports: the export is ``cancelled``, no file is left, no stage task runs or starts and
-    no stage counter moves afterwards. ``ray job stop`` ends the job STOPPED; after ``ray-export cancel``
-    the driver exits by itself with 130, which Ray records as FAILED.
+    """``ray job stop`` and ``ray-export cancel`` (given the GCS address) on running exports: the export is
+    ``cancelled``, no file is left, no stage task runs or starts and no stage counter moves afterwards.
+    Both end the job STOPPED: the export records its job's submission id, and ``ray-export cancel`` stops
+    that job through the Jobs API (as ``ray job stop`` does) before it asks the export to cancel.
 
     The head keeps Ray's default grace between SIGTERM and SIGKILL (3 s): the export removes its partial
     output and records ``cancelled`` well inside it.
@@ -612,15 +612,17 @@ def test_job_stop_and_cli_cancel_stop_the_export(tmp_path):
         assert final["state"] == "cancelled", (final, job_logs(head, "rx-stop-1")[-3000:])
 
         export_id = _submit_export(box, head, "rx-cancel-1", demo, out_dir / "cancelled.zip")
-        cancelled = box.run([sys.executable, "-m", "ray_export", "cancel", export_id, "--address", head.dashboard],
+        assert export_status(box, head, export_id)["job_submission_id"] == "rx-cancel-1"
+        cancelled = box.run([sys.executable, "-m", "ray_export", "cancel", export_id, "--address", head.address],
                             timeout=60)  # fmt: skip
         assert cancelled.returncode == 0, cancelled.stderr[-3000:]
+        assert cancelled.stdout.strip() == f"cancel requested for {export_id} (its Ray job rx-cancel-1 is stopped)"
+        assert "warning" not in cancelled.stderr, cancelled.stderr
         info = wait_for_job(head, "rx-cancel-1")
-        logs = job_logs(head, "rx-cancel-1")
-        assert info["status"] == "FAILED" and "130" in info["message"], info
-        assert "cancelled: no output was written" in logs
+        assert info["status"] == "STOPPED", (info, job_logs(head, "rx-cancel-1")[-3000:])
         final = _assert_nothing_advances(box, head, export_id)
-        assert final["state"] == "cancelled"
+        assert final["state"] == "cancelled", (final, job_logs(head, "rx-cancel-1")[-3000:])
+        assert sorted(p.name for p in out_dir.iterdir()) == [], "no output, partial or spool file"
         shown = box.run([sys.executable, "-m", "ray_export", "status", export_id, "--address", head.dashboard],
                         timeout=60)  # fmt: skip
         # RAY_ADDRESS in the Jobs CLI's form (the dashboard URL) attaches an export to that cluster too

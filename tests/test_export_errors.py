@@ -168,23 +168,36 @@ def test_usage_errors_come_before_ray_is_reached(broken_project, tmp_path, case)
         capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+
+
+def test_unknown_project_is_one_line_on_the_command_line(broken_project, tmp_path):
+    """A usage error found by the database query (after the option checks) is one line too: the export id
+    is printed only once the export runs."""
+    import subprocess
+    import sys
+
+    db, _root, _ = broken_project
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_export", "export", "--db", str(db), "--project", "No such project",
+         "--out", str(tmp_path / "x.zip")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert "No such project" in done.stderr and "export id" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_remove_export_files(tmp_path):
-    import time as _time
-
-    from ray_export.run import remove_export_files
+    from ray_export.output_files import remove_export_files
 
     out = tmp_path / "x.zip"
-    spool = tmp_path / ".x.zip.spool-1"
-    spool.mkdir()
-    (spool / "coco.spool").write_text("{}")
-    Path(str(out) + ".partial").write_bytes(b"PK")
+    Path(str(out) + ".0123456789ab.partial").write_bytes(b"PK")
     out.write_bytes(b"old output")
-    remove_export_files(out, spool, written_since=None)
+    remove_export_files(out, written_since=None, export_id="0123456789ab")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zip"]  # an output not from this run stays
-    remove_export_files(out, None, written_since=_time.time() - 0.5)
+    remove_export_files(out, written_since=out.stat().st_mtime)  # an output this export committed goes
     assert list(tmp_path.iterdir()) == []
 
 

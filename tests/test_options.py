@@ -24,10 +24,14 @@ from ray_export.options import (
     VisualizationSettings,
     add_export_arguments,
     build_options,
+    check_environment_address,
+    flag_for_option,
+    job_submission_id,
     load_options_file,
     options_from_args,
     overrides_from_args,
     parse_bytes,
+    ray_address_problem,
     running_under_job_submit,
 )
 
@@ -190,7 +194,7 @@ def test_flags_only_given_flags_override() -> None:
         ({"originals": 2}, "originals"),
         ({"visualizations": "x"}, "visualizations"),
         ({"docs": []}, "docs"),
-        ({"visualization": {"format": "gif"}}, "viz_format"),
+        ({"visualization": {"format": "gif"}}, "visualization.format"),
         ({"visualization": {"external_color": "red"}}, "external_color"),
         ({"visualization": {"internal_color": "#12345"}}, "internal_color"),
         ({"visualization": {"stroke_width": 11}}, "stroke_width"),
@@ -212,6 +216,8 @@ def test_flags_only_given_flags_override() -> None:
         ({"max_buffered_images": 0}, "max_buffered_images"),
         ({"max_buffered_images": 100001}, "max_buffered_images"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"address": "notahost:xx"}, "address"),
+        ({"address": "127.0.0.1:"}, "address"),
     ],
 )
 def test_invalid_option_is_named(overrides: dict[str, Any], option: str) -> None:
@@ -241,6 +247,8 @@ def test_output_rules_under_job_submit() -> None:
 def test_running_under_job_submit_detection() -> None:
     job_env = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"metadata": {"job_submission_id": "raysubmit_1"}})}
     assert running_under_job_submit(job_env)
+    assert job_submission_id(job_env) == "raysubmit_1"
+    assert job_submission_id({}) is None
     assert not running_under_job_submit({})
     assert not running_under_job_submit({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})})
     assert not running_under_job_submit({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"})
@@ -305,19 +313,95 @@ def test_db_and_project_may_come_from_file_or_flags(tmp_path: Path) -> None:
     ("argv", "option"),
     [
         (["--batch-size", "copy"], "--batch-size"),
-        (["--num-cpus", "render=1"], "stages.render"),
-        (["--num-cpus", "copy=fast"], "stages.copy.num_cpus"),
+        (["--num-cpus", "render=1"], "--num-cpus"),
+        (["--num-cpus", "copy=fast"], "--num-cpus copy=fast"),
         (["--resource", "copy=slot"], "--resource"),
-        (["--scale", "-1"], "scale"),
-        (["--viz-format", "bmp"], "viz_format"),
-        (["--fill-opacity", "lots"], "fill_opacity"),
-        (["--max-buffered-images", "1.5"], "max_buffered_images"),
+        (["--resource", "copy=disk:-1"], "--resource copy=disk:-1"),
+        (["--scale", "-1"], "--scale"),
+        (["--viz-format", "bmp"], "--viz-format"),
+        (["--stroke-width", "20"], "--stroke-width"),
+        (["--fill-opacity", "lots"], "--fill-opacity"),
+        (["--max-buffered-images", "1.5"], "--max-buffered-images"),
+        (["--address", "notahost:xx"], "--address"),
+        (["--options", "/nonexistent/o.yaml"], "--options"),
     ],
 )
 def test_bad_flags_are_named(argv: list[str], option: str) -> None:
+    """The command line names the flag (as given), never the options-file key."""
     with pytest.raises(OptionError) as info:
         options_from_args(parse("--db", "x.db", "--project", "p", *argv), under_job=False)
     assert info.value.option == option
+    assert str(info.value).startswith(f"invalid option {option}: ")
+
+
+def test_options_file_values_are_named_by_key_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.yaml"
+    path.write_text("visualization:\n  stroke_width: 20\nscale: 0\n", encoding="utf-8")
+    with pytest.raises(OptionError) as info:
+        options_from_args(parse("--db", "x.db", "--project", "p", "--options", str(path)), under_job=False)
+    assert info.value.option == f"visualization.stroke_width (in {path})"
+    with pytest.raises(OptionError) as info:  # a flag overrides the file: the flag is named
+        options_from_args(parse("--options", str(path), "--db", "x.db", "--project", "p", "--stroke-width", "0"),
+                          under_job=False)  # fmt: skip
+    assert info.value.option == "--stroke-width"
+    with pytest.raises(OptionError) as info:  # missing in both: the flag is named
+        options_from_args(parse("--options", str(path), "--db", "x.db"), under_job=False)
+    assert info.value.option == "--project"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["auto", "local", "127.0.0.1:6379", "head-1.example.com:6379", "[::1]:6379", "ray://head:10001",
+     "http://127.0.0.1:8265", "https://head", "http://head:8265/"],
+)  # fmt: skip
+def test_valid_ray_addresses(address: str) -> None:
+    assert ray_address_problem(address) is None
+    assert build_options(BASE, {"address": address}).address == address
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("notahost:xx", "port 'xx'"),
+        ("127.0.0.1:", "port is missing"),
+        ("head", "port is missing"),
+        (":6379", "host is missing"),
+        ("head:0", "port '0'"),
+        ("head:65536", "port '65536'"),
+        ("head: 12", "port ' 12'"),
+        ("ray://head", "port is missing"),
+        ("http://head:99999", "port '99999'"),
+        ("http://:8265", "host is missing"),
+        ("::1:6379", "not a host name"),
+        ("anyscale://x", "scheme"),
+        ("-bad:1", "not a host name"),
+    ],
+)
+def test_malformed_ray_addresses(address: str, why: str) -> None:
+    problem = ray_address_problem(address)
+    assert problem is not None and why in problem and repr(address) in problem
+    assert error_option(BASE, {"address": address}) == "address"
+
+
+def test_malformed_ray_address_in_the_environment() -> None:
+    with pytest.raises(OptionError, match="RAY_ADDRESS"):
+        check_environment_address(None, {"RAY_ADDRESS": "127.0.0.1:"})
+    check_environment_address("auto", {"RAY_ADDRESS": "127.0.0.1:"})  # a given address wins
+    check_environment_address(None, {"RAY_ADDRESS": "http://127.0.0.1:8265"})
+    check_environment_address(None, {"RAY_ADDRESS": ""})
+    check_environment_address(None, {})
+
+
+def test_flag_for_option() -> None:
+    flags = {"scale": "0", "visualization": {"stroke_width": "20"}, "stages": {"copy": {"num_cpus": "9"}}}
+    assert flag_for_option("stroke_width", flags) == "--stroke-width"
+    assert flag_for_option("visualization.format", flags) == "--viz-format"
+    assert flag_for_option("viz_format", flags) == "--viz-format"
+    assert flag_for_option("stages.copy.num_cpus", flags) == "--num-cpus copy=9"
+    assert flag_for_option("stages.read.num_cpus", flags) is None  # not given as a flag
+    assert flag_for_option("output", flags) == "--out"
+    assert flag_for_option("originals", flags) == "--no-originals"
+    assert flag_for_option("visualization", flags) is None
 
 
 def test_parse_bytes() -> None:
@@ -367,6 +451,7 @@ def test_help_lists_every_flag() -> None:
         "--shared-images-root",
     ):  # fmt: skip
         assert flag in text
+    assert text.count("required (here or in --options)") == 2  # --db and --project
 
 
 def test_option_table_declares_every_field_once() -> None:
