@@ -24,9 +24,10 @@ import ray
 from actors.zipstream import ReorderBuffer, ZipStreamWriter
 from ray_export.documents import ExportSummary
 from ray_export.formats.base import FormatWriter, Selection, WriterContext
-from ray_export.formats.registry import check_result_schema, manifest_part_fields, result_schema, selected_formats
+from ray_export.formats.manifest import manifest_part_fields
+from ray_export.formats.registry import check_result_schema, result_schema, selected_formats
 from ray_export.heap import release_free_heap
-from ray_export.options import is_uri
+from ray_export.locations import is_uri
 from ray_export.output_files import release_dead_lock
 from ray_export.reuse import (
     ALL_REUSED,
@@ -128,6 +129,7 @@ class ExportAssembler:
             unknown_image_ids=tuple(plan.unknown_image_ids),
             notes=tuple(plan.notes),
             manifest_metadata=manifest_metadata_of(plan.summary),
+            formats=tuple(self.formats),
         )
         try:
             self.previous = PreviousManifest(plan.reuse_location, self.part_fields) if plan.reuse_location else None

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import ExportError
-from .options import MAP_STAGES, ExportOptions, is_remote_uri
+from .locations import is_remote_uri
+from .options import MAP_STAGES, ExportOptions
 
 #: Seconds a Ray address gets to accept a TCP connection before it counts as unreachable.
 PROBE_TIMEOUT_S = 3.0

@@ -1,34 +1,30 @@
-"""The documents the ZIP carries: ``documentation/README.md``, ``metadata.json`` and ``export_report.json``.
+"""The documents the ZIP carries about itself: ``documentation/README.md`` and ``metadata.json``.
 
-Everything here is a pure function of an :class:`ExportSummary` (or of the problems added to an
-:class:`ExportReportWriter`): no clock, host, path or version look-up happens inside, so the same export
-gives the same bytes. :func:`software_versions` and :func:`format_export_time` are separate helpers for
+Everything here is a pure function of an :class:`ExportSummary`: no clock, host, path or version look-up
+happens inside, so the same export gives the same bytes. This module stands above the format table
+(:mod:`ray_export.formats.registry`): the README lists what every selected format wrote. The formats
+reach these documents only through the summary they are given (:meth:`ExportSummary.readme_markdown`,
+:meth:`ExportSummary.metadata_json`). :func:`software_versions` and :func:`format_export_time` are separate helpers for
 the caller.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import Any
 
 from . import __version__
 from .formats import export_report, registry
 from .formats.base import OutputFormat, ReadmeGroup, Selection
+from .formats.export_report import NOTE_CODES
+from .json_text import document_bytes, json_safe
 from .options import VISUALIZATION_KEYS
-from .problems import PROBLEM_CODES, Problem
-
-#: Export-level note codes of ``export_report.json`` (``notes``); other codes are allowed as well.
-NOTE_CODES: dict[str, str] = {
-    "scale_pixels": "no usable common pixelSizeUm (missing, differing or out of range): metrics are in pixels",
-    "unknown_image_ids": "some requested image ids do not exist or belong to another project (see `unknown_image_ids`)",
-    "note": "any other export-level remark (free text)",
-}
+from .problems import PROBLEM_CODES
 
 
 def aggregated_member_names(selection: Selection) -> list[str]:
@@ -105,6 +101,14 @@ class ExportSummary:
         """The formats the export writes."""
         return registry.selected_formats(self.selection())
 
+    def readme_markdown(self) -> str:
+        """``documentation/README.md`` of this export."""
+        return readme_markdown(self)
+
+    def metadata_json(self) -> bytes:
+        """``documentation/metadata.json`` of this export."""
+        return metadata_json(self)
+
     def member_list(self) -> tuple[str, ...]:
         """Member paths and per-image folders present in the ZIP, in ZIP order."""
         if isinstance(self.members, Mapping):
@@ -160,28 +164,6 @@ def software_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def json_safe(value: Any) -> Any:
-    """Plain JSON values: numpy scalars -> Python, tuples -> lists, NaN/inf -> ``None``."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, int):
-        return int(value)
-    return str(value)
-
-
-def _dump_bytes(value: Any, sort_keys: bool) -> bytes:
-    text = json.dumps(json_safe(value), ensure_ascii=False, indent=2, sort_keys=sort_keys, allow_nan=False)
-    return (text + "\n").encode("utf-8")
-
-
 _CONTENT_OPTION_KEYS = (
     "image_ids", "originals", "visualizations", "annotations", "coco_holes", "metrics", "docs", "scale",
 )  # fmt: skip
@@ -225,92 +207,12 @@ def metadata_document(summary: ExportSummary) -> dict[str, Any]:
 
 def metadata_json(summary: ExportSummary) -> bytes:
     """``documentation/metadata.json``: sorted keys, indent 2, UTF-8, trailing newline."""
-    return _dump_bytes(metadata_document(summary), sort_keys=True)
+    return document_bytes(metadata_document(summary), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # export_report.json
 # ---------------------------------------------------------------------------------------------------------
-
-
-class ExportReportWriter:
-    """Collects per-image problems and export-level notes; writes ``export_report.json``.
-
-    Only images with at least one problem are listed. Images come out in index order whatever the
-    order they were added in; the problems of an image keep the order they were added in (adding the
-    same index twice appends).
-    """
-
-    def __init__(self) -> None:
-        self._images: dict[int, dict[str, Any]] = {}
-        self._unknown_ids: dict[str, None] = {}
-        self._notes: list[dict[str, str]] = []
-
-    @property
-    def problem_count(self) -> int:
-        """Per-image problems added so far."""
-        return sum(len(entry["problems"]) for entry in self._images.values())
-
-    @property
-    def image_count(self) -> int:
-        """Images with at least one problem."""
-        return len(self._images)
-
-    def add_image(self, index: int, image_id: str, image_name: str, problems: Iterable[Problem]) -> None:
-        """Record the problems of the image with export ``index`` (nothing is recorded without problems)."""
-        problem_dicts = [problem.to_dict() for problem in problems]
-        if not problem_dicts:
-            return
-        entry = self._images.get(int(index))
-        if entry is None:
-            entry = {"index": int(index), "image_id": str(image_id), "image_name": str(image_name), "problems": []}
-            self._images[int(index)] = entry
-        entry["problems"].extend(problem_dicts)
-
-    def add_unknown_image_ids(self, ids: Iterable[str]) -> None:
-        """Record requested image ids that are unknown or belong to another project (listed sorted)."""
-        for image_id in ids:
-            self._unknown_ids[str(image_id)] = None
-
-    def add_note(self, code_or_text: str, message: str | None = None) -> None:
-        """Record an export-level note, kept in added order.
-
-        ``add_note("scale_pixels", "...")`` records a code (see :data:`NOTE_CODES`) and a message;
-        ``add_note("scale_pixels")`` uses the code's standard description; a single free text that is
-        no known code is recorded with code ``note``.
-        """
-        text = str(code_or_text)
-        if message is not None:
-            self._notes.append({"code": text, "message": str(message)})
-        elif text in NOTE_CODES:
-            self._notes.append({"code": text, "message": NOTE_CODES[text]})
-        else:
-            self._notes.append({"code": "note", "message": text})
-
-    def report(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        """The report as a mapping; ``counts`` gives images, objects and polylines_not_in_yolo.
-
-        ``counts.problems`` is always the number of problems listed in the report.
-        """
-        return {
-            "images": [self._images[index] for index in sorted(self._images)],
-            "unknown_image_ids": sorted(self._unknown_ids),
-            "notes": list(self._notes),
-            "counts": {
-                "images": int(counts.get("images", 0)),
-                "objects": int(counts.get("objects", 0)),
-                "polylines_not_in_yolo": int(counts.get("polylines_not_in_yolo", 0)),
-                "polylines_not_in_coco": int(counts.get("polylines_not_in_coco", 0)),
-                "problems": self.problem_count,
-            },
-            "problem_codes": dict(PROBLEM_CODES),
-        }
-
-    def write(self, fileobj: IO[bytes], counts: Mapping[str, Any]) -> dict[str, Any]:
-        """Write the report to a binary file object and return it as a mapping."""
-        report = self.report(counts)
-        fileobj.write(_dump_bytes(report, sort_keys=False))
-        return report
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .format_names import ANNOTATION_FORMATS, COCO_HOLES_CHOICES, DEFAULT_COCO_HOLES, METRIC_FORMATS, format_choices
 from .formats.base import STAGE_ORDER
-from .formats.coco import COCO_HOLES_CHOICES, DEFAULT_COCO_HOLES
-from .formats.registry import annotation_format_names, metric_format_names
+from .locations import SQLITE_SCHEME, is_postgres_dsn, is_uri
 from .reuse import FILE_FINGERPRINTS
 
 
@@ -176,9 +176,7 @@ def default_stages() -> dict[str, StageResources]:
 # The export options object
 # ---------------------------------------------------------------------------------------------------------
 
-#: the built-in choices (the defaults); validation reads the registry, which may hold more
-ANNOTATION_FORMATS: tuple[str, ...] = annotation_format_names()
-METRIC_FORMATS: tuple[str, ...] = metric_format_names()
+# the built-in format choices are the defaults; validation accepts formats registered later too
 MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
@@ -196,39 +194,6 @@ MAX_DB_RETRY_S = 86_400.0
 DEFAULT_STALL_TIMEOUT_S = 300.0
 MIN_STALL_TIMEOUT_S = 1.0
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600.0
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-SQLITE_SCHEME = "sqlite://"
-
-
-def is_postgres_dsn(db: str) -> bool:
-    """Whether ``db`` is a PostgreSQL DSN (``postgresql://`` or ``postgres://``)."""
-    return isinstance(db, str) and db.strip().lower().startswith(POSTGRES_SCHEMES)
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` is a URI such as ``s3://bucket/key`` (not a local path)."""
-    return isinstance(path, str) and "://" in path
-
-
-def is_remote_uri(path: str) -> bool:
-    """A URI other than ``file://`` (which is only a local path written as a URI)."""
-    return is_uri(path) and not path.startswith("file://")
-
-
-_URI_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
-_URI_SECRET_PARAMS = re.compile(
-    r"([?&](?:access_key|secret_key|session_token|password|token|sig|signature)=)[^&#]*", re.IGNORECASE
-)
-
-
-def uri_for_display(path: str) -> str:
-    """``path`` as it may be shown in messages, status and the result: a URI loses its user info
-    (``KEY:SECRET@``) and the values of credential query parameters; plain paths are unchanged."""
-    if not is_uri(path):
-        return path
-    return _URI_SECRET_PARAMS.sub(r"\1***", _URI_USERINFO.sub(r"\1***@", path))
-
-
 RAY_ADDRESS_FORMS = "auto, local, HOST:PORT, ray://HOST:PORT or a dashboard URL http://HOST[:PORT]"
 _HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])$")
 
@@ -287,11 +252,6 @@ def check_environment_address(address: str | None, environ: Mapping[str, str] | 
         problem = ray_address_problem(value)
         if problem:
             raise OptionError("RAY_ADDRESS (environment variable)", problem)
-
-
-def local_path(path: str) -> str:
-    """A local path, given plainly or as a ``file://`` URI, as a plain path."""
-    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def _split_names(value: Any) -> Any:
@@ -374,8 +334,8 @@ class ExportOptions:
                 ids = _dedupe(ids)
         object.__setattr__(self, "image_ids", ids)
         # the registry is read now, not at import: a format registered later is a valid choice too
-        object.__setattr__(self, "annotations", _normalize_formats(self.annotations, annotation_format_names()))
-        object.__setattr__(self, "metrics", _normalize_formats(self.metrics, metric_format_names()))
+        object.__setattr__(self, "annotations", _normalize_formats(self.annotations, format_choices("annotations")))
+        object.__setattr__(self, "metrics", _normalize_formats(self.metrics, format_choices("metrics")))
         if isinstance(self.stages, Mapping):
             stages = default_stages()
             stages.update(self.stages)
@@ -409,8 +369,8 @@ class ExportOptions:
             problem = ray_address_problem(self.address)
             if problem:
                 raise OptionError("address", problem)
-        _check_formats("annotations", self.annotations, annotation_format_names())
-        _check_formats("metrics", self.metrics, metric_format_names())
+        _check_formats("annotations", self.annotations, format_choices("annotations"))
+        _check_formats("metrics", self.metrics, format_choices("metrics"))
         if not isinstance(self.visualization, VisualizationSettings):
             raise OptionError("visualization", f"{self.visualization!r} is not a VisualizationSettings")
         try:

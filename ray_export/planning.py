@@ -15,17 +15,14 @@ from .documents import ExportSummary, format_export_time, software_versions
 from .errors import ExportError, error_line
 from .formats.base import Selection
 from .formats.registry import member_reuse_levels, selected_formats
+from .locations import is_remote_uri, is_uri, local_path, uri_for_display
 from .naming import assign_member_names, default_output_name
 from .options import (
     MAX_SCALE_UM_PER_PX,
     MIN_SCALE_UM_PER_PX,
     ExportOptions,
     OptionError,
-    is_remote_uri,
-    is_uri,
-    local_path,
     running_under_job_submit,
-    uri_for_display,
 )
 from .problems import Problem
 from .reuse import PreviousExport, open_previous_export, reuse_location_exists

@@ -165,7 +165,7 @@ class PreviousExport:
 @contextlib.contextmanager
 def open_binary(location: str) -> Iterator[BinaryIO]:
     """A seekable binary file of a local path or a ``pyarrow.fs`` URI."""
-    from .options import is_uri, local_path
+    from .locations import is_uri, local_path
 
     if is_uri(location) and not location.lower().startswith("file:"):
         import pyarrow.fs as pafs
@@ -180,7 +180,7 @@ def open_binary(location: str) -> Iterator[BinaryIO]:
 
 def reuse_location_exists(location: str) -> bool:
     """Whether ``location`` (a path or URI) names an existing file."""
-    from .options import is_uri, local_path
+    from .locations import is_uri, local_path
 
     if is_uri(location) and not location.lower().startswith("file:"):
         import pyarrow.fs as pafs
@@ -232,7 +232,7 @@ def open_previous_export(
     its member is copied (:data:`MEMBERS_REUSED` for originals and visualizations, :data:`ALL_REUSED`
     for members made from annotation parts).
     """
-    from .options import uri_for_display
+    from .locations import uri_for_display
 
     shown = uri_for_display(location)
     try:

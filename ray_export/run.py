@@ -18,7 +18,8 @@ from typing import Any
 from .cluster import RayUnreachable, check_read_fits, ensure_ray
 from .dataset import build_dataset, preload_dataset_modules, quiet_ray_data, streamed_bundles
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
-from .options import MAP_STAGES, ExportOptions, uri_for_display
+from .locations import uri_for_display
+from .options import MAP_STAGES, ExportOptions
 from .output_files import OutputFiles, OutputLocked, UnsafeOutputPath, remove_export_files, spool_folder
 from .planning import ExportPlan, assembly_plan, local_output_path, open_reuse, plan_export, preflight
 from .reuse import PreviousExport

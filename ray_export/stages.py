@@ -38,6 +38,7 @@ from .formats.metrics_files import PART as METRIC_ROWS_PART
 from .formats.originals import PART as ORIGINAL_PART
 from .formats.registry import format_named, selected_formats
 from .formats.visualizations import PART as VISUALIZATION_PART
+from .locations import is_remote_uri, local_path
 from .metrics import image_metric_rows
 from .options import (
     DEFAULT_MAX_FILE_BYTES,
@@ -45,8 +46,6 @@ from .options import (
     DEFAULT_READ_TIMEOUT_S,
     ExportOptions,
     VisualizationSettings,
-    is_remote_uri,
-    local_path,
 )
 from .polygons import ImagePolygons, parse_polygons
 from .problems import FAILURE_CODES, PROBLEMS_TYPE, Problem

@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 
 from ray_export.documents import (
-    NOTE_CODES,
-    ExportReportWriter,
     ExportSummary,
     aggregated_member_names,
     format_export_time,
-    json_safe,
     metadata_json,
     readme_markdown,
     software_versions,
@@ -24,12 +21,14 @@ from ray_export.documents import (
 from ray_export.formats.base import Selection
 from ray_export.formats.coco import MEMBER as COCO_MEMBER
 from ray_export.formats.export_report import MEMBER as REPORT_MEMBER
+from ray_export.formats.export_report import NOTE_CODES, ExportReportWriter
 from ray_export.formats.json_export import MEMBER as JSON_EXPORT_MEMBER
 from ray_export.formats.metadata import MEMBER as METADATA_MEMBER
 from ray_export.formats.originals import FOLDER as IMAGES_FOLDER
 from ray_export.formats.readme import MEMBER as README_MEMBER
 from ray_export.formats.visualizations import FOLDER as VISUALIZATIONS_FOLDER
 from ray_export.formats.yolo import DATA_YAML_MEMBER, LABELS_FOLDER
+from ray_export.json_text import json_safe
 from ray_export.options import build_options
 from ray_export.problems import PROBLEM_CODES, Problem
 from ray_export.reuse import MANIFEST_MEMBER

@@ -515,6 +515,6 @@ def test_read_limit_flags() -> None:
     ],
 )
 def test_uris_are_shown_without_credentials(uri, shown):
-    from ray_export.options import uri_for_display
+    from ray_export.locations import uri_for_display
 
     assert uri_for_display(uri) == shown

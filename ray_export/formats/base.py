@@ -137,6 +137,8 @@ class WriterContext:
     notes: tuple[str, ...] = ()
     #: what the manifest records about the export as a whole (project, fingerprints), as text
     manifest_metadata: dict[str, str] = field(default_factory=dict)
+    #: the formats the export writes, in table order (those that make members from the others' parts)
+    formats: tuple[OutputFormat, ...] = ()
 
     def in_dataset(self, row: Mapping[str, Any]) -> bool:
         """Whether the dataset formats (COCO, YOLO) reference this image: with originals exported only

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
+from ..format_names import COCO_HOLES_CHOICES, DEFAULT_COCO_HOLES
 from ..geometry import bridged_ring, ring_bbox
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
@@ -41,8 +42,6 @@ CELL_CATEGORY = {"id": CELL_CATEGORY_ID, "name": "cell", "supercategory": "cell"
 CLIP_MARGIN_PX = 64.0
 
 #: How objects with holes are written (option ``coco_holes``): compressed RLE, or one bridged polygon.
-COCO_HOLES_CHOICES: tuple[str, ...] = ("rle", "polygons")
-DEFAULT_COCO_HOLES = "rle"
 
 
 def dumps_compact(value: Any) -> str:

@@ -12,7 +12,7 @@ SHA-256 digests.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -51,14 +51,23 @@ def manifest_schema(part_fields: list[pa.Field], metadata: Mapping[str, str]) ->
     return pa.schema([*BASE_FIELDS, *part_fields], metadata=dict(metadata))
 
 
+def manifest_part_fields(formats: Iterable[OutputFormat]) -> list[pa.Field]:
+    """The per-image parts the manifest keeps: those of formats without a per-image folder that are made
+    by the annotate or metrics stage (they feed aggregated members), each column once."""
+    fields: dict[str, pa.Field] = {}
+    for fmt in formats:
+        part = fmt.part
+        if part is not None and not fmt.folder and part.stage in ("annotate", "metrics"):
+            fields.setdefault(part.column, pa.field(part.column, part.type))
+    return list(fields.values())
+
+
 class ManifestWriter:
     """Streams one row per image into a spooled Parquet file and adds it to the ZIP at the end."""
 
     def __init__(self, ctx: WriterContext) -> None:
-        from .registry import manifest_part_fields, selected_formats
-
         self.ctx = ctx
-        self.part_fields = manifest_part_fields(selected_formats(ctx.selection))
+        self.part_fields = manifest_part_fields(ctx.formats)
         self.schema = manifest_schema(self.part_fields, ctx.manifest_metadata)
         self.file = spool_file(ctx.spool)
         self.rows: list[dict[str, Any]] = []

@@ -17,9 +17,7 @@ class MetadataWriter(NoImageWriter):
 
     def finish(self, summary: Any) -> None:
         """Write metadata.json."""
-        from ..documents import metadata_json
-
-        self.ctx.zip.add_bytes(MEMBER, metadata_json(summary))
+        self.ctx.zip.add_bytes(MEMBER, summary.metadata_json())
 
 
 FORMAT = OutputFormat(

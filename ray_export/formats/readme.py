@@ -17,9 +17,7 @@ class ReadmeWriter(NoImageWriter):
 
     def finish(self, summary: Any) -> None:
         """Write the README."""
-        from ..documents import readme_markdown
-
-        self.ctx.zip.add_bytes(MEMBER, readme_markdown(summary).encode("utf-8"))
+        self.ctx.zip.add_bytes(MEMBER, summary.readme_markdown().encode("utf-8"))
 
 
 FORMAT = OutputFormat(

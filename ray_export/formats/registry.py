@@ -3,7 +3,7 @@
 Per image the writers run in table order (``images/``, ``visualizations/``, ``labels/``); after the last
 image each writer finishes in table order, so the aggregated members follow it too. The annotate stage,
 the ZIP assembler and the README iterate this table; the option lists of annotation and metrics formats
-are read from it (:func:`annotation_format_names`, :func:`metric_format_names`).
+offered match the names the options declare (:mod:`ray_export.format_names`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
+from ..format_names import ANNOTATION_FORMATS, METRIC_FORMATS, add_format_choice, remove_format_choice
 from ..problems import PROBLEMS_TYPE
 from ..reuse import ALL_REUSED, MEMBERS_REUSED, REUSED_ENTRIES_TYPE
 from . import (
@@ -75,6 +76,13 @@ BASE_RESULT_FIELDS: tuple[pa.Field, ...] = (
 )
 
 
+def _check_declared_names() -> None:
+    """The table offers exactly the format names the options declare (ray_export.format_names)."""
+    for option, declared in (("annotations", ANNOTATION_FORMATS), ("metrics", METRIC_FORMATS)):
+        if _option_names(option) != declared:
+            raise RuntimeError(f"the {option} formats of the table, {_option_names(option)}, are not {declared}")
+
+
 def format_named(name: str) -> OutputFormat:
     """The registered format called ``name``."""
     for fmt in FORMATS:
@@ -112,17 +120,6 @@ def result_schema(formats: Iterable[OutputFormat]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def manifest_part_fields(formats: Iterable[OutputFormat]) -> list[pa.Field]:
-    """The per-image parts the manifest keeps: those of formats without a per-image folder that are made
-    by the annotate or metrics stage (they feed aggregated members), each column once."""
-    fields: dict[str, pa.Field] = {}
-    for fmt in formats:
-        part = fmt.part
-        if part is not None and not fmt.folder and part.stage in ("annotate", "metrics"):
-            fields.setdefault(part.column, pa.field(part.column, part.type))
-    return list(fields.values())
-
-
 def member_reuse_levels(formats: Iterable[OutputFormat]) -> dict[str, int]:
     """For each format with a per-image folder, the reuse level at which its member is copied from a
     previous export: originals and visualizations with the image's members, members made from
@@ -157,7 +154,14 @@ def registered(fmt: OutputFormat, after: str | None = None) -> Iterator[OutputFo
         raise ValueError(f"an output format {fmt.name!r} is already registered")
     position = FORMATS.index(format_named(after)) + 1 if after else FORMATS.index(readme.FORMAT)
     FORMATS.insert(position, fmt)
+    if fmt.choice:
+        add_format_choice(fmt.chosen_by, fmt.choice)
     try:
         yield fmt
     finally:
         FORMATS.remove(fmt)
+        if fmt.choice:
+            remove_format_choice(fmt.chosen_by, fmt.choice)
+
+
+_check_declared_names()
