@@ -17,6 +17,15 @@ from tests.test_cluster import sandbox, start_head
 pytestmark = pytest.mark.cluster
 
 
+def _wait_until_writing(driver, box, out_dir) -> None:
+    """Wait until the export writes its (unnamed) partial ZIP and spool files in ``out_dir``."""
+    deadline = time.monotonic() + 180
+    while not unnamed_files_in(out_dir) and time.monotonic() < deadline:
+        assert driver.poll() is None, box.log("driver.log")[-3000:]
+        time.sleep(0.05)
+    assert unnamed_files_in(out_dir), box.log("driver.log")[-3000:]
+
+
 def test_killed_driver_leaves_no_files_and_status_answers(tmp_path):
     from ray_export.demo import build_demo_project
 
@@ -31,11 +40,7 @@ def test_killed_driver_leaves_no_files_and_status_answers(tmp_path):
              "--out", str(out), "--address", head.address, "--quiet", "--batch-size", "copy=2"],
             "driver.log",
         )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while not unnamed_files_in(out_dir) and time.monotonic() < deadline:
-            assert driver.poll() is None, box.log("driver.log")[-3000:]
-            time.sleep(0.05)
-        assert unnamed_files_in(out_dir), box.log("driver.log")[-3000:]  # the partial ZIP and spool files
+        _wait_until_writing(driver, box, out_dir)
         assert named_files_in(out_dir) == ["orphan.zip.lock"]
         export_id = (out_dir / "orphan.zip.lock").read_text()
         os.kill(driver.pid, signal.SIGKILL)
@@ -78,11 +83,7 @@ def test_driver_killed_on_its_own_local_ray_leaves_no_partial_or_spool(tmp_path)
              "--out", str(out), "--quiet", "--batch-size", "copy=2"],
             "driver.log",
         )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while not unnamed_files_in(out_dir) and time.monotonic() < deadline:
-            assert driver.poll() is None, box.log("driver.log")[-3000:]
-            time.sleep(0.05)
-        assert unnamed_files_in(out_dir), box.log("driver.log")[-3000:]
+        _wait_until_writing(driver, box, out_dir)
         assert named_files_in(out_dir) == ["k.zip.lock"]
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
