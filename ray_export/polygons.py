@@ -49,6 +49,9 @@ class Polyline:
     element_id: Any = None
     part_class: Any = None
     instance_id: Any = None
+    track_id: Any = None
+    mt_type: Any = None
+    name: Any = None
 
 
 @dataclass
@@ -241,6 +244,9 @@ def parse_polygons(raw: Any) -> ImagePolygons:
                     element_id=copied["id"],
                     part_class=copied["partClass"],
                     instance_id=copied["instanceId"],
+                    track_id=json_safe(el.get("trackId")),
+                    mt_type=json_safe(el.get("mtType")),
+                    name=json_safe(el.get("name")),
                 )
             )
         elif el_type == "external":
