@@ -75,6 +75,8 @@ class AssemblyPlan:
     replace: bool = True
     #: the trusted previous export (path or URI) whose manifest holds the parts of reused images
     reuse_location: str | None = None
+    #: the project type the export uses (see :mod:`ray_export.project_types`)
+    project_type: str = "spheroid"
 
 
 #: Export totals, in the order they are reported.

@@ -142,7 +142,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         ray_remote_args=read_hints.ray_remote_args(),
         retry_s=options.db_retry_s,
     )
-    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse)
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse, plan.project_type)
     for position, step in enumerate(chain):
         ds = ds.map_batches(
             _tracked(step.fn, step.name, progress, finish=position == len(chain) - 1),

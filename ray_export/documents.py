@@ -25,11 +25,12 @@ from .formats.export_report import NOTE_CODES
 from .json_text import document_bytes, json_safe
 from .options import VISUALIZATION_KEYS
 from .problems import PROBLEM_CODES
+from .project_types.registry import project_type_named
 
 
 def aggregated_member_names(selection: Selection) -> list[str]:
     """The aggregated members an export writes, in ZIP order (after all per-image members)."""
-    return [member for fmt in registry.selected_formats(selection) for member in fmt.members]
+    return [member for fmt in registry.selected_formats(selection) for member in fmt.members_for(selection)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ class ExportSummary:
 
     def selection(self) -> Selection:
         """The content options that chose the formats."""
-        return Selection.from_kinds(self.members if isinstance(self.members, Mapping) else self.content_options)
+        kinds = self.members if isinstance(self.members, Mapping) else self.content_options
+        return Selection.from_kinds({**kinds, "project_type": self.project_type})
 
     def formats(self) -> list[OutputFormat]:
         """The formats the export writes."""
@@ -111,22 +113,20 @@ class ExportSummary:
 
     def member_list(self) -> tuple[str, ...]:
         """Member paths and per-image folders present in the ZIP, in ZIP order."""
-        if isinstance(self.members, Mapping):
-            return _members_from_kinds(self.members, self.counts)
-        if self.members:
+        if self.members and not isinstance(self.members, Mapping):
             return tuple(self.members)
-        return _members_from_kinds(self.content_options, self.counts)
+        return _members_from_kinds(self.selection(), self.counts)
 
 
-def _members_from_kinds(kinds: Mapping[str, Any], counts: Mapping[str, int]) -> tuple[str, ...]:
+def _members_from_kinds(selection: Selection, counts: Mapping[str, int]) -> tuple[str, ...]:
     """Member list from include flags and formats; a folder whose count is known to be 0 is left out."""
-    formats = registry.selected_formats(Selection.from_kinds(kinds))
+    formats = registry.selected_formats(selection)
     folders = [
         fmt.folder
         for fmt in formats
         if fmt.folder and int(counts.get(fmt.folder_count, int(fmt.folder_expected)) or 0) > 0
     ]
-    return tuple(folders + [member for fmt in formats for member in fmt.members])
+    return tuple(folders + [member for fmt in formats for member in fmt.members_for(selection)])
 
 
 def format_export_time(moment: datetime) -> str:
@@ -376,7 +376,7 @@ def _numbering_section() -> list[str]:
     ]
 
 
-def _report_section() -> list[str]:
+def _report_section(summary: ExportSummary) -> list[str]:
     lines = [
         "## Export report",
         "",
@@ -400,7 +400,8 @@ def _report_section() -> list[str]:
         "| code | meaning |",
         "|---|---|",
     ]
-    lines += [f"| `{code}` | {_md(description)} |" for code, description in PROBLEM_CODES.items()]
+    codes = {**PROBLEM_CODES, **project_type_named(summary.selection().project_type).problem_codes}
+    lines += [f"| `{code}` | {_md(description)} |" for code, description in codes.items()]
     lines += ["", "Export-level note codes:", "", "| code | meaning |", "|---|---|"]
     lines += [f"| `{code}` | {_md(description)} |" for code, description in NOTE_CODES.items()]
     return [*lines, ""]
@@ -439,6 +440,6 @@ def readme_markdown(summary: ExportSummary) -> str:
     lines += _loading_section(summary)
     lines += _format_sections(summary, "schema")
     lines += _numbering_section()
-    lines += _report_section()
+    lines += _report_section(summary)
     lines += _determinism_section(summary)
     return "\n".join(lines).rstrip("\n") + "\n"

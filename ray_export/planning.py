@@ -25,6 +25,7 @@ from .options import (
     running_under_job_submit,
 )
 from .problems import Problem
+from .project_types.registry import project_type_for
 from .reuse import PreviousExport, open_previous_export, reuse_location_exists
 from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
 
@@ -48,6 +49,8 @@ class ExportPlan:
     need_polygons: bool = True
     #: the heavy read fetches ``originalPath`` (see :func:`read_projection`)
     need_path: bool = True
+    #: the project type the export uses (``projects.type``; an unknown one is exported as ``spheroid``)
+    project_type: str = "spheroid"
 
 
 def _check_uri_output(uri: str, force: bool) -> str:
@@ -168,6 +171,9 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
     scale, scale_source, notes = _decide_scale(options, entries)
     if listing.unknown_image_ids:
         notes = (*notes, "unknown_image_ids")
+    project_type, type_note = project_type_for(project.type)
+    if type_note:
+        notes = (*notes, type_note)
     export_time = listing.newest_updated_at or datetime(1980, 1, 1, tzinfo=timezone.utc)
     need_polygons, need_path = read_projection(options, all(e.size_in_database for e in entries))
     return ExportPlan(
@@ -182,6 +188,7 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
         driver_problems=driver_problems,
         unknown_image_ids=tuple(listing.unknown_image_ids),
         notes=notes,
+        project_type=project_type.name,
         need_polygons=need_polygons,
         need_path=need_path,
     )
@@ -263,6 +270,7 @@ def assembly_plan(
         partial_path=str(partial_path(plan.output, export_id)) if export_id and isinstance(plan.output, Path) else None,
         replace=options.force,
         reuse_location=previous.location if previous is not None and previous.source is not None else None,
+        project_type=plan.project_type,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -51,6 +52,18 @@ PROBLEM_CODES: dict[str, str] = {
 }
 
 
+#: code -> description of the codes only project types produce (registered by
+#: :mod:`ray_export.project_types.registry`); an export's report lists those of its own type.
+TYPE_PROBLEM_CODES: dict[str, str] = {}
+
+
+def register_problem_codes(codes: dict[str, str] | Any) -> None:
+    """Accept a project type's own problem codes."""
+    for code, description in dict(codes).items():
+        if code not in PROBLEM_CODES:
+            TYPE_PROBLEM_CODES[code] = str(description)
+
+
 #: codes that mean a stage could not do its work for an image (counted as "failed" in the progress);
 #: the others are warnings about the data.
 FAILURE_CODES: frozenset[str] = frozenset(
@@ -91,7 +104,7 @@ class Problem:
     message: str
 
     def __post_init__(self) -> None:
-        if self.code not in PROBLEM_CODES:
+        if self.code not in PROBLEM_CODES and self.code not in TYPE_PROBLEM_CODES:
             raise ValueError(f"unknown problem code {self.code!r}")
         object.__setattr__(self, "message", clean_message(self.message))
 

@@ -37,6 +37,7 @@ from .formats.base import STAGE_ORDER, ImageInput, OutputFormat, Selection
 from .formats.metrics_files import PART as METRIC_ROWS_PART
 from .formats.originals import PART as ORIGINAL_PART
 from .formats.registry import format_named, selected_formats
+from .formats.type_tables import PART as TYPE_ROWS_PART
 from .formats.visualizations import PART as VISUALIZATION_PART
 from .locations import is_remote_uri, local_path
 from .metrics import image_metric_rows
@@ -545,15 +546,26 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...], settings: Mapping[
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
-    """Per-object metric rows of each image (``metric_rows``: a list of structs, exact floats)."""
+def metrics_stage(
+    table: pa.Table, scale_um_per_px: float | None, project_type: str = "spheroid", type_tables: bool = False
+) -> pa.Table:
+    """Per-object metric rows of each image (``metric_rows``: a list of structs, exact floats) and, with
+    ``type_tables``, the rows of every table of the project type (``type_rows``, see
+    :mod:`ray_export.project_types.base`)."""
+    from .project_types.base import TypeImage, image_type_rows
+    from .project_types.registry import project_type_named
+
+    kind = project_type_named(project_type)
     image_ids, file_names, texts = _values(table, "image_id"), _values(table, "file_name"), _polygon_texts(table)
+    indices, widths, heights = _values(table, "index"), _values(table, "width"), _values(table, "height")
     levels = _reuse_levels(table)
     rows_out: list[list[dict] | None] = []
+    type_out: list[str | None] = []
     new_problems: list[list[Problem]] = []
-    for image_id, file_name, text, level in zip(image_ids, file_names, texts, levels, strict=True):
+    for i, (image_id, file_name, text, level) in enumerate(zip(image_ids, file_names, texts, levels, strict=True)):
         if level == ALL_REUSED:  # its rows come from the previous export's manifest
             rows_out.append(None)
+            type_out.append(None)
             new_problems.append([])
             continue
         parsed = _parse(text, "metrics")  # its problems are reported once, by the annotate stage
@@ -563,14 +575,19 @@ def metrics_stage(table: pa.Table, scale_um_per_px: float | None) -> pa.Table:
         except Exception as exc:
             rows, found = [], [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
         rows_out.append(rows)
+        if type_tables:
+            image = TypeImage(int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed)
+            type_rows, type_problems = image_type_rows(kind, image, scale_um_per_px)
+            type_out.append(type_rows)
+            found = [*found, *type_problems]
         new_problems.append(found)
-    return _replace_columns(
-        table,
-        {
-            METRIC_ROWS_PART.column: pa.array(rows_out, type=METRIC_ROWS_PART.type),
-            "problems": _problems_array(_problem_lists(table), new_problems),
-        },
-    )
+    columns = {
+        METRIC_ROWS_PART.column: pa.array(rows_out, type=METRIC_ROWS_PART.type),
+        "problems": _problems_array(_problem_lists(table), new_problems),
+    }
+    if type_tables:
+        columns[TYPE_ROWS_PART.column] = pa.array(type_out, type=TYPE_ROWS_PART.type)
+    return _replace_columns(table, columns)
 
 
 def failed_indices(before: pa.Table, after: pa.Table) -> list[int]:
@@ -609,11 +626,17 @@ def _annotate_formats(formats: list[OutputFormat]) -> tuple[str, ...]:
 
 
 def stage_chain(
-    options: ExportOptions, images_root: str, scale_um_per_px: float | None, reuse: ReuseSource | None = None
+    options: ExportOptions,
+    images_root: str,
+    scale_um_per_px: float | None,
+    reuse: ReuseSource | None = None,
+    project_type: str = "spheroid",
 ) -> list[StageStep]:
-    """The ordered stages an export runs for its options: copy and annotate always, visualize and
-    metrics when a selected format has its part made there. ``reuse``: the trusted previous ZIP."""
-    formats = selected_formats(Selection.of(options))
+    """The ordered stages an export runs for its options and project type: copy and annotate always,
+    visualize and metrics when a selected format has its part made there. ``reuse``: the trusted
+    previous ZIP."""
+    selection = Selection.of(options, project_type)
+    formats = selected_formats(selection)
     needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
     arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
         "copy": (
@@ -637,6 +660,9 @@ def stage_chain(
             annotate_stage,
             {"formats": _annotate_formats(formats), "settings": {"coco_holes": options.coco_holes}},
         ),
-        "metrics": (metrics_stage, {"scale_um_per_px": scale_um_per_px}),
+        "metrics": (
+            metrics_stage,
+            {"scale_um_per_px": scale_um_per_px, "project_type": project_type, "type_tables": selection.type_tables},
+        ),
     }
     return [StageStep(name, *arguments[name]) for name in STAGE_ORDER if name in needed]

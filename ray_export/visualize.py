@@ -61,12 +61,10 @@ from .options import VisualizationSettings
 from .png import encode_png_rgb
 from .polygons import ImagePolygons, PolygonObject
 from .problems import Problem
+from .raster import COORD_LIMIT, ONE, SHIFT, fixed_point, object_mask  # noqa: F401 - object_mask is part of this API
 
 STAGE = "visualize"
 
-_SHIFT = 4
-_ONE = 1 << _SHIFT
-_COORD_LIMIT = float(1 << 22)  # keeps fixed-point coordinates far inside int32
 _MIN_NUMBERED_AREA = 1.0  # objects smaller than one pixel get no number
 _POLE_TIE = 1e-6  # relative slack that makes float32 distances of symmetric pixels tie
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -288,41 +286,6 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- geometry helpers
 
 
-def _fixed_point(points: np.ndarray, offset_x: int = 0, offset_y: int = 0) -> np.ndarray:
-    """Float pixel coordinates -> ``(n, 1, 2)`` int32 fixed point for OpenCV's ``shift``."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) - (offset_x, offset_y)
-    pts = np.clip(pts, -_COORD_LIMIT, _COORD_LIMIT)
-    return np.rint(pts * _ONE).astype(np.int32).reshape(-1, 1, 2)
-
-
-def object_mask(obj: PolygonObject, width: int, height: int) -> tuple[np.ndarray, int, int] | None:
-    """The object's fill mask (outer minus holes) cut to its bounding box inside the image.
-
-    Returns ``(mask, x0, y0)`` with a uint8 0/1 mask whose top-left pixel is image pixel ``(x0, y0)``,
-    or None when the object covers no pixel of the image.
-    """
-    outer = obj.outer
-    if len(outer) < 3 or width <= 0 or height <= 0:
-        return None
-    min_xy = np.floor(outer.min(axis=0))
-    max_xy = np.ceil(outer.max(axis=0))
-    x0 = int(max(min_xy[0], 0))
-    y0 = int(max(min_xy[1], 0))
-    x1 = int(min(max_xy[0] + 1, width))
-    y1 = int(min(max_xy[1] + 1, height))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    cv2.fillPoly(mask, [_fixed_point(outer, x0, y0)], 1, cv2.LINE_8, _SHIFT)
-    holes = [_fixed_point(hole, x0, y0) for hole in obj.holes if len(hole) >= 3]
-    if holes:
-        for hole in holes:
-            cv2.fillPoly(mask, [hole], 0, cv2.LINE_8, _SHIFT)
-    if not mask.any():
-        return None
-    return mask, x0, y0
-
-
 def _pole(mask: np.ndarray, ring_shaped: bool) -> tuple[int, int, float] | None:
     """``(x, y, clearance)``: the pixel :func:`pole_of_inaccessibility` picks and its distance to the
     nearest pixel outside the mask."""
@@ -493,9 +456,9 @@ class _Layout:
         lines = [line.points for line in parsed.polylines if len(line.points) >= 2]
         loops = [hole for hole in parsed.orphan_holes if len(hole) >= 2]
         self._stroke = stroke
-        self._rings = [_fixed_point(ring) for ring in rings]
-        self._lines = [_fixed_point(line) for line in lines]
-        self._loops = [_fixed_point(loop) for loop in loops]
+        self._rings = [fixed_point(ring) for ring in rings]
+        self._lines = [fixed_point(line) for line in lines]
+        self._loops = [fixed_point(loop) for loop in loops]
         self._ring_boxes = _boxes(rings, 0.0)
         self._line_boxes = _boxes(lines, stroke / 2)
         self._loop_boxes = _boxes(loops, stroke / 2)
@@ -511,7 +474,7 @@ class _Layout:
         if badge.leader is not None:
             x0, y0, x1, y1 = badge.leader
             box = [min(box[0], x0, x1) - 2, min(box[1], y0, y1) - 2, max(box[2], x0, x1) + 2, max(box[3], y0, y1) + 2]
-            leader = (_fixed_point(np.array(badge.leader)).reshape(2, 2), _leader_width(badge.text_height) + 2)
+            leader = (fixed_point(np.array(badge.leader)).reshape(2, 2), _leader_width(badge.text_height) + 2)
         self._badge_boxes[len(self._discs)] = box
         self._discs.append((badge.x, badge.y, outer))
         self._leaders.append(leader)
@@ -519,13 +482,13 @@ class _Layout:
     def rasterise(self, canvas: np.ndarray, ox: int, oy: int) -> None:
         """Set every pixel of ``canvas`` (image pixel ``(ox, oy)`` at its top-left) that is drawn on."""
         window = (ox, oy, ox + canvas.shape[1] - 1, oy + canvas.shape[0] - 1)
-        shift = np.array([ox * _ONE, oy * _ONE], dtype=np.int32)
+        shift = np.array([ox * ONE, oy * ONE], dtype=np.int32)
         for index in _meeting(self._ring_boxes, window):
-            cv2.fillPoly(canvas, [self._rings[index] - shift], 1, cv2.LINE_8, _SHIFT)
+            cv2.fillPoly(canvas, [self._rings[index] - shift], 1, cv2.LINE_8, SHIFT)
         for shapes, boxes, closed in ((self._lines, self._line_boxes, False), (self._loops, self._loop_boxes, True)):
             chosen = [shapes[index] - shift for index in _meeting(boxes, window)]
             if chosen:
-                cv2.polylines(canvas, chosen, closed, 1, self._stroke, cv2.LINE_8, _SHIFT)
+                cv2.polylines(canvas, chosen, closed, 1, self._stroke, cv2.LINE_8, SHIFT)
         for index in _meeting(self._badge_boxes[: len(self._discs)], window):
             x, y, outer = self._discs[index]
             cv2.circle(canvas, (x - ox, y - oy), outer, 1, -1, cv2.LINE_8)
@@ -533,7 +496,7 @@ class _Layout:
             if leader is not None:
                 ends, width = leader[0] - shift, leader[1]
                 start, end = (int(ends[0, 0]), int(ends[0, 1])), (int(ends[1, 0]), int(ends[1, 1]))
-                cv2.line(canvas, start, end, 1, width, cv2.LINE_8, _SHIFT)
+                cv2.line(canvas, start, end, 1, width, cv2.LINE_8, SHIFT)
 
 
 def _boxes(shapes: list[np.ndarray], pad: float) -> np.ndarray:
@@ -638,21 +601,21 @@ def _badge_beside(
 
 def _object_shape(obj: PolygonObject) -> Callable[[np.ndarray, int, int], None]:
     """Rasteriser of an object's filled outer ring (its holes count as the object) into a window."""
-    ring = _fixed_point(obj.outer)
+    ring = fixed_point(obj.outer)
 
     def draw(canvas: np.ndarray, ox: int, oy: int) -> None:
-        cv2.fillPoly(canvas, [ring - np.array([ox * _ONE, oy * _ONE], dtype=np.int32)], 1, cv2.LINE_8, _SHIFT)
+        cv2.fillPoly(canvas, [ring - np.array([ox * ONE, oy * ONE], dtype=np.int32)], 1, cv2.LINE_8, SHIFT)
 
     return draw
 
 
 def _line_shape(points: np.ndarray, stroke: int) -> Callable[[np.ndarray, int, int], None]:
     """Rasteriser of a polyline at the stroke width into a window."""
-    line = _fixed_point(points)
+    line = fixed_point(points)
 
     def draw(canvas: np.ndarray, ox: int, oy: int) -> None:
-        shifted = line - np.array([ox * _ONE, oy * _ONE], dtype=np.int32)
-        cv2.polylines(canvas, [shifted], False, 1, stroke, cv2.LINE_8, _SHIFT)
+        shifted = line - np.array([ox * ONE, oy * ONE], dtype=np.int32)
+        cv2.polylines(canvas, [shifted], False, 1, stroke, cv2.LINE_8, SHIFT)
 
     return draw
 
@@ -758,11 +721,11 @@ def _draw_badges(image: np.ndarray, badges: list[Badge]) -> None:
     for badge in badges:
         if badge.leader is None:
             continue
-        ends = _fixed_point(np.array(badge.leader).reshape(2, 2)).reshape(2, 2)
+        ends = fixed_point(np.array(badge.leader).reshape(2, 2)).reshape(2, 2)
         start, end = (int(ends[0, 0]), int(ends[0, 1])), (int(ends[1, 0]), int(ends[1, 1]))
         core = _leader_width(badge.text_height)
-        cv2.line(image, start, end, _DISC_BORDER, core + 2, cv2.LINE_AA, _SHIFT)
-        cv2.line(image, start, end, _DISC_FILL, core, cv2.LINE_AA, _SHIFT)
+        cv2.line(image, start, end, _DISC_BORDER, core + 2, cv2.LINE_AA, SHIFT)
+        cv2.line(image, start, end, _DISC_FILL, core, cv2.LINE_AA, SHIFT)
     for badge in badges:
         scale, thickness, text_width, text_height = _text_metrics(badge.text, badge.text_height)
         centre = (badge.x, badge.y)
@@ -797,16 +760,16 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
             if site is not None:
                 sites.append((obj, site))
 
-    outers = [_fixed_point(obj.outer) for obj in parsed.objects if len(obj.outer) >= 2]
+    outers = [fixed_point(obj.outer) for obj in parsed.objects if len(obj.outer) >= 2]
     if outers:
-        cv2.polylines(image, outers, True, external, stroke, cv2.LINE_AA, _SHIFT)
-    holes = [_fixed_point(hole) for obj in parsed.objects for hole in obj.holes if len(hole) >= 2]
-    holes += [_fixed_point(hole) for hole in parsed.orphan_holes if len(hole) >= 2]
+        cv2.polylines(image, outers, True, external, stroke, cv2.LINE_AA, SHIFT)
+    holes = [fixed_point(hole) for obj in parsed.objects for hole in obj.holes if len(hole) >= 2]
+    holes += [fixed_point(hole) for hole in parsed.orphan_holes if len(hole) >= 2]
     if holes:
-        cv2.polylines(image, holes, True, internal, stroke, cv2.LINE_AA, _SHIFT)
-    lines = [_fixed_point(line.points) for line in parsed.polylines if len(line.points) >= 2]
+        cv2.polylines(image, holes, True, internal, stroke, cv2.LINE_AA, SHIFT)
+    lines = [fixed_point(line.points) for line in parsed.polylines if len(line.points) >= 2]
     if lines:
-        cv2.polylines(image, lines, False, polyline_colour(external, internal), stroke, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(image, lines, False, polyline_colour(external, internal), stroke, cv2.LINE_AA, SHIFT)
 
     if settings.show_numbers:
         _draw_badges(image, _place_badges(parsed, sites, width, height, settings))

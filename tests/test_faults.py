@@ -161,7 +161,7 @@ def test_read_hint_no_node_can_hold_is_a_usage_error(demo_project, tmp_path):
     assert proc.returncode == 2, stderr
     assert stdout == ""
     assert _error_lines(stderr) == [
-        "error: invalid option stages.read.num_cpus: asks for 3 CPU, but reads of a SQLite database run on the "
+        "error: invalid option --num-cpus read=3: asks for 3 CPU, but reads of a SQLite database run on the "
         "driver's node, which has 2; lower it"
     ]
     assert list(tmp_path.iterdir()) == []
@@ -175,7 +175,7 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert stdout == ""
     assert stderr.splitlines() == [
-        f"error: invalid option options: {options} is not valid YAML: expected ',' or ']', but got ':' "
+        f"error: invalid option --options: {options} is not valid YAML: expected ',' or ']', but got ':' "
         "at line 3, column 12"
     ]
 

@@ -94,7 +94,7 @@ def test_cli_reports_reuse_and_refuses_a_missing_previous_zip(project):
                "--out", str(project["out"] / "x.zip"), "--reuse", str(project["out"] / "missing.zip")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid option reuse:")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid option --reuse:")
     assert not (project["out"] / "x.zip").exists()
 
 

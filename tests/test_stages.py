@@ -355,7 +355,9 @@ def test_stage_chain_follows_the_selected_formats(root):
                                    "max_image_pixels": 4096})
     assert stages.stage_chain(limited, str(root), None)[0].kwargs["limits"] == stages.ReadLimits(1 << 20, 2.0, 4096)
     assert chain[2].kwargs == {"formats": ("coco", "yolo", "json"), "settings": {"coco_holes": "rle"}}
-    assert chain[3].kwargs == {"scale_um_per_px": 0.5}
+    assert chain[3].kwargs == {"scale_um_per_px": 0.5, "project_type": "spheroid", "type_tables": False}
+    typed = stages.stage_chain(everything, str(root), 0.5, project_type="sperm")
+    assert typed[3].kwargs == {"scale_um_per_px": 0.5, "project_type": "sperm", "type_tables": True}
     lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
                                 "annotations": "json", "metrics": "none"})
     chain = stages.stage_chain(lean, str(root), None)

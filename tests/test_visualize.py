@@ -426,7 +426,7 @@ def _hole_mask(obj, width: int, height: int) -> np.ndarray:
     """The pixels of the object's holes (the same rasterisation as the fill leaves clear)."""
     holes = np.zeros((height, width), dtype=np.uint8)
     for hole in obj.holes:
-        cv2.fillPoly(holes, [visualize._fixed_point(hole)], 1, cv2.LINE_8, visualize._SHIFT)
+        cv2.fillPoly(holes, [visualize.fixed_point(hole)], 1, cv2.LINE_8, visualize.SHIFT)
     return holes > 0
 
 

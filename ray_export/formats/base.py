@@ -29,8 +29,9 @@ from ..problems import Problem
 STAGE_ORDER: tuple[str, ...] = ("copy", "visualize", "annotate", "metrics")
 
 #: How a format is chosen: by a flag (``originals``, ``visualizations``, ``docs``), by a value in a list
-#: option (``annotations``, ``metrics``), or ``always``.
-CHOSEN_BY = ("originals", "visualizations", "annotations", "metrics", "docs", "always")
+#: option (``annotations``, ``metrics``), by the project type's tables (``type_tables``: some metrics
+#: format is chosen and the type has tables), or ``always``.
+CHOSEN_BY = ("originals", "visualizations", "annotations", "metrics", "docs", "type_tables", "always")
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,21 @@ class Selection:
     annotations: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     docs: bool = True
+    #: the project type (``projects.type``, a known one: see :mod:`ray_export.project_types`)
+    project_type: str = "spheroid"
 
     @classmethod
-    def of(cls, source: Any) -> Selection:
+    def of(cls, source: Any, project_type: str | None = None) -> Selection:
         """From an object with ``include_originals``, ``include_visualizations``, ``annotations``,
-        ``metrics`` and ``include_docs`` (export options, an assembly plan)."""
+        ``metrics`` and ``include_docs`` (export options, an assembly plan) and the project type (given,
+        or the source's ``project_type``)."""
         return cls(
             originals=bool(source.include_originals),
             visualizations=bool(source.include_visualizations),
             annotations=tuple(source.annotations),
             metrics=tuple(source.metrics),
             docs=bool(source.include_docs),
+            project_type=project_type or getattr(source, "project_type", None) or "spheroid",
         )
 
     @classmethod
@@ -64,7 +69,16 @@ class Selection:
             annotations=tuple(kinds.get("annotations") or ()),
             metrics=tuple(kinds.get("metrics") or ()),
             docs=bool(kinds.get("docs", True)),
+            project_type=str(kinds.get("project_type") or "spheroid"),
         )
+
+    @property
+    def type_tables(self) -> bool:
+        """Whether the export writes its project type's tables (a metrics format is chosen and the type
+        has tables)."""
+        from ..project_types.registry import project_type_named
+
+        return bool(self.metrics) and bool(project_type_named(self.project_type).tables)
 
 
 @dataclass(frozen=True)
@@ -240,6 +254,8 @@ class OutputFormat:
     counts: tuple[str, ...] = ()
     #: position among the formats of its list option (the order the option values are listed in)
     option_rank: int = 0
+    #: members that depend on the selection (e.g. the project type's tables), after ``members``
+    selected_members: Callable[[Selection], tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.chosen_by not in CHOSEN_BY:
@@ -248,6 +264,11 @@ class OutputFormat:
             raise ValueError(f"format {self.name}: a format chosen by a list option needs a choice")
         if self.part is not None and self.part.stage not in STAGE_ORDER:
             raise ValueError(f"format {self.name}: unknown stage {self.part.stage!r}")
+
+    def members_for(self, selection: Selection) -> tuple[str, ...]:
+        """The fixed member paths ``finish`` writes for an export with these content options."""
+        extra = self.selected_members(selection) if self.selected_members is not None else ()
+        return self.members + tuple(extra)
 
     def is_selected(self, selection: Selection) -> bool:
         """Whether an export with these content options writes this format."""

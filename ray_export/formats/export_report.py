@@ -7,6 +7,7 @@ from typing import IO, Any
 
 from ..json_text import document_bytes
 from ..problems import PROBLEM_CODES, Problem
+from ..project_types.registry import project_type_named
 from .base import OutputFormat, WriterContext
 
 MEMBER = "documentation/export_report.json"
@@ -27,7 +28,9 @@ class ExportReportWriter:
     same index twice appends).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, type_codes: Mapping[str, str] | None = None) -> None:
+        #: the problem codes of the export's project type, listed after the common ones
+        self._type_codes = dict(type_codes or {})
         self._images: dict[int, dict[str, Any]] = {}
         self._unknown_ids: dict[str, None] = {}
         self._notes: list[dict[str, str]] = []
@@ -89,7 +92,7 @@ class ExportReportWriter:
                 "polylines_not_in_coco": int(counts.get("polylines_not_in_coco", 0)),
                 "problems": self.problem_count,
             },
-            "problem_codes": dict(PROBLEM_CODES),
+            "problem_codes": {**PROBLEM_CODES, **self._type_codes},
         }
 
     def write(self, fileobj: IO[bytes], counts: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,7 +107,7 @@ class ExportReportFormatWriter:
 
     def __init__(self, ctx: WriterContext) -> None:
         self.ctx = ctx
-        self.report = ExportReportWriter()
+        self.report = ExportReportWriter(project_type_named(ctx.selection.project_type).problem_codes)
         self.report.add_unknown_image_ids(list(ctx.unknown_image_ids))
         for note in ctx.notes:
             self.report.add_note(note)

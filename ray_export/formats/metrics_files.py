@@ -12,15 +12,15 @@ and the given creation time.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, Protocol
 
-import numpy as np
 import pyarrow as pa
 
 from ..metrics import INTEGER_METRICS, KEY_COLUMNS, METRIC_COLUMNS, header_name, metric_units
 from ..output_files import spool_file
+from ..project_types.base import decode_type_rows
+from ..statistics import metric_float, summary_statistics  # noqa: F401 - the metrics files' value rules
 from .base import ImagePart, OutputFormat, ReadmeGroup, ReadmeSection, WriterContext
 
 ALL_COLUMNS: list[str] = KEY_COLUMNS + METRIC_COLUMNS
@@ -42,14 +42,6 @@ def header_names(scaled: bool) -> list[str]:
     return KEY_COLUMNS + [header_name(name, units[name]) for name in METRIC_COLUMNS]
 
 
-def metric_float(value: Any) -> float | None:
-    """A metric value as a finite Python float, or ``None``."""
-    if value is None:
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
-
-
 def metric_int(value: Any) -> int | None:
     """An integer metric value, or ``None``."""
     return None if value is None else int(value)
@@ -58,24 +50,6 @@ def metric_int(value: Any) -> int | None:
 def scale_value(scale_um_per_px: float | None) -> float | None:
     """The scale as a float, or ``None``."""
     return None if scale_um_per_px is None else float(scale_um_per_px)
-
-
-def summary_statistics(values: Any) -> list[float | None]:
-    """``[count, mean, std (ddof 1), min, median, max]`` of the values; ``None`` where undefined or overflowing."""
-    data = np.asarray(values, dtype=np.float64)
-    n = len(data)
-    if n == 0:
-        return [0.0, None, None, None, None, None]
-    # Values near the float64 limit are divided by a power of two first, so sums and squares cannot overflow.
-    magnitude = float(np.max(np.abs(data)))
-    exponent = math.frexp(magnitude)[1] if magnitude > 1e150 else 0
-    scaled = np.ldexp(data, -exponent)
-    with np.errstate(over="ignore", invalid="ignore"):
-        std = float(np.ldexp(np.std(scaled, ddof=1), exponent)) if n >= 2 else None
-        mean = float(np.ldexp(np.mean(scaled), exponent))
-        median = float(np.ldexp(np.median(scaled), exponent))
-    stats = [float(n), mean, std, float(np.min(data)), median, float(np.max(data))]
-    return [v if v is None or math.isfinite(v) else None for v in stats]
 
 
 class RowsWriter(Protocol):
@@ -102,9 +76,12 @@ class MetricsFileWriter:
             raise
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Append the image's metric rows."""
+        """Append the image's metric rows (and, for a writer that holds them too, its type tables' rows)."""
         if row["metric_rows"]:
             self.rows.write_rows(row["metric_rows"])
+        type_rows = row.get("type_rows")
+        if type_rows and hasattr(self.rows, "write_type_rows"):
+            self.rows.write_type_rows(decode_type_rows(type_rows))
 
     def finish(self, summary: Any) -> None:
         """Finish the file and add it to the ZIP."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import metrics_guide_markdown
+from ..project_types.registry import project_type_named
 from .base import NoImageWriter, OutputFormat, WriterContext
 
 MEMBER = "documentation/metrics_guide.md"
@@ -18,7 +19,11 @@ class MetricsGuideWriter(NoImageWriter):
 
     def finish(self, summary: Any) -> None:
         """Write the guide."""
-        self.ctx.zip.add_bytes(MEMBER, metrics_guide_markdown(self.ctx.scale_um_per_px).encode("utf-8"))
+        text = metrics_guide_markdown(self.ctx.scale_um_per_px)
+        formulas = project_type_named(self.ctx.selection.project_type).formulas
+        if formulas:  # the project type's tables, after the per-object metrics
+            text = text.rstrip("\n") + "\n\n" + formulas.strip("\n") + "\n"
+        self.ctx.zip.add_bytes(MEMBER, text.encode("utf-8"))
 
 
 FORMAT = OutputFormat(

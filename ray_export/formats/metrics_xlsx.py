@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from array import array
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
@@ -12,7 +13,10 @@ import xlsxwriter
 from xlsxwriter.worksheet import Worksheet
 
 from ..metrics import KEY_COLUMNS, METRIC_COLUMNS
+from ..project_types.base import FLOAT_KINDS, TypeTable
+from ..project_types.registry import project_type_named
 from .metrics_files import header_names, metric_float, metrics_file_format, summary_statistics
+from .type_tables import cell_value
 
 METRICS_SHEET = "Polygon Metrics"
 SUMMARY_SHEET = "Summary"
@@ -83,7 +87,14 @@ class MetricsXlsxWriter:
     their names at once, the package's parts exist only while :meth:`close` assembles the workbook.
     """
 
-    def __init__(self, fileobj: BinaryIO, scaled: bool, created: datetime, tmpdir: str | None = None) -> None:
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        scaled: bool,
+        created: datetime,
+        tmpdir: str | None = None,
+        type_tables: Sequence[TypeTable] = (),
+    ) -> None:
         options: dict[str, Any] = {
             "constant_memory": True,
             "strings_to_numbers": False,
@@ -103,6 +114,7 @@ class MetricsXlsxWriter:
         self._sheet: Worksheet | None = None
         self._row_in_sheet = 0
         self._new_metrics_sheet()
+        self._type_sheets = [TypeSheet(self._workbook, table, scaled, self._bold) for table in type_tables]
 
     def _new_metrics_sheet(self) -> None:
         self._sheet_count += 1
@@ -148,9 +160,17 @@ class MetricsXlsxWriter:
                 if stat is not None:
                     sheet.write_number(r, col, stat)
 
+    def write_type_rows(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
+        """Append one image's rows of the project type's tables to their sheets."""
+        for sheet in self._type_sheets:
+            sheet.add(rows.get(sheet.table.name) or [])
+
     def close(self) -> None:
-        """Write the Summary sheet and finish the workbook (the file object stays open)."""
+        """Write the Summary sheet (and the type tables' held rows and summaries) and finish the workbook
+        (the file object stays open)."""
         self._write_summary()
+        for sheet in self._type_sheets:
+            sheet.close()
         self._workbook.close()
 
     def abort(self) -> None:
@@ -166,9 +186,77 @@ class MetricsXlsxWriter:
                     os.remove(path)
 
 
+class TypeSheet:
+    """One table of the project type as a sheet: the header with units, rows as they come (or, for a
+    table with a whole-table step, all at the end), and its summary sheet where it has one."""
+
+    def __init__(self, workbook: Any, table: TypeTable, scaled: bool, bold: Any) -> None:
+        self.table = table
+        self._workbook = workbook
+        self._bold = bold
+        self._header = table.header(scaled)
+        self._sheet = workbook.add_worksheet(table.sheet, worksheet_class=_WORKSHEET_CLASS)
+        self._sheet.set_column(0, 0, 12)
+        self._sheet.set_column(1, 1, 28)
+        self._sheet.set_column(2, len(self._header) - 1, 14)
+        self._sheet.freeze_panes(1, 0)
+        for col, text in enumerate(self._header):
+            self._sheet.write_string(0, col, text, bold)
+        self._next_row = 1
+        self._held: list[dict[str, Any]] = []
+        floats = [name for name, kind in table.columns if kind in FLOAT_KINDS]
+        self._values: dict[str, array] = {name: array("d") for name in floats}
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Write (or hold) one image's rows."""
+        if self.table.series is not None:
+            self._held.extend(rows)
+        else:
+            self._write(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if self._next_row > XLSX_ROWS_PER_SHEET:
+                raise ValueError(f"table {self.table.name} has more rows than an XLSX sheet holds")
+            for col, (name, kind) in enumerate(self.table.all_columns):
+                value = cell_value(row.get(name), kind)
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    self._sheet.write_string(self._next_row, col, value)
+                else:
+                    self._sheet.write_number(self._next_row, col, value)
+                    if name in self._values:
+                        self._values[name].append(float(value))
+            self._next_row += 1
+
+    def close(self) -> None:
+        """Write the held rows (after the whole-table step) and the summary sheet."""
+        if self.table.series is not None:
+            self._write(self.table.series(self._held))
+            self._held = []
+        if self.table.summary_sheet:
+            sheet = self._workbook.add_worksheet(self.table.summary_sheet, worksheet_class=_WORKSHEET_CLASS)
+            sheet.set_column(0, 0, 28)
+            sheet.set_column(1, len(SUMMARY_COLUMNS) - 1, 14)
+            for col, text in enumerate(SUMMARY_COLUMNS):
+                sheet.write_string(0, col, text, self._bold)
+            headers = dict(zip((name for name, _ in self.table.all_columns), self._header, strict=True))
+            for r, name in enumerate(self._values, start=1):
+                sheet.write_string(r, 0, headers[name])
+                for col, stat in enumerate(summary_statistics(self._values[name]), start=1):
+                    if stat is not None:
+                        sheet.write_number(r, col, stat)
+
+
+def _open_xlsx(fh: BinaryIO, ctx: Any) -> MetricsXlsxWriter:
+    tables = project_type_named(ctx.selection.project_type).tables if ctx.selection.type_tables else ()
+    return MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time, type_tables=tables)
+
+
 FORMAT = metrics_file_format(
     "xlsx",
-    lambda fh, ctx: MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time),
+    _open_xlsx,
     "metrics workbook: sheets `Polygon Metrics` and `Summary`",
     lambda member: [
         "# pd.read_excel needs openpyxl",

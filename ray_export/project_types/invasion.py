@@ -25,7 +25,8 @@ import numpy as np
 from ..geometry import convex_hull, convex_hull_area, region_area
 from ..polygons import ImagePolygons, PolygonObject
 from ..problems import Problem
-from ..visualize import object_mask
+from ..raster import object_mask
+from .base import ProjectType, TypeImage, TypeTable
 
 STAGE = "metrics"
 TABLE = "image_metrics"
@@ -371,3 +372,27 @@ def image_invasion_metrics(
     row.update(values)
     problems.extend(raster_problems)
     return row, problems
+
+
+def _image_rows(image: TypeImage) -> tuple[list[dict[str, Any]], list[Problem]]:
+    values, problems = image_invasion_metrics(image.parsed, image.width, image.height)
+    return [values], problems
+
+
+TYPE = ProjectType(
+    name="spheroid_invasive",
+    tables=(
+        TypeTable(
+            name=TABLE,
+            sheet=XLSX_SHEET,
+            columns=COLUMNS,
+            rows=_image_rows,
+            description="per image: core, total and invasion areas, disintegration index and the panel metrics",
+        ),
+    ),
+    formulas=FORMULAS,
+    problem_codes=PROBLEM_CODES,
+    readme="Invasive spheroid projects add `image_metrics`, one row per image: total, core and invasion areas, "
+    "the disintegration index, radial reach, dispersed mass fraction, fragments, solidity, holes and the "
+    f'equivalent diameters, in every chosen metrics format and as the XLSX sheet "{XLSX_SHEET}".',
+)

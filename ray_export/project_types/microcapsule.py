@@ -11,9 +11,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..formats.metrics_files import metric_float, summary_statistics
 from ..metrics import object_metrics
 from ..polygons import ImagePolygons, PolygonObject
+from ..statistics import metric_float, summary_statistics
+from .base import ProjectType, TypeImage, TypeTable
 
 TABLE = "microcapsule_metrics"
 XLSX_SHEET = "Microcapsule Metrics"
@@ -69,7 +70,7 @@ Undefined (empty) values: `ovality` when `feret_min` is 0 (all vertices on one l
 negative (holes covering more than the outer ring). Such objects are reported as `metric_undefined`
 by the per-object table.
 
-The "Summary" sheet of `microcapsule_metrics.xlsx` gives, for every column except `capsule_id`:
+The "Microcapsule Summary" sheet of `metrics/metrics.xlsx` gives, for every column except `capsule_id`:
 `count` (defined values), `mean`, `std` (sample standard deviation, ddof = 1), `min`, `median`, `max`;
 an empty cell where there are too few values.
 """
@@ -119,3 +120,28 @@ def summary(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[float | N
             if value is not None:
                 values[name].append(value)
     return [(name, summary_statistics(values[name])) for name in SUMMARY_COLUMNS]
+
+
+def _image_rows(image: TypeImage) -> tuple[list[dict], list]:
+    return microcapsule_rows(image.parsed), []
+
+
+TYPE = ProjectType(
+    name="microcapsule",
+    tables=(
+        TypeTable(
+            name=TABLE,
+            sheet=XLSX_SHEET,
+            columns=COLUMNS,
+            rows=_image_rows,
+            description="size and shape of every complete capsule (diameter, ovality, ...)",
+            summary_sheet="Microcapsule Summary",
+        ),
+    ),
+    formulas=FORMULAS,
+    problem_codes=PROBLEM_CODES,
+    readme="Microcapsule projects add `microcapsule_metrics`: size and shape of every complete capsule "
+    "(area, perimeter, bounding box, Feret diameters, mean diameter, equivalent diameter, circularity, "
+    f'ovality, confidence), in every chosen metrics format and as the XLSX sheets "{XLSX_SHEET}" and '
+    '"Microcapsule Summary".',
+)

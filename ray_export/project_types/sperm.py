@@ -15,6 +15,7 @@ from typing import Any
 from ..geometry import ring_length
 from ..polygons import ImagePolygons, Polyline
 from ..problems import Problem
+from .base import ProjectType, TypeImage, TypeTable
 
 STAGE = "metrics"
 TABLE = "sperm_metrics"
@@ -167,3 +168,27 @@ def sperm_rows(polygons: ImagePolygons) -> tuple[list[dict], list[Problem]]:
             )
         rows.append(row)
     return rows, problems
+
+
+def _image_rows(image: TypeImage) -> tuple[list[dict], list[Problem]]:
+    return sperm_rows(image.parsed)
+
+
+TYPE = ProjectType(
+    name="sperm",
+    tables=(
+        TypeTable(
+            name=TABLE,
+            sheet=XLSX_SHEET,
+            columns=COLUMNS,
+            rows=_image_rows,
+            description="head, midpiece, tail and total length of every sperm cell (polylines by instanceId)",
+        ),
+    ),
+    formulas=FORMULAS,
+    problem_codes=PROBLEM_CODES,
+    readme="Sperm projects add `sperm_metrics`: the head, midpiece, tail and total length of every sperm cell "
+    "(the polylines of one `instanceId`), in every chosen metrics format and as the XLSX sheet "
+    f'"{XLSX_SHEET}".',
+    polyline_label="S",
+)

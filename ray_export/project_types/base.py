@@ -1,0 +1,171 @@
+"""What a project type declares: its tables (columns with their kind, a per-image row function, an
+optional whole-table step), the columns its read needs, its formulas, problem codes and labels.
+
+A type module (``sperm.py``, ``microcapsule.py``, ...) declares one :class:`ProjectType` as ``TYPE``;
+:mod:`ray_export.project_types.registry` lists them, one line each. Everything here is pure: the metrics
+stage calls :meth:`TypeTable.rows` per image (:func:`image_type_rows`), the writers put each table in
+every chosen metrics format (:mod:`ray_export.formats.type_tables`, and sheets of ``metrics.xlsx``).
+
+Column kinds say how a value scales and which unit its header carries: ``length`` (× scale; ``px`` or
+``um``), ``area`` (× scale²; ``px^2`` or ``um^2``), and the unitless kinds ``unitless``, ``percent``,
+``fraction``, ``intensity`` (floats), ``int``, ``count`` (integers) and ``text``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..polygons import ImagePolygons
+from ..problems import Problem
+
+#: Kinds whose values scale with the export's scale, and by which power.
+SCALED_KINDS: dict[str, int] = {"length": 1, "area": 2}
+FLOAT_KINDS = frozenset({"length", "area", "unitless", "percent", "fraction", "intensity"})
+INT_KINDS = frozenset({"int", "count"})
+TEXT_KINDS = frozenset({"text"})
+KINDS = FLOAT_KINDS | INT_KINDS | TEXT_KINDS
+#: The key columns every type table starts with.
+KEY_COLUMNS: tuple[tuple[str, str], ...] = (("image_id", "text"), ("image_name", "text"))
+
+
+@dataclass(frozen=True)
+class TypeImage:
+    """What a table's row function is given for one image: its ids, size, parsed polygons, and the
+    extra columns the type's read fetched (``fields``, e.g. ``seg_model``, ``created_at``)."""
+
+    index: int
+    image_id: str
+    file_name: str
+    width: int
+    height: int
+    parsed: ImagePolygons
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TypeTable:
+    """One table of a project type: ``metrics/<name>.csv|json|parquet`` and the XLSX sheet ``sheet``.
+
+    ``columns`` follow the key columns, ``(name, kind)`` each. ``rows`` gives an image's rows (values in
+    pixels, without the key columns) and its problems; ``series`` (optional) turns the rows of every
+    image, in export order, into the final rows (a time series needs the first image's value);
+    ``summary_sheet`` adds an XLSX sheet of count, mean, std, min, median and max per float column.
+    """
+
+    name: str
+    sheet: str
+    columns: tuple[tuple[str, str], ...]
+    rows: Callable[[TypeImage], tuple[list[dict[str, Any]], list[Problem]]]
+    description: str
+    series: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    summary_sheet: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in self.columns:
+            if kind not in KINDS:
+                raise ValueError(f"table {self.name}: column {name} has an unknown kind {kind!r}")
+
+    @property
+    def all_columns(self) -> tuple[tuple[str, str], ...]:
+        """Key columns, then the table's own."""
+        return KEY_COLUMNS + self.columns
+
+    def units(self, scaled: bool) -> dict[str, str | None]:
+        """Each column's unit (None when unitless)."""
+        return {name: column_unit(kind, scaled) for name, kind in self.all_columns}
+
+    def header(self, scaled: bool) -> list[str]:
+        """Column headers with units, as CSV and XLSX write them."""
+        units = self.units(scaled)
+        return [name if units[name] is None else f"{name} ({units[name]})" for name, _ in self.all_columns]
+
+
+@dataclass(frozen=True)
+class ProjectType:
+    """One SpheroSeg project type (``projects.type``) and what it adds to the ZIP."""
+
+    name: str
+    tables: tuple[TypeTable, ...] = ()
+    #: heavy-read columns the type needs beyond the default ones (see ``sources.TYPE_READ_COLUMNS``)
+    read_columns: tuple[str, ...] = ()
+    #: markdown appended to ``documentation/metrics_guide.md``
+    formulas: str = ""
+    problem_codes: Mapping[str, str] = field(default_factory=dict)
+    #: the README's paragraph on what the type adds
+    readme: str = ""
+    #: the per-object table of SPEC 5 is written
+    object_metrics: bool = True
+    #: the label prefix of polyline instances on the visualizations (``S``, ``MT``, ``P``)
+    polyline_label: str = "P"
+
+
+def column_unit(kind: str, scaled: bool) -> str | None:
+    """The unit of a column of ``kind``: ``px``/``um`` for lengths, ``px^2``/``um^2`` for areas."""
+    power = SCALED_KINDS.get(kind)
+    if power is None:
+        return None
+    base = "um" if scaled else "px"
+    return base if power == 1 else f"{base}^{power}"
+
+
+def scaled_value(value: Any, kind: str, scale_um_per_px: float | None) -> Any:
+    """A row value as the table holds it: floats finite or None, lengths and areas × the scale."""
+    if value is None:
+        return None
+    if kind in TEXT_KINDS:
+        return str(value)
+    if kind in INT_KINDS:
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    power = SCALED_KINDS.get(kind)
+    if power is not None and scale_um_per_px is not None:
+        number *= float(scale_um_per_px) ** power
+    return number
+
+
+def table_row(table: TypeTable, image_id: str, image_name: str, values: Mapping[str, Any],
+              scale_um_per_px: float | None) -> dict[str, Any]:
+    """One final row of ``table``: the key columns, then every column scaled by its kind."""
+    row: dict[str, Any] = {"image_id": str(image_id), "image_name": str(image_name)}
+    for name, kind in table.columns:
+        row[name] = scaled_value(values.get(name), kind, scale_um_per_px)
+    return row
+
+
+def image_type_rows(
+    project_type: ProjectType, image: TypeImage, scale_um_per_px: float | None
+) -> tuple[str | None, list[Problem]]:
+    """Every table's rows of one image as the ``type_rows`` part (JSON text ``{table: [rows]}``, None
+    when the type has no tables) and the problems found. A table that fails for an image gets a
+    ``stage_failed`` problem and no rows; the other tables are kept."""
+    if not project_type.tables:
+        return None, []
+    out: dict[str, list[dict[str, Any]]] = {}
+    problems: list[Problem] = []
+    for table in project_type.tables:
+        try:
+            values, found = table.rows(image)
+            out[table.name] = [
+                table_row(table, image.image_id, image.file_name, v, scale_um_per_px) for v in values
+            ]
+            problems.extend(found)
+        except Exception as exc:
+            out[table.name] = []
+            problems.append(Problem("stage_failed", "metrics", f"{table.name}: {type(exc).__name__}: {exc}"))
+    return encode_type_rows(out), problems
+
+
+def encode_type_rows(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """The ``type_rows`` part as text (floats keep every bit: JSON numbers as Python writes them)."""
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def decode_type_rows(text: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The ``type_rows`` part back as rows per table (empty for None)."""
+    return json.loads(text) if text else {}
