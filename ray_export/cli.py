@@ -151,6 +151,8 @@ def unknown_argument_message(parser: _Parser, extras: list[str]) -> str:
 
 
 def _parser() -> _Parser:
+    from .demo_types import DEFAULT_TYPE, PROJECT_TYPES
+
     parser = _Parser(prog="ray-export", description="Export a segmentation project into one ZIP.")
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser(
@@ -163,7 +165,10 @@ def _parser() -> _Parser:
     add_export_arguments(exp)
     exp.add_argument("--quiet", action="store_true", help="no progress output")
     demo = sub.add_parser("demo", help="build (or reuse) the demo project and export it")
-    demo.add_argument("--images", type=int, default=12, help="number of demo images (default 12)")
+    demo.add_argument("--type", default=DEFAULT_TYPE, choices=PROJECT_TYPES, dest="project_type",
+                      help=f"project type of the demo (default {DEFAULT_TYPE})")
+    demo.add_argument("--images", type=int, default=None,
+                      help="number of demo images (default 12; 6 for sperm, 8 for the other types)")
     demo.add_argument("--workdir", default="ray-export-demo", help="where the demo project lives")
     demo.add_argument("--out", default=None, help="output ZIP (default: <title>-<time>.zip here)")
     demo.add_argument("--force", action="store_true", default=None, help="overwrite the output")
@@ -537,21 +542,23 @@ def stop_ray_job(submission_id: str, url: str) -> bool:
 
 def _demo(args) -> int:
     from .demo import build_demo_project
+    from .demo_types import default_image_count
 
-    if args.images < 1 or args.images > 100000:
+    if args.images is not None and (args.images < 1 or args.images > 100000):
         _err(f"error: invalid option --images: {args.images} is not in 1..100000")
         return EXIT_USAGE
+    n_images = default_image_count(args.project_type) if args.images is None else args.images
     problem = _address_error(args.address, attach_only=False)
     if problem:
         _err(problem)
         return EXIT_USAGE
     workdir = Path(args.workdir).expanduser().absolute()
     try:
-        demo = build_demo_project(workdir, n_images=args.images)
+        demo = build_demo_project(workdir, n_images=n_images, project_type=args.project_type)
     except OSError as exc:
         _err(f"error: cannot build the demo project in {workdir}: {exc}")
         return EXIT_FAILED
-    _err(f"demo project: {demo.db_path} ({args.images} images)")
+    _err(f"demo project: {demo.db_path} ({n_images} {args.project_type} images)")
     overrides: dict[str, Any] = {"db": str(demo.db_path), "project": demo.project_id,
                                  "images_root": str(demo.images_root)}
     if args.out:

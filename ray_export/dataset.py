@@ -141,6 +141,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         rows_per_task=rows_per_task,
         ray_remote_args=read_hints.ray_remote_args(),
         retry_s=options.db_retry_s,
+        extra=plan.read_columns,
     )
     chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse, plan.project_type)
     for position, step in enumerate(chain):

@@ -40,7 +40,14 @@ FETCHED_FIELDS: list[tuple[str, pa.DataType]] = [
     # the read's own problems (text_invalid_utf8); the stages append theirs
     ("problems", PROBLEMS_TYPE),
 ]
-_RESERVED = frozenset({"index", "image_id"} | {name for name, _ in FETCHED_FIELDS})
+#: Columns a project type may add to the read (``sources.TYPE_READ_EXPRESSIONS``), after the fetched ones.
+TYPE_FIELDS: dict[str, pa.DataType] = {
+    "seg_model": pa.string(),
+    "created_at": pa.string(),
+    "parent_video_id": pa.string(),
+    "frame_index": pa.int64(),
+}
+_RESERVED = frozenset({"index", "image_id"} | {name for name, _ in FETCHED_FIELDS} | set(TYPE_FIELDS))
 
 #: read_datasource's named remote arguments (ray 2.60); anything else stays in ``ray_remote_args``.
 _NAMED_REMOTE_ARGS = frozenset(
@@ -66,8 +73,9 @@ def _passthrough_array(values: list[Any], type_: pa.DataType) -> pa.Array:
     return pa.array(values, type=type_)
 
 
-def block_schema(rows: Sequence[dict[str, Any]]) -> pa.Schema:
-    """The fixed schema of every block: index, image_id, pass-through fields, fetched columns."""
+def block_schema(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> pa.Schema:
+    """The fixed schema of every block: index, image_id, pass-through fields, fetched columns, then the
+    project type's ``extra`` columns."""
     extra_names: list[str] = []
     for row in rows:
         for key in row:
@@ -77,6 +85,7 @@ def block_schema(rows: Sequence[dict[str, Any]]) -> pa.Schema:
     for name in extra_names:
         fields.append(pa.field(name, _passthrough_type([r.get(name) for r in rows])))
     fields += [pa.field(name, type_) for name, type_ in FETCHED_FIELDS]
+    fields += [pa.field(name, TYPE_FIELDS[name]) for name in extra]
     return pa.schema(fields)
 
 
@@ -95,7 +104,9 @@ class _RangeReader:
     """Picklable read function of one read task: fetch the rows of one contiguous index range."""
 
     def __init__(self, target: DbTarget, rows: list[dict[str, Any]], schema: pa.Schema,
-                 need_polygons: bool, need_path: bool, retry_s: float = DEFAULT_DB_RETRY_S) -> None:
+                 need_polygons: bool, need_path: bool, retry_s: float = DEFAULT_DB_RETRY_S,
+                 extra: Sequence[str] = ()) -> None:
+        self.extra = tuple(extra)
         self.retry_s = float(retry_s)
         self.target = target
         self.rows = rows
@@ -107,7 +118,7 @@ class _RangeReader:
         try:
             conn = connect(self.target)
             try:
-                return fetch_image_rows(conn, self.target.kind, ids, self.need_polygons, self.need_path)
+                return fetch_image_rows(conn, self.target.kind, ids, self.need_polygons, self.need_path, self.extra)
             finally:
                 conn.close()
         except SourceError:
@@ -146,6 +157,7 @@ class _RangeReader:
         fetched_names |= {"db_width", "db_height", "seg_width", "seg_height", "problems"}
         if self.need_polygons:
             fetched_names.add("polygons")
+        fetched_names.update(self.extra)
         for row in self.rows:
             db_row = by_id.get(str(row["image_id"]))
             for name in self.schema.names:
@@ -157,7 +169,7 @@ class _RangeReader:
         arrays = []
         for field in self.schema:
             values = columns[field.name]
-            if field.name in ("index", "image_id") or field.name in dict(FETCHED_FIELDS):
+            if field.name in ("index", "image_id") or field.name in dict(FETCHED_FIELDS) or field.name in TYPE_FIELDS:
                 arrays.append(pa.array(values, type=field.type))
             else:
                 arrays.append(_passthrough_array(values, field.type))
@@ -173,8 +185,10 @@ class ProjectImagesDatasource(Datasource):
     """
 
     def __init__(self, target: DbTarget, rows: Sequence[dict[str, Any]], need_polygons: bool, need_path: bool,
-                 rows_per_task: int = DEFAULT_ROWS_PER_TASK, retry_s: float = DEFAULT_DB_RETRY_S) -> None:
+                 rows_per_task: int = DEFAULT_ROWS_PER_TASK, retry_s: float = DEFAULT_DB_RETRY_S,
+                 extra: Sequence[str] = ()) -> None:
         super().__init__()
+        self.extra = tuple(extra)
         self.retry_s = float(retry_s)
         if isinstance(rows_per_task, bool) or not isinstance(rows_per_task, int) or rows_per_task < 1:
             raise ValueError(f"rows_per_task must be a positive integer, not {rows_per_task!r}")
@@ -189,7 +203,7 @@ class ProjectImagesDatasource(Datasource):
         self.need_polygons = bool(need_polygons)
         self.need_path = bool(need_path)
         self.rows_per_task = rows_per_task
-        self.schema = block_schema(self.rows)
+        self.schema = block_schema(self.rows, self.extra)
 
     @property
     def supports_distributed_reads(self) -> bool:
@@ -220,7 +234,7 @@ class ProjectImagesDatasource(Datasource):
         """The read function of each contiguous range of ``rows_per_task`` rows, in index order."""
         return [
             _RangeReader(self.target, self.rows[start:start + self.rows_per_task], self.schema,
-                         self.need_polygons, self.need_path, self.retry_s)
+                         self.need_polygons, self.need_path, self.retry_s, self.extra)
             for start in range(0, len(self.rows), self.rows_per_task)
         ]
 
@@ -248,6 +262,7 @@ def read_project_images(
     rows_per_task: int = DEFAULT_ROWS_PER_TASK,
     ray_remote_args: dict[str, Any] | None = None,
     retry_s: float = DEFAULT_DB_RETRY_S,
+    extra: Sequence[str] = (),
 ) -> ray.data.Dataset:
     """A Dataset of the selected images' rows, one block per contiguous index range.
 
@@ -258,7 +273,7 @@ def read_project_images(
     """
     if target.kind not in (SQLITE, POSTGRES):
         raise ValueError(f"unknown database kind {target.kind!r}")
-    datasource = ProjectImagesDatasource(target, rows, need_polygons, need_path, rows_per_task, retry_s)
+    datasource = ProjectImagesDatasource(target, rows, need_polygons, need_path, rows_per_task, retry_s, extra)
     if not datasource.rows:
         raise ValueError("no rows to read")
     named = {k: v for k, v in (ray_remote_args or {}).items() if k in _NAMED_REMOTE_ARGS}

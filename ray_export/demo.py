@@ -3,13 +3,14 @@
 :func:`build_demo_project` writes ``<workdir>/spheroseg-demo.db`` and image files under
 ``<workdir>/uploads/<project id>/``; ``originalPath`` values are relative to ``workdir`` (the images
 root, which is also the SQLite file's folder). Everything is a deterministic function of
-``(n_images, seed)``; an existing matching build is reused.
+``(project type, n_images, seed, size)``; an existing matching build is reused.
 
 The data exercises the exporter's rules: 8- and 16-bit grayscale PNG/TIFF, RGB JPEG and TIFF, objects
 with holes (``parent_id``), a polyline, an object cut by the border (``complete: false``), an image
 without segmentation, an image with ``displayOrder`` null, a ``displayOrder`` tie decided by
 ``createdAt``, two images with the same file name in different folders and a video container row
-that must never be exported.
+that must never be exported. The other project types (``spheroid_invasive``, ``wound``, ``sperm``,
+``microcapsule``, ``microtubules``) come from :mod:`ray_export.demo_types`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .demo_types import DEFAULT_TYPE, PROJECT_TYPES, build_type_demo, default_image_count
 from .sources import POSTGRES, SQLITE, parse_timestamp, sqlite_readonly_uri
 
 DEMO_DB_NAME = "spheroseg-demo.db"
@@ -55,6 +57,7 @@ class DemoProject:
     images_root: Path
     project_id: str
     title: str
+    project_type: str = DEFAULT_TYPE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,6 +75,7 @@ def schema_statements(kind: str) -> list[str]:
             description TEXT,
             type TEXT NOT NULL DEFAULT 'spheroid',
             "userId" TEXT,
+            "mtTypeLabels" TEXT,
             "createdAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP,
             "updatedAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP
         )""",
@@ -90,6 +94,7 @@ def schema_statements(kind: str) -> list[str]:
             "isVideoContainer" BOOLEAN NOT NULL DEFAULT FALSE,
             "parentVideoId" TEXT,
             "frameIndex" INTEGER,
+            "frameIntervalMs" {real},
             "pixelSizeUm" {real},
             "createdAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP,
             "updatedAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP
@@ -108,7 +113,10 @@ def schema_statements(kind: str) -> list[str]:
             "createdAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP,
             "updatedAt" {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP
         )""",
-    ]
+    ] + ([  # tables made by an earlier version of these statements gain the newer columns
+        'ALTER TABLE projects ADD COLUMN IF NOT EXISTS "mtTypeLabels" TEXT',
+        'ALTER TABLE images ADD COLUMN IF NOT EXISTS "frameIntervalMs" DOUBLE PRECISION',
+    ] if kind == POSTGRES else [])
 
 
 def write_schema(conn: Any, kind: str) -> None:
@@ -126,13 +134,13 @@ def write_schema(conn: Any, kind: str) -> None:
 TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "projects": [
         ("id", "text"), ("title", "text"), ("description", "text"), ("type", "text"), ("userId", "text"),
-        ("createdAt", "ts"), ("updatedAt", "ts"),
+        ("mtTypeLabels", "text"), ("createdAt", "ts"), ("updatedAt", "ts"),
     ],
     "images": [
         ("id", "text"), ("name", "text"), ("originalPath", "text"), ("thumbnailPath", "text"),
         ("projectId", "text"), ("width", "int"), ("height", "int"), ("fileSize", "int"), ("mimeType", "text"),
         ("segmentationStatus", "text"), ("displayOrder", "int"), ("isVideoContainer", "bool"),
-        ("parentVideoId", "text"), ("frameIndex", "int"), ("pixelSizeUm", "float"),
+        ("parentVideoId", "text"), ("frameIndex", "int"), ("frameIntervalMs", "float"), ("pixelSizeUm", "float"),
         ("createdAt", "ts"), ("updatedAt", "ts"),
     ],
     "segmentations": [
@@ -443,16 +451,26 @@ def _plan(n_images: int, seed: int, size: tuple[int, int] | None = None) -> dict
     return {"project": project, "images": images, "video": video, "ids": ids, "base_ms": base_ms}
 
 
-def _marker(n_images: int, seed: int, size: tuple[int, int] | None) -> dict[str, str]:
-    """What identifies a build: a fixed image size is recorded only when one was asked for."""
+def _marker(
+    n_images: int, seed: int, size: tuple[int, int] | None, project_type: str = DEFAULT_TYPE
+) -> dict[str, str]:
+    """What identifies a build: a fixed image size is recorded only when one was asked for, the project
+    type only when it is not the default."""
     marker = {"version": DEMO_VERSION, "n_images": str(n_images), "seed": str(seed)}
     if size is not None:
         marker["size"] = f"{size[0]}x{size[1]}"
+    if project_type != DEFAULT_TYPE:
+        marker["type"] = project_type
     return marker
 
 
 def _existing_demo(
-    db_path: Path, workdir: Path, n_images: int, seed: int, size: tuple[int, int] | None = None
+    db_path: Path,
+    workdir: Path,
+    n_images: int,
+    seed: int,
+    size: tuple[int, int] | None = None,
+    project_type: str = DEFAULT_TYPE,
 ) -> DemoProject | None:
     if not db_path.is_file():
         return None
@@ -465,30 +483,45 @@ def _existing_demo(
             conn.close()
     except sqlite3.Error:
         return None
-    expected = _marker(n_images, seed, size)
-    if any(marker.get(k) != v for k, v in expected.items()) or ("size" in marker) != ("size" in expected):
+    expected = _marker(n_images, seed, size, project_type)
+    if any(marker.get(k) != v for k, v in expected.items()):
+        return None
+    if any((key in marker) != (key in expected) for key in ("size", "type")):
         return None
     if len(paths) != n_images or not all((workdir / p).is_file() for p in paths):
         return None
-    return DemoProject(db_path, workdir, marker["project_id"], marker["title"])
+    return DemoProject(db_path, workdir, marker["project_id"], marker["title"], project_type)
 
 
 def build_demo_project(
-    workdir: Path, n_images: int = 12, seed: int = 0, size: tuple[int, int] | None = None
+    workdir: Path,
+    n_images: int | None = None,
+    seed: int = 0,
+    size: tuple[int, int] | None = None,
+    project_type: str = DEFAULT_TYPE,
 ) -> DemoProject:
     """Create (or reuse) the demo SQLite database and image files under ``workdir``.
 
-    ``size`` (width, height) gives every image that size; by default sizes cycle through a few camera sizes.
+    ``project_type`` is one of :data:`~ray_export.demo_types.PROJECT_TYPES`; ``n_images`` defaults to the
+    type's count (12 spheroid images; see :data:`~ray_export.demo_types.DEFAULT_IMAGE_COUNTS`).
+    ``size`` (width, height) gives every image that size; by default spheroid sizes cycle through a few
+    camera sizes and the other types use 640×480.
     """
+    if project_type not in PROJECT_TYPES:
+        raise ValueError(f"project_type must be one of {', '.join(PROJECT_TYPES)}, not {project_type!r}")
+    if n_images is None:
+        n_images = default_image_count(project_type)
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, not {n_images!r}")
     if size is not None and not (len(size) == 2 and all(isinstance(v, int) and 16 <= v <= 20_000 for v in size)):
         raise ValueError(f"size must be (width, height) with each 16..20000, not {size!r}")
     workdir = Path(workdir).resolve()
     db_path = workdir / DEMO_DB_NAME
-    existing = _existing_demo(db_path, workdir, n_images, seed, size)
+    existing = _existing_demo(db_path, workdir, n_images, seed, size, project_type)
     if existing is not None:
         return existing
+    if project_type != DEFAULT_TYPE:
+        return _build_typed_demo(workdir, db_path, n_images, seed, size, project_type)
 
     plan = _plan(n_images, seed, size)
     project = plan["project"]
@@ -536,9 +569,35 @@ def build_demo_project(
             }
         )
     image_rows.append(plan["video"])
-    # Store rows in an order unrelated to the export order.
-    image_rows.sort(key=lambda r: r["id"])
+    _store(db_path, project, image_rows, segmentation_rows, _marker(n_images, seed, size))
+    return DemoProject(db_path, workdir, project["id"], project["title"])
 
+
+def _build_typed_demo(
+    workdir: Path, db_path: Path, n_images: int, seed: int, size: tuple[int, int] | None, project_type: str
+) -> DemoProject:
+    """Render and store the demo of a project type other than plain spheroids."""
+    ids = random.Random(f"ray-export-demo/{project_type}/{seed}")
+    project_dir = workdir / "uploads" / _uuid(ids)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if project_dir.exists():
+        shutil.rmtree(project_dir)
+    typed = build_type_demo(project_type, workdir, n_images, seed, size)
+    project = typed.project
+    _store(db_path, project, typed.images, typed.segmentations, _marker(n_images, seed, size, project_type))
+    return DemoProject(db_path, workdir, project["id"], project["title"], project_type)
+
+
+def _store(
+    db_path: Path,
+    project: dict[str, Any],
+    image_rows: list[dict[str, Any]],
+    segmentation_rows: list[dict[str, Any]],
+    marker: dict[str, str],
+) -> None:
+    """Write the demo's rows and its marker into a fresh SQLite file that then replaces ``db_path``."""
+    # Store rows in an order unrelated to the export order.
+    image_rows = sorted(image_rows, key=lambda r: r["id"])
     tmp_path = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
     tmp_path.unlink(missing_ok=True)
     conn = sqlite3.connect(tmp_path)
@@ -548,10 +607,9 @@ def build_demo_project(
         insert_rows(conn, SQLITE, "images", image_rows)
         insert_rows(conn, SQLITE, "segmentations", segmentation_rows)
         conn.execute(f"CREATE TABLE {_MARKER_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        marker = _marker(n_images, seed, size) | {"project_id": project["id"], "title": project["title"]}
+        marker = marker | {"project_id": project["id"], "title": project["title"]}
         conn.executemany(f"INSERT INTO {_MARKER_TABLE} (key, value) VALUES (?, ?)", sorted(marker.items()))
         conn.commit()
     finally:
         conn.close()
     os.replace(tmp_path, db_path)
-    return DemoProject(db_path, workdir, project["id"], project["title"])

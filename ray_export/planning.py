@@ -51,6 +51,8 @@ class ExportPlan:
     need_path: bool = True
     #: the project type the export uses (``projects.type``; an unknown one is exported as ``spheroid``)
     project_type: str = "spheroid"
+    #: the columns the project type adds to the heavy read (only when its tables are written)
+    read_columns: tuple[str, ...] = ()
 
 
 def _check_uri_output(uri: str, force: bool) -> str:
@@ -189,6 +191,7 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
         unknown_image_ids=tuple(listing.unknown_image_ids),
         notes=notes,
         project_type=project_type.name,
+        read_columns=project_type.read_columns if Selection.of(options, project_type.name).type_tables else (),
         need_polygons=need_polygons,
         need_path=need_path,
     )

@@ -603,7 +603,17 @@ _HEAVY_EXPRESSIONS: dict[str, tuple[str, str]] = {
     "seg_height": ('s."imageHeight"', 's."imageHeight"'),
     "polygons": ("s.polygons::text", "s.polygons"),
 }
-_INT_COLUMNS = frozenset({"db_width", "db_height", "seg_width", "seg_height"})
+#: Columns a project type may add to the heavy read (see ``ProjectType.read_columns``): output column ->
+#: (PostgreSQL, SQLite expression). Timestamps are read back as UTC ISO text.
+TYPE_READ_EXPRESSIONS: dict[str, tuple[str, str]] = {
+    "seg_model": ("s.model", "s.model"),
+    "created_at": ('i."createdAt"', 'i."createdAt"'),
+    "parent_video_id": ('i."parentVideoId"::text', 'i."parentVideoId"'),
+    "frame_index": ('i."frameIndex"', 'i."frameIndex"'),
+}
+_HEAVY_EXPRESSIONS.update(TYPE_READ_EXPRESSIONS)
+_INT_COLUMNS = frozenset({"db_width", "db_height", "seg_width", "seg_height", "frame_index"})
+_TIME_COLUMNS = frozenset({"created_at"})
 _COLUMN_NAMES = {
     "image_id": "images.id",
     "original_path": 'images."originalPath"',
@@ -611,14 +621,19 @@ _COLUMN_NAMES = {
 }
 
 
-def projected_columns(need_polygons: bool, need_path: bool) -> list[str]:
-    """Output columns of the heavy read for the chosen outputs (always id and both size pairs)."""
+def projected_columns(need_polygons: bool, need_path: bool, extra: Sequence[str] = ()) -> list[str]:
+    """Output columns of the heavy read for the chosen outputs (always id and both size pairs) and the
+    project type's ``extra`` columns (names of :data:`TYPE_READ_EXPRESSIONS`)."""
     columns = ["image_id"]
     if need_path:
         columns.append("original_path")
     columns += ["db_width", "db_height", "seg_width", "seg_height"]
     if need_polygons:
         columns.append("polygons")
+    for name in extra:
+        if name not in TYPE_READ_EXPRESSIONS:
+            raise ValueError(f"no read column {name!r}")
+        columns.append(name)
     return columns
 
 
@@ -638,13 +653,13 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 
 def fetch_image_rows(
-    conn: Any, kind: str, image_ids: list[str], need_polygons: bool, need_path: bool
+    conn: Any, kind: str, image_ids: list[str], need_polygons: bool, need_path: bool, extra: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Fetch the projected columns for ``image_ids`` (any order; one dict per found image).
 
     Each dict also has ``problems``: the ``text_invalid_utf8`` problems (as dicts) of its text values.
     """
-    columns = projected_columns(need_polygons, need_path)
+    columns = projected_columns(need_polygons, need_path, extra)
     ids = [str(i) for i in image_ids]
     if not ids:
         return []
@@ -667,6 +682,10 @@ def fetch_image_rows(
         for name, value in zip(columns, raw, strict=True):
             if name in _INT_COLUMNS:
                 row[name] = _int_or_none(value)
+                continue
+            if name in _TIME_COLUMNS:
+                moment = parse_timestamp(value)
+                row[name] = None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 continue
             text = text_value(value)
             if isinstance(text, ReplacedText):

@@ -67,6 +67,9 @@ from .reuse import (
 )
 from .visualize import image_size_from_header, render_visualization
 
+#: The columns a project type may add to the read (``datasource.TYPE_FIELDS``).
+TYPE_FIELD_NAMES: tuple[str, ...] = ("seg_model", "created_at", "parent_video_id", "frame_index")
+
 
 def _values(table: pa.Table, name: str) -> list[Any]:
     """One column as Python values."""
@@ -559,6 +562,8 @@ def metrics_stage(
     image_ids, file_names, texts = _values(table, "image_id"), _values(table, "file_name"), _polygon_texts(table)
     indices, widths, heights = _values(table, "index"), _values(table, "width"), _values(table, "height")
     levels = _reuse_levels(table)
+    # the columns the project type added to the read (segmentation model, frame, creation time)
+    read_fields = {name: _values(table, name) for name in TYPE_FIELD_NAMES if name in table.column_names}
     rows_out: list[list[dict] | None] = []
     type_out: list[str | None] = []
     new_problems: list[list[Problem]] = []
@@ -576,7 +581,10 @@ def metrics_stage(
             rows, found = [], [Problem("stage_failed", "metrics", f"{type(exc).__name__}: {exc}")]
         rows_out.append(rows)
         if type_tables:
-            image = TypeImage(int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed)
+            fields = {name: values[i] for name, values in read_fields.items()}
+            image = TypeImage(
+                int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed, fields
+            )
             type_rows, type_problems = image_type_rows(kind, image, scale_um_per_px)
             type_out.append(type_rows)
             found = [*found, *type_problems]

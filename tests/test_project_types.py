@@ -147,7 +147,7 @@ def typed_source(tmp_path_factory):
 def _project(source, tmp_path: Path, project_type: str, polygons: list[list[dict]]) -> Path:
     db = tmp_path / "typed.db"
     shutil.copyfile(source.db_path, db)
-    ids = _export_order(source, db)
+    ids = _segmented_order(source, db)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE projects SET type = ?", (project_type,))
         con.execute("UPDATE segmentations SET polygons = '[]'")
@@ -160,6 +160,13 @@ def _export_order(source, db: Path) -> list[str]:
     from ray_export.sources import list_images, parse_db_target
 
     return [entry.image_id for entry in list_images(parse_db_target(str(db)), source.project_id).entries]
+
+
+def _segmented_order(source, db: Path) -> list[str]:
+    """The images that have a segmentation row, in export order (their polygons are what tests set)."""
+    with sqlite3.connect(db) as con:
+        segmented = {row[0] for row in con.execute('SELECT "imageId" FROM segmentations')}
+    return [image_id for image_id in _export_order(source, db) if image_id in segmented]
 
 
 def _export(source, db: Path, out: Path, **options) -> zipfile.ZipFile:
@@ -257,7 +264,7 @@ def test_typed_zip_is_the_same_at_any_batch_size_and_reuse_gives_a_full_exports_
     _export(typed_source, db, first)
     _export(typed_source, db, tmp_path / "b.zip", stages={"read": {"batch_size": 1}, "metrics": {"batch_size": 1}})
     assert (tmp_path / "b.zip").read_bytes() == first.read_bytes()
-    image_id = _export_order(typed_source, db)[0]
+    image_id = _segmented_order(typed_source, db)[0]
     with sqlite3.connect(db) as con:  # one image edited
         con.execute('UPDATE segmentations SET polygons = ?, "updatedAt" = "updatedAt" + 1000 WHERE "imageId" = ?',
                     (json.dumps(_cell(9, 50, 50)), image_id))  # fmt: skip
@@ -275,3 +282,41 @@ def test_sperm_module_rows_match_segment_sums():
 
     rows, _ = sperm.sperm_rows(parse_polygons(json.dumps(_cell(4, 0, 0))))
     assert rows[0]["total_length"] == pytest.approx(10 + 20 + 5 + 12)
+
+
+def _rectangle(x0: float, y0: float, x1: float, y1: float) -> dict:
+    points = [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}]
+    return {"type": "external", "points": points}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_wound_time_series_closure_chart_and_sheet(typed_source, tmp_path):
+    import openpyxl
+    from PIL import Image
+
+    widths = [100.0, 70.0, 30.0, 0.0]  # a closing scratch: a vertical band of shrinking width
+    bands = [[_rectangle(200 - w / 2, 0, 200 + w / 2, 100)] if w else [] for w in widths]
+    db = _project(typed_source, tmp_path, "wound", [*bands, [_rectangle(0, 0, 10, 10)]])
+    order = _segmented_order(typed_source, db)
+    assert len(order) == 5
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE segmentations SET model = 'wound'")
+        con.execute("UPDATE segmentations SET model = 'spheroid' WHERE \"imageId\" = ?", (order[4],))
+        sizes = dict(con.execute("SELECT id, width * height FROM images").fetchall())
+    archive = _export(typed_source, db, tmp_path / "wound.zip", metrics="csv,xlsx", scale=1.0)
+    rows = list(csv.DictReader(io.StringIO(archive.read("metrics/wound_time_series.csv").decode())))
+    assert [r["image_id"] for r in rows] == order[:4]  # the other model's image is not in the series
+    assert [int(r["order"]) for r in rows] == [0, 1, 2, 3]
+    for row, width, image_id in zip(rows, widths, order, strict=False):
+        area = width * 100
+        assert float(row["wound_area (um^2)"]) == pytest.approx(area)
+        assert float(row["wound_area_pct"]) == pytest.approx(area / sizes[image_id] * 100)
+        assert float(row["closure_pct"]) == pytest.approx((10_000 - area) / 10_000 * 100)
+        assert row["created_at"].endswith("Z")
+    chart = archive.read("wound_healing/wound_area_chart.png")
+    assert Image.open(io.BytesIO(chart)).size == (1200, 600)
+    workbook = openpyxl.load_workbook(io.BytesIO(archive.read("metrics/metrics.xlsx")))
+    sheet = workbook["WoundTimeSeries"]
+    assert next(sheet.iter_rows(values_only=True))[:3] == ("order", "image_id", "image_name")
+    assert len(sheet._images) == 1 and sheet._images[0]._data() == chart
+    assert "wound_healing/wound_area_chart.png" in archive.read("documentation/README.md").decode()

@@ -33,7 +33,6 @@ from ray_export.project_types.wound import (
     wound_chart_png,
     wound_image_values,
     wound_time_series,
-    write_wound_sheet,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,10 +397,17 @@ def test_x_labels_at_most_twelve_and_shortened():
 
 
 def _workbook_bytes(series, png, scaled=False, constant_memory=False) -> bytes:
+    """The wound sheet as metrics.xlsx writes it (``png`` None: a table without chart)."""
+    from dataclasses import replace
+
+    from ray_export.formats.metrics_xlsx import TypeSheet
+
+    table = wound.TYPE.tables[0]
+    table = replace(table, chart=None) if png is None else replace(table, chart=lambda rows: png)
     buffer = io.BytesIO()
     workbook = xlsxwriter.Workbook(buffer, {"constant_memory": constant_memory, "in_memory": not constant_memory})
     workbook.set_properties({"title": "Polygon metrics", "created": datetime(2024, 1, 2, 3, 4, 5)})
-    write_wound_sheet(workbook, series, png, scaled)
+    TypeSheet(workbook, table, scaled, workbook.add_format({"bold": True})).finish(list(series))
     workbook.close()
     return buffer.getvalue()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from array import array
 from collections.abc import Mapping, Sequence
@@ -231,10 +232,19 @@ class TypeSheet:
             self._next_row += 1
 
     def close(self) -> None:
-        """Write the held rows (after the whole-table step) and the summary sheet."""
-        if self.table.series is not None:
-            self._write(self.table.series(self._held))
-            self._held = []
+        """Write the held rows (after the whole-table step), the chart and the summary sheet."""
+        held, self._held = self._held, []
+        self.finish(self.table.series(held) if self.table.series is not None else [])
+
+    def finish(self, final_rows: list[dict[str, Any]]) -> None:
+        """Write the last rows, then the table's chart (beside the columns) and its summary sheet."""
+        self._write(final_rows)
+        if self.table.chart is not None:
+            png = self.table.chart(final_rows)
+            self._sheet.insert_image(
+                1, len(self._header) + 1, self.table.chart_member.rsplit("/", 1)[-1],
+                {"image_data": io.BytesIO(png), "object_position": 3, "description": self.table.description},
+            )  # fmt: skip
         if self.table.summary_sheet:
             sheet = self._workbook.add_worksheet(self.table.summary_sheet, worksheet_class=_WORKSHEET_CLASS)
             sheet.set_column(0, 0, 28)

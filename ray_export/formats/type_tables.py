@@ -200,16 +200,21 @@ class TypeTablesWriter:
                     table_file.writer.write_rows(found)
 
     def finish(self, summary: Any) -> None:
-        """Finish every file (after the whole-table step where there is one) and add it to the ZIP."""
+        """Finish every file (after the whole-table step where there is one) and add it to the ZIP, then
+        each table's chart."""
+        finals: dict[str, list[dict[str, Any]]] = {}
         for table in self.tables:
             if table.series is not None:
-                final = table.series(self.held.pop(table.name))
+                finals[table.name] = final = table.series(self.held.pop(table.name))
                 for table_file in self.files[table.name]:
                     table_file.writer.write_rows(final)
             for table_file in self.files[table.name]:
                 table_file.writer.close()
                 self.ctx.zip.add_file(table_file.member, table_file.file)
                 table_file.file.close()
+        for table in self.tables:
+            if table.chart is not None:
+                self.ctx.zip.add_bytes(table.chart_member, table.chart(finals.get(table.name, [])))
 
     def abort(self) -> None:
         """Close every spool file (they have no names)."""
@@ -222,7 +227,11 @@ class TypeTablesWriter:
 def _describe(summary: Any) -> dict[str, str]:
     tables = project_type_named(summary.selection().project_type).tables
     chosen = [fmt for fmt in FILE_FORMATS if fmt in summary.selection().metrics]
-    return {table_member(table, fmt): f"{table.description} ({fmt})" for table in tables for fmt in chosen}
+    described = {table_member(table, fmt): f"{table.description} ({fmt})" for table in tables for fmt in chosen}
+    for table in tables:
+        if table.chart is not None:
+            described[table.chart_member] = f"chart of `{table.name}`"
+    return described
 
 
 def _readme_lines(summary: Any) -> list[str]:
@@ -235,7 +244,8 @@ def _readme_lines(summary: Any) -> list[str]:
 
 def _members(selection: Any) -> tuple[str, ...]:
     tables = project_type_named(selection.project_type).tables
-    return tuple(table_member(table, fmt) for table in tables for fmt in FILE_FORMATS if fmt in selection.metrics)
+    files = [table_member(table, fmt) for table in tables for fmt in FILE_FORMATS if fmt in selection.metrics]
+    return tuple(files + [table.chart_member for table in tables if table.chart is not None])
 
 
 FORMAT = OutputFormat(

@@ -54,6 +54,9 @@ class TypeTable:
     pixels, without the key columns) and its problems; ``series`` (optional) turns the rows of every
     image, in export order, into the final rows (a time series needs the first image's value);
     ``summary_sheet`` adds an XLSX sheet of count, mean, std, min, median and max per float column.
+    A table whose ``columns`` name ``image_id`` and ``image_name`` itself keeps that order (a time
+    series starts with its ``order``). ``chart`` draws the final rows as a PNG, written as
+    ``chart_member`` and embedded in the table's XLSX sheet.
     """
 
     name: str
@@ -63,16 +66,21 @@ class TypeTable:
     description: str
     series: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
     summary_sheet: str | None = None
+    chart: Callable[[list[dict[str, Any]]], bytes] | None = None
+    chart_member: str = ""
 
     def __post_init__(self) -> None:
+        if self.chart is not None and self.series is None:
+            raise ValueError(f"table {self.name}: a chart draws the final rows of a table with a whole-table step")
         for name, kind in self.columns:
             if kind not in KINDS:
                 raise ValueError(f"table {self.name}: column {name} has an unknown kind {kind!r}")
 
     @property
     def all_columns(self) -> tuple[tuple[str, str], ...]:
-        """Key columns, then the table's own."""
-        return KEY_COLUMNS + self.columns
+        """Key columns, then the table's own (or the table's own order when it names the keys)."""
+        names = {name for name, _ in self.columns}
+        return self.columns if {"image_id", "image_name"} <= names else KEY_COLUMNS + self.columns
 
     def units(self, scaled: bool) -> dict[str, str | None]:
         """Each column's unit (None when unitless)."""
@@ -132,10 +140,11 @@ def scaled_value(value: Any, kind: str, scale_um_per_px: float | None) -> Any:
 def table_row(table: TypeTable, image_id: str, image_name: str, values: Mapping[str, Any],
               scale_um_per_px: float | None) -> dict[str, Any]:
     """One final row of ``table``: the key columns, then every column scaled by its kind."""
-    row: dict[str, Any] = {"image_id": str(image_id), "image_name": str(image_name)}
-    for name, kind in table.columns:
-        row[name] = scaled_value(values.get(name), kind, scale_um_per_px)
-    return row
+    keys = {"image_id": str(image_id), "image_name": str(image_name)}
+    return {
+        name: keys[name] if name in keys else scaled_value(values.get(name), kind, scale_um_per_px)
+        for name, kind in table.all_columns
+    }
 
 
 def image_type_rows(

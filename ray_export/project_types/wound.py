@@ -26,6 +26,7 @@ from ..geometry import region_area
 from ..metrics import header_name
 from ..png import encode_png_rgb
 from ..polygons import ImagePolygons
+from .base import ProjectType, TypeImage, TypeTable
 
 TABLE = "wound_time_series"
 SHEET = "WoundTimeSeries"
@@ -429,53 +430,6 @@ def insert_chart_image(worksheet: Any, png: bytes, cell: str, scale: float = 1.0
     )
 
 
-def write_wound_sheet(
-    workbook: Any,
-    series: Sequence[Mapping[str, Any]],
-    png: bytes | None,
-    scaled: bool,
-    worksheet_class: type | None = None,
-    chart_cell: str = "K2",
-) -> Any:
-    """Add sheet "WoundTimeSeries" to an xlsxwriter workbook: header with units, the rows, the chart.
-
-    ``series`` holds rows of :func:`wound_time_series` whose areas are already in the header's unit (µm²
-    when ``scaled``: see :func:`scale_series`). Rows are written in order, so ``constant_memory``
-    workbooks work. ``worksheet_class`` defaults to the metrics workbook's exact-number worksheet.
-    """
-    if worksheet_class is None:
-        from ..formats.metrics_xlsx import _WORKSHEET_CLASS
-
-        worksheet_class = _WORKSHEET_CLASS
-    sheet = workbook.add_worksheet(SHEET, worksheet_class=worksheet_class)
-    bold = workbook.add_format({"bold": True})
-    sheet.set_column(0, 0, 8)
-    sheet.set_column(1, 1, 12)
-    sheet.set_column(2, 2, 28)
-    sheet.set_column(3, 3, 28)
-    sheet.set_column(4, 7, 16)
-    sheet.set_column(8, 8, 40)
-    sheet.freeze_panes(1, 0)
-    for col, text in enumerate(header_names(scaled)):
-        sheet.write_string(0, col, text, bold)
-    for r, row in enumerate(series, start=1):
-        for col, (name, kind) in enumerate(COLUMNS):
-            value = row.get(name)
-            if value is None:
-                continue
-            if kind == "text":
-                sheet.write_string(r, col, str(value))
-            elif kind in ("int", "count"):
-                sheet.write_number(r, col, int(value))
-            else:
-                number = _finite(value)
-                if number is not None:
-                    sheet.write_number(r, col, number)
-    if png is not None:
-        insert_chart_image(sheet, png, chart_cell)
-    return sheet
-
-
 # --------------------------------------------------------------------------------------------------
 # Metrics guide
 
@@ -520,3 +474,45 @@ names: all of them up to 12 images, otherwise every k-th image from the first (a
 names are shortened with an ellipsis in the middle. The same chart is embedded in the "WoundTimeSeries"
 sheet of `metrics.xlsx` when XLSX is chosen.
 """
+
+
+# --------------------------------------------------------------------------------------------------
+# The project type
+
+#: The segmentation model whose images form the time series.
+WOUND_MODEL = "wound"
+
+
+def _image_rows(image: TypeImage) -> tuple[list[dict[str, Any]], list]:
+    """One row for an image segmented by the wound model (none for other images)."""
+    if image.fields.get("seg_model") != WOUND_MODEL:
+        return [], []
+    values = wound_image_values(image.parsed, image.width, image.height)
+    return [{"created_at": image.fields.get("created_at"), **values}], []
+
+
+def _chart(series: list[dict[str, Any]]) -> bytes:
+    return wound_chart_png(series, "Wound area over time")
+
+
+TYPE = ProjectType(
+    name="wound",
+    tables=(
+        TypeTable(
+            name=TABLE,
+            sheet=SHEET,
+            columns=COLUMNS,
+            rows=_image_rows,
+            description="wound area, % of the image and closure per image of the wound model, in export order",
+            series=wound_time_series,
+            chart=_chart,
+            chart_member=CHART_MEMBER,
+        ),
+    ),
+    read_columns=("seg_model", "created_at"),
+    formulas=FORMULAS,
+    readme="Wound projects add `wound_time_series`: for every image segmented by the `wound` model, in export "
+    "order, the wound area, its share of the image and the closure against the first image, in every chosen "
+    f'metrics format and as the XLSX sheet "{SHEET}", and `{CHART_MEMBER}`, a chart of the wound area (% of '
+    "the image) over the series, also embedded in that sheet.",
+)
