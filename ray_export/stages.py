@@ -453,11 +453,14 @@ def _settle_image(
 # ---------------------------------------------------------------------------------------- visualize
 
 
-def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_originals: bool) -> pa.Table:
+def visualize_stage(
+    table: pa.Table, settings: VisualizationSettings, keep_originals: bool, polyline_label: str = "P"
+) -> pa.Table:
     """Draw each image's overlay (``visualization`` bytes; null when nothing to draw or it failed).
 
     An image already known not to decode, or over the pixel limit (``image_too_large``), is skipped; one
-    that fails to decode here is marked so in ``decodable``.
+    that fails to decode here is marked so in ``decodable``. ``polyline_label``: the project type's
+    prefix of the polyline instances' labels (``S``, ``MT`` or ``P``).
     """
     originals = _values(table, ORIGINAL_PART.column)
     texts = _polygon_texts(table)
@@ -475,7 +478,7 @@ def visualize_stage(table: pa.Table, settings: VisualizationSettings, keep_origi
         if data is not None and decodes is not False and not too_large and level == COMPUTED:
             parsed = _parse(text, "visualize")  # its problems are reported once, by the annotate stage
             try:
-                encoded, _size, found = render_visualization(data, parsed, settings)
+                encoded, _size, found = render_visualization(data, parsed, settings, polyline_label)
             except Exception as exc:  # a renderer bug must not sink the export
                 found = [Problem("render_failed", "visualize", f"{type(exc).__name__}: {exc}")]
             if any(p.code == "image_decode_failed" for p in found):
@@ -643,6 +646,8 @@ def stage_chain(
     """The ordered stages an export runs for its options and project type: copy and annotate always,
     visualize and metrics when a selected format has its part made there. ``reuse``: the trusted
     previous ZIP."""
+    from .project_types.registry import project_type_named
+
     selection = Selection.of(options, project_type)
     formats = selected_formats(selection)
     needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
@@ -662,7 +667,11 @@ def stage_chain(
         ),
         "visualize": (
             visualize_stage,
-            {"settings": options.visualization, "keep_originals": options.include_originals},
+            {
+                "settings": options.visualization,
+                "keep_originals": options.include_originals,
+                "polyline_label": project_type_named(project_type).polyline_label,
+            },
         ),
         "annotate": (
             annotate_stage,

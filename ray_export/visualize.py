@@ -14,13 +14,22 @@ Conventions:
   alpha channel is dropped (not composited): the stored colour values are shown as they are.
   Grayscale becomes three equal channels. Only the first page/frame of a multi-page file is used.
 * Drawing order: every object's fill (outer ring minus its holes, alpha-blended at ``fill_opacity``),
-  then the outer outlines (external colour), the hole outlines and orphan-hole outlines (internal
-  colour), the polylines (open, in their own colour: the one of green, magenta, cyan and yellow
-  farthest from both outline colours, green by default), and last the badges' leaders and discs.
-* Badges: each numbered object's number, and each polyline's ``P<number>`` (its number in the JSON
-  export), in a white disc with a dark border. Their text height scales with the image: ``font_size``
-  pixels on an image whose shorter side is 1000 px, in proportion to the shorter side otherwise, at
-  least 10 px, at most four times ``font_size`` and at most a sixth of the shorter side.
+  then the outer outlines, the hole outlines and orphan-hole outlines (internal colour), the polylines,
+  and last the badges' leaders and discs, then the polyline labels. An object is filled and outlined in
+  the external colour, a ``partClass: "core"`` one in :data:`CORE_COLOUR`, one with ``complete: false``
+  in :data:`INCOMPLETE_COLOUR` (that wins over core). Polylines are drawn open at twice the stroke width
+  with round ends, in the colour of their ``partClass`` (:data:`PART_COLOURS`, any other or none
+  :data:`OTHER_PART_COLOUR`).
+* Badges: each numbered object's number in a white disc with a dark border. Their text height scales
+  with the image: ``font_size`` pixels on an image whose shorter side is 1000 px, in proportion to the
+  shorter side otherwise, at least 10 px, at most four times ``font_size`` and at most a sixth of the
+  shorter side.
+* Polyline labels: one per polyline instance (the polylines sharing an ``instanceId``; one without
+  it is an instance of its own), ``<prefix><n>`` with n in order of the instance's first polyline
+  (``S`` for sperm, ``MT`` for microtubules, ``P`` otherwise; the caller passes the prefix), white text
+  in a dark pill outlined in the colour of the instance's first polyline, at the text height of the
+  badges, centred at the mean of its polylines' middle points and moved wholly inside the image. An
+  instance none of whose polylines reaches the image gets no label (its n is still used up).
 * A badge sits on its object, centred in its material (outer ring minus holes) on a pixel of its mask
   far from its boundary, found with an exact distance transform of the mask, so it lies inside concave
   objects too and never in a hole: for an object with holes the pole of inaccessibility of its material
@@ -31,9 +40,8 @@ Conventions:
   gap, wholly inside the image, joined to the object's nearest pixel by a thin leader (white with dark
   edges). Among the allowed centres near the object the one whose disc covers the fewest pixels
   already drawn on (other objects, polylines, earlier badges) wins, then the one nearest the pole, then
-  the first in row order. Objects on their poles come first, then the others in number order, then the
-  polylines, each beside the middle of its length on the image. A badge that finds no room beside its
-  shape (a tiny image) is drawn at the pole, or at the polyline's middle. Objects under one square
+  the first in row order. Objects on their poles come first, then the others in number order. A badge
+  that finds no room beside its object (a tiny image) is drawn at the pole. Objects under one square
   pixel, or covering no pixel, get no number.
 * Encoding: PNG at compression level 3; JPEG at quality 95 with 4:4:4 chroma; WebP lossy at quality 95
   (WebP is limited to 16383 pixels per side; larger images give a ``render_failed`` problem).
@@ -45,12 +53,15 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
+import json
 import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -59,7 +70,7 @@ from PIL import Image
 from .geometry import ring_signed_area
 from .options import VisualizationSettings
 from .png import encode_png_rgb
-from .polygons import ImagePolygons, PolygonObject
+from .polygons import ImagePolygons, PolygonObject, Polyline
 from .problems import Problem
 from .raster import COORD_LIMIT, ONE, SHIFT, fixed_point, object_mask  # noqa: F401 - object_mask is part of this API
 
@@ -80,8 +91,20 @@ _SEARCH_STEPS = 8  # a badge set beside its shape is sought on a grid of radius 
 _LEADER_GAP = (
     2  # least gap in pixels (plus a third of the radius) between a badge set beside its shape and the shape's outline
 )
-#: Polylines take the colour of this list farthest from both outline colours (green by default).
-_POLYLINE_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0))
+#: Fill and outline of an external object with ``partClass: "core"`` (#22C55E).
+CORE_COLOUR: tuple[int, int, int] = (0x22, 0xC5, 0x5E)
+#: Fill and outline of an object with ``complete: false`` (#969696).
+INCOMPLETE_COLOUR: tuple[int, int, int] = (0x96, 0x96, 0x96)
+#: Polyline colour by ``partClass`` (matched exactly): head #22C55E, midpiece #F59E0B, tail #06B6D4.
+PART_COLOURS: dict[str, tuple[int, int, int]] = {
+    "head": (0x22, 0xC5, 0x5E),
+    "midpiece": (0xF5, 0x9E, 0x0B),
+    "tail": (0x06, 0xB6, 0xD4),
+}
+#: Polyline colour of any other part class, or none (#A855F7).
+OTHER_PART_COLOUR: tuple[int, int, int] = (0xA8, 0x55, 0xF7)
+_PILL_FILL = (32, 32, 32)
+_PILL_TEXT = (255, 255, 255)
 _JPEG_QUALITY = 95
 _WEBP_QUALITY = 95
 
@@ -391,12 +414,23 @@ def _leader_width(text_height: int) -> int:
     return max(1, _line_thickness(text_height) // 2)
 
 
-def polyline_colour(external: tuple[int, int, int], internal: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The colour of polylines: the palette colour farthest (in RGB) from both outline colours."""
-    palette = np.asarray(_POLYLINE_PALETTE, dtype=np.int64)
-    outlines = np.asarray([external, internal], dtype=np.int64)
-    nearest = ((palette[:, None, :] - outlines[None, :, :]) ** 2).sum(axis=2).min(axis=1)
-    return _POLYLINE_PALETTE[int(np.argmax(nearest))]
+def object_colour(obj: PolygonObject, external: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Fill and outline colour of an object: grey when incomplete, green when a core, else ``external``."""
+    if not obj.complete:
+        return INCOMPLETE_COLOUR
+    if obj.part_class == "core":
+        return CORE_COLOUR
+    return external
+
+
+def part_colour(part_class: Any) -> tuple[int, int, int]:
+    """Colour of a polyline of ``part_class`` (head, midpiece, tail; anything else purple)."""
+    return PART_COLOURS.get(part_class, OTHER_PART_COLOUR) if isinstance(part_class, str) else OTHER_PART_COLOUR
+
+
+def polyline_width(stroke: int) -> int:
+    """Width in pixels of the polylines drawn with outlines ``stroke`` pixels wide."""
+    return 2 * stroke
 
 
 def _site(obj: PolygonObject, mask: np.ndarray, x0: int, y0: int) -> _Site | None:
@@ -414,9 +448,11 @@ def _fits_inside(site: _Site, outer: int, stroke: int) -> bool:
     return site.clearance >= outer + (stroke + 1) // 2 + 1 and math.pi * outer * outer <= _MAX_COVER * site.area
 
 
-def _polyline_anchor(points: np.ndarray, width: int, height: int) -> tuple[int, int] | None:
-    """The pixel at half the length of the polyline's part inside the image, or None when no part of it
-    is inside."""
+def _reaches_image(points: np.ndarray, width: int, height: int) -> bool:
+    """Whether some part of the open polyline ``points`` lies on the image (pixel centres 0..size-1)."""
+    inside = (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
+    if inside.any():
+        return True
     start = points[:-1]
     delta = points[1:] - start
     lo = np.zeros(len(delta))
@@ -430,21 +466,7 @@ def _polyline_anchor(points: np.ndarray, width: int, height: int) -> tuple[int, 
                 lo = np.where(p < 0, np.maximum(lo, ratio), lo)
                 hi = np.where(p > 0, np.minimum(hi, ratio), hi)
                 visible &= ~((p == 0) & (q < 0))
-    lengths = np.hypot(delta[:, 0], delta[:, 1])
-    seen = np.where(visible & (hi > lo), (hi - lo) * lengths, 0.0)
-    total = float(seen.sum())
-    if total <= 0:
-        inside = (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
-        if not inside.any():
-            return None
-        first = points[int(np.argmax(inside))]
-        return math.floor(first[0] + 0.5), math.floor(first[1] + 0.5)
-    cumulative = np.cumsum(seen)
-    k = int(np.searchsorted(cumulative, total / 2))
-    before = float(cumulative[k - 1]) if k > 0 else 0.0
-    t = lo[k] + (total / 2 - before) / lengths[k]
-    x, y = start[k] + t * delta[k]
-    return min(max(math.floor(x + 0.5), 0), width - 1), min(max(math.floor(y + 0.5), 0), height - 1)
+    return bool(np.any(visible & (hi > lo)))
 
 
 class _Layout:
@@ -456,11 +478,12 @@ class _Layout:
         lines = [line.points for line in parsed.polylines if len(line.points) >= 2]
         loops = [hole for hole in parsed.orphan_holes if len(hole) >= 2]
         self._stroke = stroke
+        self._line_width = polyline_width(stroke)
         self._rings = [fixed_point(ring) for ring in rings]
         self._lines = [fixed_point(line) for line in lines]
         self._loops = [fixed_point(loop) for loop in loops]
         self._ring_boxes = _boxes(rings, 0.0)
-        self._line_boxes = _boxes(lines, stroke / 2)
+        self._line_boxes = _boxes(lines, self._line_width / 2 + 1)
         self._loop_boxes = _boxes(loops, stroke / 2)
         self._discs: list[tuple[int, int, int]] = []
         self._leaders: list[tuple[np.ndarray, int] | None] = []
@@ -485,10 +508,13 @@ class _Layout:
         shift = np.array([ox * ONE, oy * ONE], dtype=np.int32)
         for index in _meeting(self._ring_boxes, window):
             cv2.fillPoly(canvas, [self._rings[index] - shift], 1, cv2.LINE_8, SHIFT)
-        for shapes, boxes, closed in ((self._lines, self._line_boxes, False), (self._loops, self._loop_boxes, True)):
+        for shapes, boxes, closed, width in (
+            (self._lines, self._line_boxes, False, self._line_width),
+            (self._loops, self._loop_boxes, True, self._stroke),
+        ):
             chosen = [shapes[index] - shift for index in _meeting(boxes, window)]
             if chosen:
-                cv2.polylines(canvas, chosen, closed, 1, self._stroke, cv2.LINE_8, SHIFT)
+                cv2.polylines(canvas, chosen, closed, 1, width, cv2.LINE_8, SHIFT)
         for index in _meeting(self._badge_boxes[: len(self._discs)], window):
             x, y, outer = self._discs[index]
             cv2.circle(canvas, (x - ox, y - oy), outer, 1, -1, cv2.LINE_8)
@@ -609,17 +635,6 @@ def _object_shape(obj: PolygonObject) -> Callable[[np.ndarray, int, int], None]:
     return draw
 
 
-def _line_shape(points: np.ndarray, stroke: int) -> Callable[[np.ndarray, int, int], None]:
-    """Rasteriser of a polyline at the stroke width into a window."""
-    line = fixed_point(points)
-
-    def draw(canvas: np.ndarray, ox: int, oy: int) -> None:
-        shifted = line - np.array([ox * ONE, oy * ONE], dtype=np.int32)
-        cv2.polylines(canvas, [shifted], False, 1, stroke, cv2.LINE_8, SHIFT)
-
-    return draw
-
-
 def _place_badges(
     parsed: ImagePolygons,
     sites: list[tuple[PolygonObject, _Site]],
@@ -627,15 +642,15 @@ def _place_badges(
     height: int,
     settings: VisualizationSettings,
 ) -> list[Badge]:
-    """Badges of the numbered objects (in the order of ``sites``) followed by those of the polylines.
+    """Badges of the numbered objects, in the order of ``sites``.
 
     An object whose pole leaves room for its disc, which then covers at most :data:`_MAX_COVER` of its
-    material, keeps its badge there; the others are set beside their object in number order, then the
-    polylines' ``P<number>`` badges beside theirs, each avoiding what was placed before it.
+    material, keeps its badge there; the others are set beside their object in number order, each
+    avoiding what was drawn or placed before it.
     """
     text_height = badge_text_height(width, height, settings.font_size)
     stroke = int(settings.stroke_width)
-    layout = _Layout(parsed, stroke, len(sites) + len(parsed.polylines))
+    layout = _Layout(parsed, stroke, len(sites))
     placed: list[Badge | None] = [None] * len(sites)
     for index, (obj, site) in enumerate(sites):
         text = str(obj.number)
@@ -655,26 +670,7 @@ def _place_badges(
             badge = Badge(text, site.x, site.y, disc_radius(text, text_height), text_height)
         placed[index] = badge
         layout.add(badge)
-    badges = [badge for badge in placed if badge is not None]
-    for line in parsed.polylines:
-        if len(line.points) < 2:
-            continue
-        anchor = _polyline_anchor(line.points, width, height)
-        if anchor is None:
-            continue
-        low = np.clip(line.points.min(axis=0), 0, (width - 1, height - 1))
-        high = np.clip(line.points.max(axis=0), 0, (width - 1, height - 1))
-        extent = float((high - low).max())
-        text = f"P{line.number}"
-        badge = _badge_beside(
-            text, text_height, anchor, extent, _line_shape(line.points, stroke), layout, width, height, stroke
-        )
-        if badge is None:
-            radius = disc_radius(text, text_height)
-            badge = Badge(text, anchor[0], anchor[1], radius, text_height)
-        layout.add(badge)
-        badges.append(badge)
-    return badges
+    return [badge for badge in placed if badge is not None]
 
 
 def _object_sites(parsed: ImagePolygons, width: int, height: int) -> list[tuple[PolygonObject, _Site]]:
@@ -691,7 +687,7 @@ def _object_sites(parsed: ImagePolygons, width: int, height: int) -> list[tuple[
 
 
 def place_badges(parsed: ImagePolygons, width: int, height: int, settings: VisualizationSettings) -> list[Badge]:
-    """Every badge of an overlay: the numbered objects' in number order, then the polylines'."""
+    """Every object badge of an overlay, in number order."""
     return _place_badges(parsed, _object_sites(parsed, width, height), width, height, settings)
 
 
@@ -702,6 +698,93 @@ def number_disc(
     it gets no number."""
     badges = place_badges(ImagePolygons(objects=[obj]), width, height, settings)
     return (badges[0].x, badges[0].y, badges[0].radius) if badges else None
+
+
+# --------------------------------------------------------------------------- polyline labels
+
+
+@dataclass(frozen=True)
+class PolylineLabel:
+    """One polyline instance's label: ``text`` (``text_height`` pixels high) in a pill centred at pixel
+    ``(x, y)``, ``half_width`` x ``half_height`` pixels around it (its ends are half discs of radius
+    ``half_height``), outlined in ``colour``."""
+
+    text: str
+    x: int
+    y: int
+    half_width: int
+    half_height: int
+    text_height: int
+    colour: tuple[int, int, int]
+
+
+def instance_key(value: Any) -> str | None:
+    """An ``instanceId`` as text, None when missing or empty (``7``, ``7.0`` and ``"7"`` are one instance)."""
+    if value is None or isinstance(value, str):
+        return value if value is not None and value.strip() else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def polyline_instances(polylines: list[Polyline]) -> list[list[Polyline]]:
+    """The polylines grouped by instance, in order of each instance's first polyline; a polyline
+    without ``instanceId`` is an instance of its own."""
+    groups: dict[str | int, list[Polyline]] = {}
+    for index, line in enumerate(polylines):
+        key = instance_key(line.instance_id)
+        groups.setdefault(index if key is None else key, []).append(line)
+    return list(groups.values())
+
+
+def _middle(points: np.ndarray) -> np.ndarray:
+    """The middle vertex of a polyline (the mean of the two middle ones for an even count)."""
+    count = len(points)
+    return (points[(count - 1) // 2] + points[count // 2]) / 2.0
+
+
+def _pill_size(text: str, text_height: int) -> tuple[int, int, int]:
+    """``(half_width, half_height, border)`` of the pill holding ``text`` ``text_height`` pixels high."""
+    _scale, thickness, text_width, drawn_height = _text_metrics(text, text_height)
+    half_height = math.ceil(drawn_height / 2) + thickness + max(2, text_height // 5)
+    return math.ceil(text_width / 2) + half_height, half_height, thickness
+
+
+def _inside(centre: float, half: int, size: int) -> int:
+    """A centre coordinate that keeps ``half`` pixels on each side within ``0..size-1`` (the image's
+    middle when it is too small)."""
+    lo, hi = half, size - 1 - half
+    if lo > hi:
+        return (size - 1) // 2
+    return min(max(math.floor(centre + 0.5), lo), hi)
+
+
+def polyline_labels(
+    parsed: ImagePolygons, width: int, height: int, settings: VisualizationSettings, prefix: str = "P"
+) -> list[PolylineLabel]:
+    """The label of every polyline instance that reaches the image: ``<prefix><n>``, n counting the
+    instances in order of first appearance, centred at the mean of the middle vertices of the
+    instance's polylines and moved wholly inside the image."""
+    text_height = badge_text_height(width, height, settings.font_size)
+    labels = []
+    for number, lines in enumerate(polyline_instances(parsed.polylines), start=1):
+        if not any(_reaches_image(line.points, width, height) for line in lines):
+            continue
+        text = f"{prefix}{number}"
+        half_width, half_height, border = _pill_size(text, text_height)
+        centre = np.mean([_middle(line.points) for line in lines], axis=0)
+        margin = border // 2 + 1  # the border's anti-aliased edge
+        x = _inside(float(centre[0]), half_width + margin, width)
+        y = _inside(float(centre[1]), half_height + margin, height)
+        colour = part_colour(lines[0].part_class)
+        labels.append(PolylineLabel(text, x, y, half_width, half_height, text_height, colour))
+    return labels
 
 
 # --------------------------------------------------------------------------- drawing
@@ -735,15 +818,49 @@ def _draw_badges(image: np.ndarray, badges: list[Badge]) -> None:
         cv2.putText(image, badge.text, origin, _FONT, scale, _TEXT_COLOUR, thickness, cv2.LINE_AA)
 
 
-def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: VisualizationSettings) -> np.ndarray:
-    """Draw the objects, holes, polylines and badges of ``parsed`` on a copy of ``rgb`` (RGB uint8)."""
+def _draw_polylines(image: np.ndarray, polylines: list[Polyline], stroke: int) -> None:
+    """Draw every polyline open in its part's colour at :func:`polyline_width`, with round ends (a
+    filled disc of the line's radius at each end point, sub-pixel placed; joints are rounded by OpenCV)."""
+    width = polyline_width(stroke)
+    radius = width * ONE // 2
+    for line in polylines:
+        if len(line.points) < 2:
+            continue
+        colour = part_colour(line.part_class)
+        points = fixed_point(line.points)
+        cv2.polylines(image, [points], False, colour, width, cv2.LINE_AA, SHIFT)
+        for end in (points[0, 0], points[-1, 0]):
+            cv2.circle(image, (int(end[0]), int(end[1])), radius, colour, -1, cv2.LINE_AA, SHIFT)
+
+
+def _draw_pills(image: np.ndarray, labels: list[PolylineLabel]) -> None:
+    """Draw every polyline label: a dark pill outlined in the instance's colour, white text in it."""
+    for label in labels:
+        scale, thickness, text_width, text_height = _text_metrics(label.text, label.text_height)
+        x, y, r = label.x, label.y, label.half_height
+        left, right = x - label.half_width + r, x + label.half_width - r
+        cv2.rectangle(image, (left, y - r), (right, y + r), _PILL_FILL, -1, cv2.LINE_8)
+        for cx in (left, right):
+            cv2.circle(image, (cx, y), r, _PILL_FILL, -1, cv2.LINE_AA)
+        cv2.ellipse(image, (left, y), (r, r), 0, 90, 270, label.colour, thickness, cv2.LINE_AA)
+        cv2.ellipse(image, (right, y), (r, r), 0, -90, 90, label.colour, thickness, cv2.LINE_AA)
+        for edge in (y - r, y + r):
+            cv2.line(image, (left, edge), (right, edge), label.colour, thickness, cv2.LINE_AA)
+        origin = (x - text_width // 2, y + text_height // 2)
+        cv2.putText(image, label.text, origin, _FONT, scale, _PILL_TEXT, thickness, cv2.LINE_AA)
+
+
+def render_overlay(
+    rgb: np.ndarray, parsed: ImagePolygons, settings: VisualizationSettings, polyline_label: str = "P"
+) -> np.ndarray:
+    """Draw the objects, holes, polylines, badges and polyline labels (``<polyline_label><n>``) of
+    ``parsed`` on a copy of ``rgb`` (RGB uint8)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
     image = np.ascontiguousarray(rgb).copy()
     height, width = image.shape[:2]
     external = VisualizationSettings.rgb(settings.external_color)
     internal = VisualizationSettings.rgb(settings.internal_color)
-    fill_colour = np.asarray(external, dtype=np.float32)
     opacity = float(settings.fill_opacity)
     stroke = int(settings.stroke_width)
 
@@ -754,25 +871,24 @@ def render_overlay(rgb: np.ndarray, parsed: ImagePolygons, settings: Visualizati
             continue
         mask, x0, y0 = found
         if opacity > 0:
-            _blend_mask(image, mask, x0, y0, fill_colour, opacity)
+            _blend_mask(image, mask, x0, y0, np.asarray(object_colour(obj, external), dtype=np.float32), opacity)
         if settings.show_numbers and abs(ring_signed_area(obj.outer)) >= _MIN_NUMBERED_AREA:
             site = _site(obj, mask, x0, y0)
             if site is not None:
                 sites.append((obj, site))
 
-    outers = [fixed_point(obj.outer) for obj in parsed.objects if len(obj.outer) >= 2]
-    if outers:
-        cv2.polylines(image, outers, True, external, stroke, cv2.LINE_AA, SHIFT)
+    outlined = [obj for obj in parsed.objects if len(obj.outer) >= 2]
+    for colour, run in itertools.groupby(outlined, key=lambda obj: object_colour(obj, external)):
+        cv2.polylines(image, [fixed_point(obj.outer) for obj in run], True, colour, stroke, cv2.LINE_AA, SHIFT)
     holes = [fixed_point(hole) for obj in parsed.objects for hole in obj.holes if len(hole) >= 2]
     holes += [fixed_point(hole) for hole in parsed.orphan_holes if len(hole) >= 2]
     if holes:
         cv2.polylines(image, holes, True, internal, stroke, cv2.LINE_AA, SHIFT)
-    lines = [fixed_point(line.points) for line in parsed.polylines if len(line.points) >= 2]
-    if lines:
-        cv2.polylines(image, lines, False, polyline_colour(external, internal), stroke, cv2.LINE_AA, SHIFT)
+    _draw_polylines(image, parsed.polylines, stroke)
 
     if settings.show_numbers:
         _draw_badges(image, _place_badges(parsed, sites, width, height, settings))
+        _draw_pills(image, polyline_labels(parsed, width, height, settings, polyline_label))
     return image
 
 
@@ -799,9 +915,10 @@ def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
 
 
 def render_visualization(
-    data: bytes, parsed: ImagePolygons, settings: VisualizationSettings
+    data: bytes, parsed: ImagePolygons, settings: VisualizationSettings, polyline_label: str = "P"
 ) -> tuple[bytes | None, tuple[int, int] | None, list[Problem]]:
-    """Decode, draw and encode one image; never raises for bad data.
+    """Decode, draw and encode one image; never raises for bad data. ``polyline_label``: the prefix of
+    the polyline instances' labels (``S``, ``MT`` or ``P``).
 
     Returns ``(encoded bytes or None, (width, height) or None, problems)``. An image without objects
     and polylines gets no visualization; its size then comes from the header when that can be read
@@ -821,7 +938,7 @@ def render_visualization(
     if not has_content:
         return None, size, []
     try:
-        encoded = encode_image(render_overlay(rgb, parsed, settings), settings.format)
+        encoded = encode_image(render_overlay(rgb, parsed, settings, polyline_label), settings.format)
     except Exception as exc:
         message = f"visualization failed: {type(exc).__name__}: {exc}"
         return None, size, [Problem("render_failed", STAGE, message[:300])]

@@ -339,14 +339,105 @@ def test_number_disc_of_a_ring_shaped_object_sits_at_the_pole_of_its_material(sh
     assert np.all(full_mask[white_y, white_x] == 1)
 
 
-def test_incomplete_objects_are_drawn_the_same_way() -> None:
-    complete = parse_polygons([{"type": "external", "points": _square(10, 20, 110, 100)}])
-    cut = parse_polygons([{"type": "external", "complete": False, "points": _square(10, 20, 110, 100)}])
-    assert cut.objects[0].complete is False
-    settings = VisualizationSettings()
-    np.testing.assert_array_equal(
-        render_overlay(_flat_image(), complete, settings), render_overlay(_flat_image(), cut, settings)
+CORE_GREEN = (0x22, 0xC5, 0x5E)
+INCOMPLETE_GREY = (0x96, 0x96, 0x96)
+
+
+@pytest.mark.parametrize(
+    ("extra", "colour"),
+    [
+        ({"partClass": "core"}, CORE_GREEN),
+        ({"complete": False}, INCOMPLETE_GREY),
+        ({"complete": False, "partClass": "core"}, INCOMPLETE_GREY),  # incomplete wins
+        ({"partClass": "shell"}, (255, 0, 0)),  # any other part class keeps the external colour
+    ],
+)
+def test_core_and_incomplete_objects_have_their_own_colour(extra: dict, colour: tuple[int, int, int]) -> None:
+    parsed = parse_polygons(
+        [
+            {"type": "external", "id": "a", "points": _square(10, 20, 110, 100), **extra},
+            {"type": "internal", "parent_id": "a", "points": _square(70, 40, 90, 60)},
+        ]
     )
+    settings = VisualizationSettings(show_numbers=False)
+    out = render_overlay(_flat_image(), parsed, settings).astype(int)
+    np.testing.assert_array_equal(out[60, 10], colour)  # outline
+    np.testing.assert_array_equal(out[20, 60], colour)
+    expected_fill = 100 * 0.7 + np.array(colour) * 0.3
+    np.testing.assert_allclose(out[80, 30], expected_fill, atol=0.6)  # fill at the chosen opacity
+    np.testing.assert_array_equal(out[50, 70], [0, 0, 255])  # the hole keeps the internal colour
+    np.testing.assert_array_equal(out[50, 80], [100, 100, 100])  # and stays clear
+    opaque = render_overlay(_flat_image(), parsed, VisualizationSettings(show_numbers=False, fill_opacity=1.0))
+    np.testing.assert_array_equal(opaque[80, 30], colour)
+
+
+def test_object_colours_follow_each_object_in_order() -> None:
+    """Objects of different colours side by side: each keeps its own outline and fill."""
+    parsed = parse_polygons(
+        [
+            {"type": "external", "points": _square(5, 5, 45, 45)},
+            {"type": "external", "partClass": "core", "points": _square(55, 5, 95, 45)},
+            {"type": "external", "complete": False, "points": _square(105, 5, 145, 45)},
+            {"type": "external", "points": _square(5, 60, 45, 100)},
+        ]
+    )
+    out = render_overlay(_flat_image(), parsed, VisualizationSettings(show_numbers=False, fill_opacity=1.0))
+    for x, colour in ((20, (255, 0, 0)), (70, CORE_GREEN), (120, INCOMPLETE_GREY)):
+        np.testing.assert_array_equal(out[5, x], colour)
+        np.testing.assert_array_equal(out[15, x], colour)
+    np.testing.assert_array_equal(out[60, 20], [255, 0, 0])
+
+
+PART_COLOURS = {
+    "head": (0x22, 0xC5, 0x5E),
+    "midpiece": (0xF5, 0x9E, 0x0B),
+    "tail": (0x06, 0xB6, 0xD4),
+    "flagellum": (0xA8, 0x55, 0xF7),
+    None: (0xA8, 0x55, 0xF7),
+}
+
+
+def _is_colour(pixels: np.ndarray, colour: tuple[int, int, int], tolerance: int = 8) -> np.ndarray:
+    return np.all(np.abs(pixels.astype(int) - np.array(colour)) <= tolerance, axis=-1)
+
+
+@pytest.mark.parametrize("part", list(PART_COLOURS))
+@pytest.mark.parametrize("stroke_width", [1, 2, 3, 5])
+def test_polyline_has_its_part_colour_twice_the_stroke_and_round_ends(part: str | None, stroke_width: int) -> None:
+    element = {"type": "external", "geometry": "polyline", "points": _points([(40, 60), (120, 60)])}
+    if part is not None:
+        element["partClass"] = part
+    parsed = parse_polygons([element])
+    colour = PART_COLOURS[part]
+    out = render_overlay(_flat_image(), parsed, VisualizationSettings(stroke_width=stroke_width, show_numbers=False))
+    np.testing.assert_array_equal(out[60, 80], colour)
+    # thickness across the line: the pixels of its colour in a column, at least twice the stroke
+    across = _is_colour(out[:, 70], colour)
+    rows = np.nonzero(across)[0]
+    assert len(rows) >= 2 * stroke_width
+    assert np.all(np.diff(rows) == 1) and rows.min() <= 60 <= rows.max()
+    changed = np.nonzero(np.any(out[:, 70] != 100, axis=-1))[0]
+    assert len(changed) <= 2 * stroke_width + 3  # not much more either (anti-aliased edges)
+    # round ends: beyond each end point, within the line's radius, the line's colour ...
+    radius = stroke_width
+    for end_x, outwards in ((40, -1), (120, 1)):
+        for k in range(radius):
+            assert _is_colour(out[60, end_x + outwards * k], colour, 40), (end_x, k)
+        assert np.all(out[60, end_x + outwards * (radius + 2)] == 100)  # ... and no further
+        # ... but the corners of a square cap stay clear
+        corner = out[60 + radius, end_x + outwards * radius]
+        assert not _is_colour(corner, colour, 40)
+        assert np.all(out[60 + radius + 1, end_x + outwards * (radius + 1)] == 100)
+
+
+def test_polylines_of_several_parts_keep_their_colours() -> None:
+    lines = {"head": 20, "midpiece": 50, "tail": 80, "other": 110}
+    parsed = parse_polygons([_polyline([(20, y), (140, y)], 1, part) for part, y in lines.items()])
+    out = render_overlay(_flat_image(), parsed, VisualizationSettings(show_numbers=False))
+    expected = {**PART_COLOURS, "other": PART_COLOURS[None]}
+    for part, y in lines.items():
+        np.testing.assert_array_equal(out[y, 30], expected[part])
+        np.testing.assert_array_equal(out[y, 130], expected[part])
 
 
 def test_polyline_is_drawn_open() -> None:
@@ -354,8 +445,8 @@ def test_polyline_is_drawn_open() -> None:
         [{"type": "external", "geometry": "polyline", "points": _points([(10, 10), (150, 10), (150, 110)])}]
     )
     out = render_overlay(_flat_image(), parsed, VisualizationSettings())
-    np.testing.assert_array_equal(out[10, 80], [0, 255, 0])  # polylines have their own colour
-    np.testing.assert_array_equal(out[60, 150], [0, 255, 0])
+    np.testing.assert_array_equal(out[10, 80], PART_COLOURS[None])  # no part class: purple
+    np.testing.assert_array_equal(out[60, 150], PART_COLOURS[None])
     np.testing.assert_array_equal(out[60, 80], [100, 100, 100])  # would be on the closing segment
     np.testing.assert_array_equal(out[80, 40], [100, 100, 100])
 
@@ -545,43 +636,125 @@ def test_badge_beside_avoids_neighbours_and_other_badges() -> None:
     np.testing.assert_array_equal(first, second)  # same inputs, same pixels
 
 
-def test_polylines_have_their_own_colour_and_a_label_beside_them() -> None:
-    line = [(100, 300), (300, 250), (500, 300)]
-    parsed = parse_polygons(
-        [*_ring_object(320, 120, 80), {"type": "external", "geometry": "polyline", "points": _points(line)}]
-    )
+def _polyline(coords: list[tuple[float, float]], instance: object = None, part: str | None = None) -> dict:
+    element: dict = {"type": "external", "geometry": "polyline", "points": _points(coords)}
+    if instance is not None:
+        element["instanceId"] = instance
+    if part is not None:
+        element["partClass"] = part
+    return element
+
+
+def _sperm(x: float, y: float, instance: object) -> list[dict]:
+    """Head, midpiece and tail of one cell along a row, starting at ``(x, y)``."""
+    return [
+        _polyline([(x, y), (x + 20, y)], instance, "head"),
+        _polyline([(x + 20, y), (x + 40, y + 10), (x + 60, y + 10)], instance, "midpiece"),
+        _polyline([(x + 60, y + 10), (x + 100, y), (x + 140, y + 20), (x + 180, y)], instance, "tail"),
+    ]
+
+
+def _pill_pixels(out: np.ndarray) -> np.ndarray:
+    """Pixels of the pills' dark fill (the image is lighter everywhere else)."""
+    return np.all(out == 32, axis=2)
+
+
+def test_one_pill_per_polyline_instance() -> None:
+    parsed = parse_polygons([*_sperm(50, 100, 7), *_sperm(50, 300, "b"), *_sperm(300, 200, "7")])
     settings = VisualizationSettings()
-    out = render_overlay(_vga_image(), parsed, settings)
-    green = (out[:, :, 1] == 255) & (out[:, :, 0] == 0) & (out[:, :, 2] == 0)
-    red = (out[:, :, 0] == 255) & (out[:, :, 1] == 0) & (out[:, :, 2] == 0)
-    np.testing.assert_array_equal(out[300, 100], [0, 255, 0])
-    np.testing.assert_array_equal(out[275, 400], [0, 255, 0])
-    assert green[240:320].sum() > 300 and not red[240:320].any()  # the polyline is green, never red
-    assert red[:220].sum() > 300 and not green[:220].any()  # the object keeps its red outline
-    badges = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
-    assert [b.text for b in badges] == ["1", "P1"]
-    label = badges[1]
-    assert label.leader is not None
-    on_line = np.zeros((VGA_HEIGHT, VGA_WIDTH), dtype=np.uint8)
-    cv2.polylines(on_line, [np.array(line, np.int32)], False, 1, 2)
-    ys, xs = np.nonzero(on_line)
-    assert np.hypot(xs - label.x, ys - label.y).min() >= label.radius + 2  # beside the line, not on it
-    assert np.hypot(xs - label.leader[2], ys - label.leader[3]).min() <= 1.5  # its leader reaches it
-    assert np.hypot(label.x - 300, label.y - 262) < 60  # near the middle of its length
-    hidden = render_overlay(_vga_image(), parsed, VisualizationSettings(show_numbers=False))
-    assert np.any(hidden[240:320] != out[240:320])  # the label is a badge, left out with the numbers
+    labels = visualize.polyline_labels(parsed, VGA_WIDTH, VGA_HEIGHT, settings, "S")
+    # three polylines of one instance: one pill; 7 and "7" are one instance
+    assert [label.text for label in labels] == ["S1", "S2"]
+    first = labels[0]
+    middles = [(60, 100), (90, 110), (170, 110), (60, 300), (90, 310), (170, 310), (310, 200), (340, 210), (420, 210)]
+    mean = np.mean([m for m in middles[:3] + middles[6:]], axis=0)
+    assert (first.x, first.y) == (round(mean[0]), round(mean[1]))  # the mean of the middle vertices
+    assert first.colour == PART_COLOURS["head"]  # outlined in the colour of the instance's first polyline
+    assert visualize.badge_text_height(VGA_WIDTH, VGA_HEIGHT, 32) == first.text_height
+    out = render_overlay(_vga_image(200), parsed, settings, "S")
+    count, _ = cv2.connectedComponents(_pill_pixels(out).astype(np.uint8))
+    assert count - 1 == 2  # two dark pills drawn
+    for label in labels:
+        window = _pill_pixels(out)[label.y - label.half_height : label.y + label.half_height + 1,
+                                   label.x - label.half_width : label.x + label.half_width + 1]  # fmt: skip
+        assert window.mean() > 0.5  # the pill is filled around its centre
+        text = out[label.y - label.half_height : label.y + label.half_height + 1, label.x - 8 : label.x + 9]
+        assert np.all(text == 255, axis=2).sum() > 10  # white text in it
+
+
+def test_pill_numbers_follow_first_appearance_and_lone_polylines_count() -> None:
+    parsed = parse_polygons(
+        [
+            _polyline([(10, 10), (60, 10)], "x"),
+            _polyline([(10, 40), (60, 40)]),  # no instanceId: an instance of its own
+            _polyline([(10, 70), (60, 70)], ""),  # an empty one too
+            _polyline([(100, 10), (150, 10)], "x"),
+            _polyline([(-500, -500), (-400, -500)], "far"),  # off the image: no pill, its n is used up
+            _polyline([(100, 100), (150, 100)], 3),
+        ]
+    )
+    labels = visualize.polyline_labels(parsed, WIDTH, HEIGHT, VisualizationSettings(), "P")
+    assert [label.text for label in labels] == ["P1", "P2", "P3", "P5"]
+    assert labels[0].y == 10 or labels[0].y == labels[0].half_height + 1  # both "x" lines are on row 10
+
+
+def test_pill_prefix_follows_the_parameter() -> None:
+    parsed = parse_polygons([*_sperm(50, 100, 1), *_sperm(300, 300, 2)])
+    settings = VisualizationSettings()
+    for prefix in ("S", "MT", "P"):
+        texts = [label.text for label in visualize.polyline_labels(parsed, VGA_WIDTH, VGA_HEIGHT, settings, prefix)]
+        assert texts == [f"{prefix}1", f"{prefix}2"]
+    sperm = render_overlay(_vga_image(), parsed, settings, "S")
+    tubules = render_overlay(_vga_image(), parsed, settings, "MT")
+    assert not np.array_equal(sperm, tubules)
+    differ = np.any(sperm != tubules, axis=2)
+    labels = visualize.polyline_labels(parsed, VGA_WIDTH, VGA_HEIGHT, settings, "MT")
+    inside = np.zeros_like(differ)
+    for label in labels:
+        inside[label.y - label.half_height - 2 : label.y + label.half_height + 3,
+               label.x - label.half_width - 2 : label.x + label.half_width + 3] = True  # fmt: skip
+    assert not (differ & ~inside).any()  # only the pills differ
+    default = render_overlay(_vga_image(), parsed, settings)
+    np.testing.assert_array_equal(default, render_overlay(_vga_image(), parsed, settings, "P"))
 
 
 @pytest.mark.parametrize(
-    ("external", "internal", "expected"),
+    "coords",
     [
-        ((255, 0, 0), (0, 0, 255), (0, 255, 0)),
-        ((0, 255, 0), (0, 0, 255), (255, 0, 255)),
-        ((0, 255, 0), (255, 0, 255), (0, 255, 255)),
+        [(-30, -30), (5, 5)],  # top left corner
+        [(WIDTH - 3, 60), (WIDTH + 50, 60)],  # right edge
+        [(80, HEIGHT - 1), (90, HEIGHT + 40)],  # bottom edge
+        [(0, 0), (WIDTH - 1, 0)],  # along the top edge
     ],
 )
-def test_polyline_colour_differs_from_both_outline_colours(external, internal, expected) -> None:
-    assert visualize.polyline_colour(external, internal) == expected
+def test_pill_stays_inside_the_image_at_the_border(coords: list[tuple[float, float]]) -> None:
+    parsed = parse_polygons([_polyline(coords, 4, "tail")])
+    settings = VisualizationSettings()
+    (label,) = visualize.polyline_labels(parsed, WIDTH, HEIGHT, settings, "MT")
+    assert label.text == "MT1"
+    assert label.half_width + 1 <= label.x <= WIDTH - 2 - label.half_width
+    assert label.half_height + 1 <= label.y <= HEIGHT - 2 - label.half_height
+    out = render_overlay(_flat_image(200), parsed, settings, "MT")
+    window = _pill_pixels(out)[label.y - label.half_height + 2 : label.y + label.half_height - 1,
+                               label.x - label.half_height // 2 : label.x + label.half_height // 2]  # fmt: skip
+    assert window.any()
+    hidden = render_overlay(_flat_image(200), parsed, VisualizationSettings(show_numbers=False), "MT")
+    assert not _pill_pixels(hidden).any()  # the pills are left out with the numbers
+
+
+def test_object_badges_and_polyline_pills_together() -> None:
+    line = [(100, 300), (300, 250), (500, 300)]
+    parsed = parse_polygons([*_ring_object(320, 120, 80), _polyline(line, 1, "midpiece")])
+    settings = VisualizationSettings()
+    out = render_overlay(_vga_image(), parsed, settings)
+    red = (out[:, :, 0] == 255) & (out[:, :, 1] == 0) & (out[:, :, 2] == 0)
+    assert red[:220].sum() > 300 and not red[240:320].any()  # the object keeps its red outline
+    np.testing.assert_array_equal(out[300, 100], PART_COLOURS["midpiece"])
+    badges = visualize.place_badges(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert [b.text for b in badges] == ["1"]  # no badge of its own for the polyline
+    (label,) = visualize.polyline_labels(parsed, VGA_WIDTH, VGA_HEIGHT, settings)
+    assert (label.text, label.x, label.y) == ("P1", 300, 250)
+    np.testing.assert_array_equal(render_overlay(_vga_image(), parsed, settings), out)  # same pixels
 
 
 def test_render_overlay_rejects_wrong_arrays() -> None:
@@ -768,3 +941,41 @@ def test_undecodable_bytes_give_one_fixed_message() -> None:
         assert encoded is None and size is None
         messages |= {(p.code, p.message) for p in problems}
     assert messages == {("image_decode_failed", "not a decodable image (UnidentifiedImageError)")}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def test_stage_chain_gives_the_visualize_stage_the_types_polyline_label(tmp_path) -> None:
+    from ray_export import stages
+    from ray_export.options import build_options
+    from ray_export.project_types.registry import PROJECT_TYPES
+
+    options = build_options(None, {"db": "x.db", "project": "p"})
+    labels = {}
+    for name, project_type in PROJECT_TYPES.items():
+        (step,) = [
+            s for s in stages.stage_chain(options, str(tmp_path), None, project_type=name) if s.name == "visualize"
+        ]
+        labels[name] = step.kwargs["polyline_label"]
+        assert labels[name] == project_type.polyline_label
+    assert labels["sperm"] == "S" and labels["spheroid"] == "P"
+
+
+def test_visualize_stage_draws_with_the_polyline_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from ray_export import stages
+
+    elements = [_polyline([(10, 10), (150, 100)], 1, "tail")]
+    table = pa.table({"index": [1], "original": [INPUT_KINDS["rgb_tiff"]], "polygons": [json.dumps(elements)]})
+    drawn = {}
+    for prefix in ("S", "MT"):
+        out = stages.visualize_stage(table, VisualizationSettings(), keep_originals=False, polyline_label=prefix)
+        drawn[prefix] = out.column("visualization").to_pylist()[0]
+    assert drawn["S"] is not None and drawn["MT"] is not None and drawn["S"] != drawn["MT"]
+    rgb = decode_image_rgb8(INPUT_KINDS["rgb_tiff"])
+    expected = render_overlay(rgb, parse_polygons(elements), VisualizationSettings(), "MT")
+    np.testing.assert_array_equal(decode_image_rgb8(drawn["MT"]), expected)
