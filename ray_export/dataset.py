@@ -143,7 +143,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
         retry_s=options.db_retry_s,
         extra=plan.read_columns,
     )
-    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse, plan.project_type)
+    chain = stage_chain(options, plan.images_root, plan.scale_um_per_px, reuse, plan.project_type, plan.type_context)
     for position, step in enumerate(chain):
         ds = ds.map_batches(
             _tracked(step.fn, step.name, progress, finish=position == len(chain) - 1),

@@ -166,6 +166,7 @@ def software_versions() -> dict[str, str]:
 
 _CONTENT_OPTION_KEYS = (
     "image_ids", "originals", "visualizations", "annotations", "coco_holes", "metrics", "docs", "scale",
+    "mt_thickness", "mt_margin",
 )  # fmt: skip
 
 

@@ -13,10 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .formats.originals import image_member
-from .formats.visualizations import visualization_member
-from .formats.yolo import label_member
-
 #: Longest stem kept (characters); the extension is kept in full.
 MAX_STEM_LENGTH = 100
 
@@ -97,20 +93,6 @@ class MemberName:
     stem: str
     extension: str
     renamed: bool
-
-    @property
-    def image_member(self) -> str:
-        """``images/<file_name>``."""
-        return image_member(self.file_name)
-
-    @property
-    def label_member(self) -> str:
-        """``labels/<stem>.txt``."""
-        return label_member(self.stem)
-
-    def visualization_member(self, extension: str) -> str:
-        """``visualizations/<stem>_viz<extension>``."""
-        return visualization_member(self.stem, extension)
 
 
 def assign_member_names(names: Sequence[str]) -> list[MemberName]:

@@ -177,6 +177,10 @@ def default_stages() -> dict[str, StageResources]:
 # ---------------------------------------------------------------------------------------------------------
 
 # the built-in format choices are the defaults; validation accepts formats registered later too
+DEFAULT_MT_THICKNESS = 5.0
+MAX_MT_THICKNESS = 100.0
+DEFAULT_MT_MARGIN = 2.0
+MAX_MT_MARGIN = 20.0
 MIN_SCALE_UM_PER_PX = 0.001
 MAX_SCALE_UM_PER_PX = 1000.0
 DEFAULT_MAX_BUFFERED_IMAGES = 256
@@ -325,6 +329,9 @@ class ExportOptions:
     file_fingerprint: str = "sha256"
     #: how COCO writes objects with holes: ``rle`` (compressed RLE) or ``polygons`` (one bridged polygon each)
     coco_holes: str = DEFAULT_COCO_HOLES
+    #: microtubule projects: the width of the band intensities are measured in, and of the background band
+    mt_thickness: float = DEFAULT_MT_THICKNESS
+    mt_margin: float = DEFAULT_MT_MARGIN
 
     def __post_init__(self) -> None:
         ids = self.image_ids
@@ -418,6 +425,12 @@ class ExportOptions:
             )
         if self.coco_holes not in COCO_HOLES_CHOICES:
             raise OptionError("coco_holes", f"{self.coco_holes!r} is not one of {', '.join(COCO_HOLES_CHOICES)}")
+        if not _is_number(self.mt_thickness) or not 0.0 < float(self.mt_thickness) <= MAX_MT_THICKNESS:
+            raise OptionError(
+                "mt_thickness", f"{self.mt_thickness!r} is not a width in pixels in (0, {MAX_MT_THICKNESS:g}]"
+            )
+        if not _is_number(self.mt_margin) or not 0.0 <= float(self.mt_margin) <= MAX_MT_MARGIN:
+            raise OptionError("mt_margin", f"{self.mt_margin!r} is not a number in 0..{MAX_MT_MARGIN:g}")
 
     def _validate_image_ids(self) -> None:
         ids = self.image_ids
@@ -746,6 +759,13 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
                 help="how COCO writes objects with holes: compressed RLE (default) or one polygon each, holes "
                 "joined by zero-width bridges (for importers that read only polygons)", group=CONTENT_GROUP,
                 content=True, unrecorded=(DEFAULT_COCO_HOLES,)),
+    OptionField("mt_thickness", "mt_thickness", _to_float, "--mt-thickness", metavar="PX",
+                help=f"microtubule projects: width of the band intensities are measured in ({DEFAULT_MT_THICKNESS:g})",
+                group=CONTENT_GROUP, content=True, plain=float, unrecorded=(DEFAULT_MT_THICKNESS,)),
+    OptionField("mt_margin", "mt_margin", _to_float, "--mt-margin", metavar="X",
+                help="microtubule projects: the background band reaches thickness x (1 + 2 x margin) "
+                f"({DEFAULT_MT_MARGIN:g})", group=CONTENT_GROUP, content=True, plain=float,
+                unrecorded=(DEFAULT_MT_MARGIN,)),
     OptionField("metrics", "metrics", _formats, "--metrics", metavar=",".join(METRIC_FORMATS) + "|none",
                 help="metrics formats (default: all)", group=CONTENT_GROUP, convert_none=True, content=True,
                 plain=list),

@@ -53,6 +53,8 @@ class ExportPlan:
     project_type: str = "spheroid"
     #: the columns the project type adds to the heavy read (only when its tables are written)
     read_columns: tuple[str, ...] = ()
+    #: what the project type's outputs need to know about the project and the options (JSON values)
+    type_context: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_uri_output(uri: str, force: bool) -> str:
@@ -176,6 +178,12 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
     project_type, type_note = project_type_for(project.type)
     if type_note:
         notes = (*notes, type_note)
+    writes_type_tables = Selection.of(options, project_type.name).type_tables
+    type_context: dict[str, Any] = {}
+    if writes_type_tables:
+        if project_type.read_context is not None:
+            type_context.update(project_type.read_context(target, project.id))
+        type_context.update({key: getattr(options, key) for key in project_type.options})
     export_time = listing.newest_updated_at or datetime(1980, 1, 1, tzinfo=timezone.utc)
     need_polygons, need_path = read_projection(options, all(e.size_in_database for e in entries))
     return ExportPlan(
@@ -191,7 +199,8 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
         unknown_image_ids=tuple(listing.unknown_image_ids),
         notes=notes,
         project_type=project_type.name,
-        read_columns=project_type.read_columns if Selection.of(options, project_type.name).type_tables else (),
+        read_columns=project_type.read_columns if writes_type_tables else (),
+        type_context=type_context,
         need_polygons=need_polygons,
         need_path=need_path,
     )
@@ -274,6 +283,7 @@ def assembly_plan(
         replace=options.force,
         reuse_location=previous.location if previous is not None and previous.source is not None else None,
         project_type=plan.project_type,
+        type_context=dict(plan.type_context),
     )
 
 

@@ -591,6 +591,46 @@ def list_images(target: DbTarget, project_id: str, image_ids: Sequence[str] | No
 
 
 # --------------------------------------------------------------------------------------------------
+# what a project type reads about the project
+
+_VIDEO_CONTAINERS = {
+    POSTGRES: 'SELECT id::text, name FROM images WHERE "projectId"::text = %s AND "isVideoContainer" ORDER BY id::text',
+    SQLITE: 'SELECT id, name FROM images WHERE "projectId" = %s AND "isVideoContainer" ORDER BY id',
+}
+_MT_TYPE_LABELS = {
+    POSTGRES: 'SELECT "mtTypeLabels"::text FROM projects WHERE id::text = %s',
+    SQLITE: 'SELECT "mtTypeLabels" FROM projects WHERE id = %s',
+}
+
+
+def video_containers(target: DbTarget, project_id: str) -> list[tuple[str, str]]:
+    """``(id, name)`` of the project's video container rows (never exported themselves), by id."""
+    try:
+        with _connection(target) as conn:
+            rows = _query(conn, target.kind, _VIDEO_CONTAINERS[target.kind], [project_id])
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise map_db_error(target, exc, "listing videos of") from None
+    return [(str(row[0]), str(text_value(row[1]) or "")) for row in rows]
+
+
+def mt_type_labels(target: DbTarget, project_id: str) -> str | None:
+    """The project's ``"mtTypeLabels"`` JSON text; None when unset or when the schema has no such column."""
+    try:
+        with _connection(target) as conn:
+            rows = _query(conn, target.kind, _MT_TYPE_LABELS[target.kind], [project_id])
+    except SourceError:
+        raise
+    except Exception as exc:
+        if _is_missing_schema(exc) or "mtTypeLabels" in str(exc):
+            return None
+        raise map_db_error(target, exc, "reading the type labels of") from None
+    value = text_value(rows[0][0]) if rows else None
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------------------------------
 # heavy projected read
 
 #: output column -> (SQL expression for PostgreSQL, SQL expression for SQLite)

@@ -553,7 +553,11 @@ def annotate_stage(table: pa.Table, formats: tuple[str, ...], settings: Mapping[
 
 
 def metrics_stage(
-    table: pa.Table, scale_um_per_px: float | None, project_type: str = "spheroid", type_tables: bool = False
+    table: pa.Table,
+    scale_um_per_px: float | None,
+    project_type: str = "spheroid",
+    type_tables: bool = False,
+    type_context: Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """Per-object metric rows of each image (``metric_rows``: a list of structs, exact floats) and, with
     ``type_tables``, the rows of every table of the project type (``type_rows``, see
@@ -567,6 +571,7 @@ def metrics_stage(
     levels = _reuse_levels(table)
     # the columns the project type added to the read (segmentation model, frame, creation time)
     read_fields = {name: _values(table, name) for name in TYPE_FIELD_NAMES if name in table.column_names}
+    originals = table.column("original") if kind.needs_pixels and "original" in table.column_names else None
     rows_out: list[list[dict] | None] = []
     type_out: list[str | None] = []
     new_problems: list[list[Problem]] = []
@@ -585,9 +590,11 @@ def metrics_stage(
         rows_out.append(rows)
         if type_tables:
             fields = {name: values[i] for name, values in read_fields.items()}
+            original = originals[i] if originals is not None else None
             image = TypeImage(
-                int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed, fields
-            )
+                int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed, fields,
+                dict(type_context or {}), original.as_py() if original is not None and original.is_valid else None,
+            )  # fmt: skip
             type_rows, type_problems = image_type_rows(kind, image, scale_um_per_px)
             type_out.append(type_rows)
             found = [*found, *type_problems]
@@ -642,21 +649,25 @@ def stage_chain(
     scale_um_per_px: float | None,
     reuse: ReuseSource | None = None,
     project_type: str = "spheroid",
+    type_context: Mapping[str, Any] | None = None,
 ) -> list[StageStep]:
     """The ordered stages an export runs for its options and project type: copy and annotate always,
     visualize and metrics when a selected format has its part made there. ``reuse``: the trusted
-    previous ZIP."""
+    previous ZIP. ``type_context``: what the project type's tables need to know (``ExportPlan.type_context``).
+    """
     from .project_types.registry import project_type_named
 
     selection = Selection.of(options, project_type)
     formats = selected_formats(selection)
+    # a type that measures the originals' pixels needs their bytes in the metrics stage
+    needs_pixels = selection.type_tables and project_type_named(project_type).needs_pixels
     needed = {"copy", "annotate"} | {fmt.part.stage for fmt in formats if fmt.part is not None}
     arguments: dict[str, tuple[Callable[..., pa.Table], dict[str, Any]]] = {
         "copy": (
             copy_stage,
             {
                 "images_root": images_root,
-                "read_files": options.include_originals or options.include_visualizations,
+                "read_files": options.include_originals or options.include_visualizations or needs_pixels,
                 # with originals exported, COCO and YOLO reference only files that decode
                 "check": ("header" if "visualize" in needed else "decode") if options.include_originals else "none",
                 "limits": ReadLimits(options.max_file_bytes, options.read_timeout_s, options.max_image_pixels),
@@ -669,7 +680,8 @@ def stage_chain(
             visualize_stage,
             {
                 "settings": options.visualization,
-                "keep_originals": options.include_originals,
+                # a type that measures pixels reads the originals' bytes after the overlays are drawn
+                "keep_originals": options.include_originals or needs_pixels,
                 "polyline_label": project_type_named(project_type).polyline_label,
             },
         ),
@@ -679,7 +691,8 @@ def stage_chain(
         ),
         "metrics": (
             metrics_stage,
-            {"scale_um_per_px": scale_um_per_px, "project_type": project_type, "type_tables": selection.type_tables},
+            {"scale_um_per_px": scale_um_per_px, "project_type": project_type, "type_tables": selection.type_tables,
+             **({"type_context": dict(type_context or {})} if selection.type_tables else {})},
         ),
     }
     return [StageStep(name, *arguments[name]) for name in STAGE_ORDER if name in needed]

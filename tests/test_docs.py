@@ -28,3 +28,22 @@ def test_the_docs_index_links_every_document():
     for page in DOCS.glob("*.md"):
         if page.name != "README.md":
             assert f"({page.name})" in index, page.name
+
+
+def test_every_project_type_table_member_and_problem_code_is_documented():
+    from ray_export.project_types.registry import PROJECT_TYPES
+
+    page = (DOCS / "project_types.md").read_text(encoding="utf-8")
+    for kind in PROJECT_TYPES.values():
+        assert f"## {kind.name}" in page, kind.name
+        for code in kind.problem_codes:
+            assert f"`{code}`" in page, code
+        for table in kind.tables:
+            if not table.hidden:
+                assert f"`{table.name}`" in page and f'"{table.sheet}"' in page, table.name
+                for column, _ in table.all_columns:
+                    assert f"`{column}`" in page or column in ("image_id", "image_name"), (table.name, column)
+            if table.chart is not None:
+                assert f"`{table.chart_member}`" in page
+            for folder, _ in table.member_folders:
+                assert folder in page

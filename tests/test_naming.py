@@ -7,18 +7,18 @@ from datetime import datetime
 
 import pytest
 
+from ray_export.formats.originals import image_member
+from ray_export.formats.visualizations import visualization_member
+from ray_export.formats.yolo import label_member
 from ray_export.naming import (
     BIDI_CONTROLS,
     MAX_STEM_LENGTH,
     MemberName,
     assign_member_names,
     default_output_name,
-    image_member,
-    label_member,
     sanitize_member_name,
     sanitize_title,
     split_name,
-    visualization_member,
 )
 
 
@@ -132,9 +132,7 @@ def test_derived_member_paths() -> None:
     assert image_member(member.file_name) == "images/Cell 01.TIF"
     assert visualization_member(member.stem, ".png") == "visualizations/Cell 01_viz.png"
     assert label_member(member.stem) == "labels/Cell 01.txt"
-    assert member.image_member == "images/Cell 01.TIF"
-    assert member.visualization_member(".webp") == "visualizations/Cell 01_viz.webp"
-    assert member.label_member == "labels/Cell 01.txt"
+    assert visualization_member(member.stem, ".webp") == "visualizations/Cell 01_viz.webp"
 
 
 def test_default_output_name() -> None:

@@ -463,7 +463,8 @@ def test_option_table_declares_every_field_once() -> None:
     assert attributes(STAGE_FIELDS) == sorted(f.name for f in dataclasses.fields(StageResources))
     assert OPTION_KEYS == (
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
-        "visualizations", "docs", "annotations", "coco_holes", "metrics", "scale", "visualization", "stages",
+        "visualizations", "docs", "annotations", "coco_holes", "mt_thickness", "mt_margin", "metrics", "scale",
+        "visualization", "stages",
         "max_buffered_images", "max_file_bytes", "read_timeout_s", "max_image_pixels",
         "db_retry_s",
         "stall_timeout_s", "reuse", "file_fingerprint",

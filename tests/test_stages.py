@@ -356,8 +356,13 @@ def test_stage_chain_follows_the_selected_formats(root):
     assert stages.stage_chain(limited, str(root), None)[0].kwargs["limits"] == stages.ReadLimits(1 << 20, 2.0, 4096)
     assert chain[2].kwargs == {"formats": ("coco", "yolo", "json"), "settings": {"coco_holes": "rle"}}
     assert chain[3].kwargs == {"scale_um_per_px": 0.5, "project_type": "spheroid", "type_tables": False}
-    typed = stages.stage_chain(everything, str(root), 0.5, project_type="sperm")
-    assert typed[3].kwargs == {"scale_um_per_px": 0.5, "project_type": "sperm", "type_tables": True}
+    typed = stages.stage_chain(everything, str(root), 0.5, project_type="sperm", type_context={"a": 1})
+    assert typed[3].kwargs == {"scale_um_per_px": 0.5, "project_type": "sperm", "type_tables": True,
+                               "type_context": {"a": 1}}  # fmt: skip
+    lean_mt = build_options(None, {"db": "x.db", "project": "p", "originals": False})
+    chain = stages.stage_chain(lean_mt, str(root), None, project_type="microtubules")
+    assert chain[0].kwargs["read_files"] and chain[1].kwargs["keep_originals"]  # the pixels are measured
+    assert stages.stage_chain(lean_mt, str(root), None)[1].kwargs["keep_originals"] is False
     lean = build_options(None, {"db": "x.db", "project": "p", "originals": False, "visualizations": False,
                                 "annotations": "json", "metrics": "none"})
     chain = stages.stage_chain(lean, str(root), None)

@@ -73,6 +73,13 @@ class Selection:
         )
 
     @property
+    def object_metrics(self) -> bool:
+        """Whether the project type keeps the per-object metrics table (every type but microtubules)."""
+        from ..project_types.registry import project_type_named
+
+        return project_type_named(self.project_type).object_metrics
+
+    @property
     def type_tables(self) -> bool:
         """Whether the export writes its project type's tables (a metrics format is chosen and the type
         has tables)."""
@@ -153,6 +160,8 @@ class WriterContext:
     manifest_metadata: dict[str, str] = field(default_factory=dict)
     #: the formats the export writes, in table order (those that make members from the others' parts)
     formats: tuple[OutputFormat, ...] = ()
+    #: what the project type's outputs need to know about the project and the options (JSON values)
+    type_context: Mapping[str, Any] = field(default_factory=dict)
 
     def in_dataset(self, row: Mapping[str, Any]) -> bool:
         """Whether the dataset formats (COCO, YOLO) reference this image: with originals exported only
@@ -256,6 +265,8 @@ class OutputFormat:
     option_rank: int = 0
     #: members that depend on the selection (e.g. the project type's tables), after ``members``
     selected_members: Callable[[Selection], tuple[str, ...]] | None = None
+    #: a further condition on the selection (e.g. the project type keeps the per-object metrics)
+    requires: Callable[[Selection], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.chosen_by not in CHOSEN_BY:
@@ -272,6 +283,8 @@ class OutputFormat:
 
     def is_selected(self, selection: Selection) -> bool:
         """Whether an export with these content options writes this format."""
+        if self.requires is not None and not self.requires(selection):
+            return False
         if self.chosen_by == "always":
             return True
         if self.chosen_by in ("annotations", "metrics"):

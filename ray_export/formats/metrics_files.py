@@ -142,4 +142,10 @@ def metrics_file_format(
         describe=lambda summary: {member: description},
         readme=(ReadmeSection("loading", readme_order, lambda summary: load_lines(member), README_GROUP),),
         option_rank=option_rank,
+        # the workbook also holds the project type's sheets; the other files only the per-object table
+        requires=None if choice == "xlsx" else _keeps_object_metrics,
     )
+
+
+def _keeps_object_metrics(selection: Any) -> bool:
+    return bool(selection.object_metrics)

@@ -14,7 +14,7 @@ import xlsxwriter
 from xlsxwriter.worksheet import Worksheet
 
 from ..metrics import KEY_COLUMNS, METRIC_COLUMNS
-from ..project_types.base import FLOAT_KINDS, TypeTable
+from ..project_types.base import FLOAT_KINDS, TypeTable, final_rows, holds_rows
 from ..project_types.registry import project_type_named
 from .metrics_files import header_names, metric_float, metrics_file_format, summary_statistics
 from .type_tables import cell_value
@@ -95,6 +95,7 @@ class MetricsXlsxWriter:
         created: datetime,
         tmpdir: str | None = None,
         type_tables: Sequence[TypeTable] = (),
+        object_metrics: bool = True,
     ) -> None:
         options: dict[str, Any] = {
             "constant_memory": True,
@@ -114,8 +115,17 @@ class MetricsXlsxWriter:
         self._sheet_count = 0
         self._sheet: Worksheet | None = None
         self._row_in_sheet = 0
-        self._new_metrics_sheet()
-        self._type_sheets = [TypeSheet(self._workbook, table, scaled, self._bold) for table in type_tables]
+        #: the per-object table and its summary are written (a project type may leave them out)
+        self._object_metrics = object_metrics
+        if object_metrics:
+            self._new_metrics_sheet()
+        self._type_tables = tuple(type_tables)
+        self._type_sheets = {
+            t.name: TypeSheet(self._workbook, t, scaled, self._bold) for t in type_tables if not t.hidden
+        }
+        self._held: dict[str, list[dict[str, Any]]] = {
+            t.name: [] for t in type_tables if holds_rows(t) and not t.hidden
+        }
 
     def _new_metrics_sheet(self) -> None:
         self._sheet_count += 1
@@ -131,7 +141,9 @@ class MetricsXlsxWriter:
         self._row_in_sheet = 0
 
     def write_rows(self, rows: list[dict]) -> None:
-        """Append rows."""
+        """Append rows (none without the per-object table)."""
+        if not self._object_metrics:
+            return
         for row in rows:
             if self._row_in_sheet >= XLSX_ROWS_PER_SHEET:
                 self._new_metrics_sheet()
@@ -162,16 +174,24 @@ class MetricsXlsxWriter:
                     sheet.write_number(r, col, stat)
 
     def write_type_rows(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
-        """Append one image's rows of the project type's tables to their sheets."""
-        for sheet in self._type_sheets:
-            sheet.add(rows.get(sheet.table.name) or [])
+        """Append one image's rows of the project type's tables to their sheets (or hold them until the
+        whole-table step)."""
+        for name, sheet in self._type_sheets.items():
+            found = rows.get(name) or []
+            if name in self._held:
+                self._held[name].extend(found)
+            elif not sheet.table.derived_from:
+                sheet.add(found)
 
     def close(self) -> None:
         """Write the Summary sheet (and the type tables' held rows and summaries) and finish the workbook
         (the file object stays open)."""
-        self._write_summary()
-        for sheet in self._type_sheets:
-            sheet.close()
+        if self._object_metrics:
+            self._write_summary()
+        finals = final_rows([t for t in self._type_tables if not t.hidden], self._held)
+        self._held = {}
+        for name, sheet in self._type_sheets.items():
+            sheet.finish(finals.get(name, []))
         self._workbook.close()
 
     def abort(self) -> None:
@@ -204,16 +224,12 @@ class TypeSheet:
         for col, text in enumerate(self._header):
             self._sheet.write_string(0, col, text, bold)
         self._next_row = 1
-        self._held: list[dict[str, Any]] = []
         floats = [name for name, kind in table.columns if kind in FLOAT_KINDS]
         self._values: dict[str, array] = {name: array("d") for name in floats}
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        """Write (or hold) one image's rows."""
-        if self.table.series is not None:
-            self._held.extend(rows)
-        else:
-            self._write(rows)
+        """Write one image's rows."""
+        self._write(rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -230,11 +246,6 @@ class TypeSheet:
                     if name in self._values:
                         self._values[name].append(float(value))
             self._next_row += 1
-
-    def close(self) -> None:
-        """Write the held rows (after the whole-table step), the chart and the summary sheet."""
-        held, self._held = self._held, []
-        self.finish(self.table.series(held) if self.table.series is not None else [])
 
     def finish(self, final_rows: list[dict[str, Any]]) -> None:
         """Write the last rows, then the table's chart (beside the columns) and its summary sheet."""
@@ -261,7 +272,10 @@ class TypeSheet:
 
 def _open_xlsx(fh: BinaryIO, ctx: Any) -> MetricsXlsxWriter:
     tables = project_type_named(ctx.selection.project_type).tables if ctx.selection.type_tables else ()
-    return MetricsXlsxWriter(fh, ctx.scale_um_per_px is not None, ctx.export_time, type_tables=tables)
+    return MetricsXlsxWriter(
+        fh, ctx.scale_um_per_px is not None, ctx.export_time, type_tables=tables,
+        object_metrics=ctx.selection.object_metrics,
+    )  # fmt: skip
 
 
 FORMAT = metrics_file_format(

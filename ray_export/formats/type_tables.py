@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..output_files import spool_file
-from ..project_types.base import FLOAT_KINDS, INT_KINDS, TypeTable, decode_type_rows
+from ..project_types.base import FLOAT_KINDS, INT_KINDS, TypeTable, decode_type_rows, final_rows, holds_rows
 from ..project_types.registry import project_type_named
 from ..statistics import metric_float
 from .base import ImagePart, OutputFormat, ReadmeSection, WriterContext
@@ -179,11 +179,11 @@ class TypeTablesWriter:
         self.tables = project_type_named(ctx.selection.project_type).tables
         formats = [fmt for fmt in FILE_FORMATS if fmt in ctx.selection.metrics]
         self.files: dict[str, list[_TableFile]] = {}
-        #: rows of the tables with a whole-table step, kept until the end
-        self.held: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self.tables if t.series is not None}
+        #: rows of the tables with a whole-table step and of hidden tables, kept until the end
+        self.held: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self.tables if holds_rows(t)}
         try:
             for table in self.tables:
-                self.files[table.name] = [_TableFile(ctx, table, fmt) for fmt in formats]
+                self.files[table.name] = [] if table.hidden else [_TableFile(ctx, table, fmt) for fmt in formats]
         except BaseException:
             self.abort()
             raise
@@ -192,6 +192,8 @@ class TypeTablesWriter:
         """Append the image's rows of every table."""
         rows = decode_type_rows(row.get(PART.column))
         for table in self.tables:
+            if table.derived_from:
+                continue
             found = rows.get(table.name) or []
             if table.name in self.held:
                 self.held[table.name].extend(found)
@@ -202,12 +204,11 @@ class TypeTablesWriter:
     def finish(self, summary: Any) -> None:
         """Finish every file (after the whole-table step where there is one) and add it to the ZIP, then
         each table's chart."""
-        finals: dict[str, list[dict[str, Any]]] = {}
+        finals = final_rows(self.tables, self.held)
+        self.held = {}
         for table in self.tables:
-            if table.series is not None:
-                finals[table.name] = final = table.series(self.held.pop(table.name))
-                for table_file in self.files[table.name]:
-                    table_file.writer.write_rows(final)
+            for table_file in self.files[table.name]:
+                table_file.writer.write_rows(finals.get(table.name, []))
             for table_file in self.files[table.name]:
                 table_file.writer.close()
                 self.ctx.zip.add_file(table_file.member, table_file.file)
@@ -215,6 +216,10 @@ class TypeTablesWriter:
         for table in self.tables:
             if table.chart is not None:
                 self.ctx.zip.add_bytes(table.chart_member, table.chart(finals.get(table.name, [])))
+        for table in self.tables:
+            if table.members is not None:
+                for name, data in table.members(finals.get(table.name, []), self.ctx.type_context):
+                    self.ctx.zip.add_bytes(name, data)
 
     def abort(self) -> None:
         """Close every spool file (they have no names)."""
@@ -227,10 +232,16 @@ class TypeTablesWriter:
 def _describe(summary: Any) -> dict[str, str]:
     tables = project_type_named(summary.selection().project_type).tables
     chosen = [fmt for fmt in FILE_FORMATS if fmt in summary.selection().metrics]
-    described = {table_member(table, fmt): f"{table.description} ({fmt})" for table in tables for fmt in chosen}
+    described = {
+        table_member(table, fmt): f"{table.description} ({fmt})"
+        for table in tables
+        if not table.hidden
+        for fmt in chosen
+    }
     for table in tables:
         if table.chart is not None:
             described[table.chart_member] = f"chart of `{table.name}`"
+        described.update(dict(table.member_folders))
     return described
 
 
@@ -243,9 +254,11 @@ def _readme_lines(summary: Any) -> list[str]:
 
 
 def _members(selection: Any) -> tuple[str, ...]:
-    tables = project_type_named(selection.project_type).tables
-    files = [table_member(table, fmt) for table in tables for fmt in FILE_FORMATS if fmt in selection.metrics]
-    return tuple(files + [table.chart_member for table in tables if table.chart is not None])
+    kind = project_type_named(selection.project_type)
+    files = [table_member(t, fmt) for t in kind.visible_tables() for fmt in FILE_FORMATS if fmt in selection.metrics]
+    charts = [table.chart_member for table in kind.tables if table.chart is not None]
+    folders = [folder for table in kind.tables for folder, _ in table.member_folders]
+    return tuple(files + charts + folders)
 
 
 FORMAT = OutputFormat(

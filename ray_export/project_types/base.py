@@ -27,15 +27,19 @@ SCALED_KINDS: dict[str, int] = {"length": 1, "area": 2}
 FLOAT_KINDS = frozenset({"length", "area", "unitless", "percent", "fraction", "intensity"})
 INT_KINDS = frozenset({"int", "count"})
 TEXT_KINDS = frozenset({"text"})
-KINDS = FLOAT_KINDS | INT_KINDS | TEXT_KINDS
+#: values kept as they are (lists, mappings): only in tables that are not written as files (``hidden``)
+JSON_KINDS = frozenset({"json"})
+KINDS = FLOAT_KINDS | INT_KINDS | TEXT_KINDS | JSON_KINDS
 #: The key columns every type table starts with.
 KEY_COLUMNS: tuple[tuple[str, str], ...] = (("image_id", "text"), ("image_name", "text"))
 
 
 @dataclass(frozen=True)
 class TypeImage:
-    """What a table's row function is given for one image: its ids, size, parsed polygons, and the
-    extra columns the type's read fetched (``fields``, e.g. ``seg_model``, ``created_at``)."""
+    """What a table's row function is given for one image: its ids, size, parsed polygons, the extra
+    columns the type's read fetched (``fields``, e.g. ``seg_model``, ``created_at``), what the export
+    knows about the project (``context``: see ``ProjectType.read_context``) and, for a type that measures
+    pixels, the original file's bytes (None when they could not be read)."""
 
     index: int
     image_id: str
@@ -44,6 +48,8 @@ class TypeImage:
     height: int
     parsed: ImagePolygons
     fields: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    original: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,11 @@ class TypeTable:
     image, in export order, into the final rows (a time series needs the first image's value);
     ``summary_sheet`` adds an XLSX sheet of count, mean, std, min, median and max per float column.
     A table whose ``columns`` name ``image_id`` and ``image_name`` itself keeps that order (a time
-    series starts with its ``order``). ``chart`` draws the final rows as a PNG, written as
-    ``chart_member`` and embedded in the table's XLSX sheet.
+    series starts with its ``order``); one with ``keys`` false has no key columns (a summary per video).
+    ``chart`` draws the final rows as a PNG, written as ``chart_member`` and embedded in the table's XLSX
+    sheet. ``derived_from`` names an earlier table with a whole-table step whose final rows ``series``
+    turns into this table's rows. A ``hidden`` table is not written as a table: its final rows feed
+    ``members``, which gives ZIP members (name, bytes) from them and the export's context.
     """
 
     name: str
@@ -68,6 +77,12 @@ class TypeTable:
     summary_sheet: str | None = None
     chart: Callable[[list[dict[str, Any]]], bytes] | None = None
     chart_member: str = ""
+    keys: bool = True
+    derived_from: str = ""
+    hidden: bool = False
+    members: Callable[[list[dict[str, Any]], Mapping[str, Any]], list[tuple[str, bytes]]] | None = None
+    #: the folders ``members`` writes into, with the README's description of each
+    member_folders: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.chart is not None and self.series is None:
@@ -80,7 +95,9 @@ class TypeTable:
     def all_columns(self) -> tuple[tuple[str, str], ...]:
         """Key columns, then the table's own (or the table's own order when it names the keys)."""
         names = {name for name, _ in self.columns}
-        return self.columns if {"image_id", "image_name"} <= names else KEY_COLUMNS + self.columns
+        if not self.keys or {"image_id", "image_name"} <= names:
+            return self.columns
+        return KEY_COLUMNS + self.columns
 
     def units(self, scaled: bool) -> dict[str, str | None]:
         """Each column's unit (None when unitless)."""
@@ -109,7 +126,16 @@ class ProjectType:
     object_metrics: bool = True
     #: the label prefix of polyline instances on the visualizations (``S``, ``MT``, ``P``)
     polyline_label: str = "P"
+    #: the row functions measure the original pixels (the files are read even without originals)
+    needs_pixels: bool = False
+    #: reads what the type needs to know about the project (``(target, project id) -> dict``, JSON values)
+    read_context: Callable[[Any, str], dict[str, Any]] | None = None
+    #: the options the type's outputs depend on (option keys; their values join the context)
+    options: tuple[str, ...] = ()
 
+    def visible_tables(self) -> tuple[TypeTable, ...]:
+        """The tables written as files and sheets."""
+        return tuple(table for table in self.tables if not table.hidden)
 
 def column_unit(kind: str, scaled: bool) -> str | None:
     """The unit of a column of ``kind``: ``px``/``um`` for lengths, ``px^2``/``um^2`` for areas."""
@@ -124,6 +150,8 @@ def scaled_value(value: Any, kind: str, scale_um_per_px: float | None) -> Any:
     """A row value as the table holds it: floats finite or None, lengths and areas × the scale."""
     if value is None:
         return None
+    if kind in JSON_KINDS:
+        return value
     if kind in TEXT_KINDS:
         return str(value)
     if kind in INT_KINDS:
@@ -158,6 +186,8 @@ def image_type_rows(
     out: dict[str, list[dict[str, Any]]] = {}
     problems: list[Problem] = []
     for table in project_type.tables:
+        if table.derived_from:  # made from another table's final rows at the end
+            continue
         try:
             values, found = table.rows(image)
             out[table.name] = [
@@ -178,3 +208,25 @@ def encode_type_rows(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 def decode_type_rows(text: str | None) -> dict[str, list[dict[str, Any]]]:
     """The ``type_rows`` part back as rows per table (empty for None)."""
     return json.loads(text) if text else {}
+
+
+def holds_rows(table: TypeTable) -> bool:
+    """Whether a writer keeps the table's rows until the end (a whole-table step, or a hidden table)."""
+    return not table.derived_from and (table.series is not None or table.hidden)
+
+
+def final_rows(
+    tables: Sequence[TypeTable], held: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The final rows of every table whose rows were held (:func:`holds_rows`) or are derived, in table
+    order: the whole-table step applied, derived tables made from their source's final rows."""
+    finals: dict[str, list[dict[str, Any]]] = {}
+    for table in tables:
+        if table.derived_from:
+            if table.derived_from not in finals or table.series is None:
+                raise ValueError(f"table {table.name} derives from {table.derived_from}, which has no final rows")
+            finals[table.name] = table.series(finals[table.derived_from])
+        elif holds_rows(table):
+            rows = list(held.get(table.name, []))
+            finals[table.name] = table.series(rows) if table.series is not None else rows
+    return finals

@@ -34,6 +34,7 @@ from ..geometry import ring_length
 from ..naming import BIDI_CONTROLS, sanitize_member_name, stem_key
 from ..polygons import Polyline, json_safe
 from ..problems import Problem
+from .base import ProjectType, TypeImage, TypeTable
 
 STAGE = "metrics"
 METRICS_TABLE = "microtubule_metrics"
@@ -106,6 +107,8 @@ PROBLEM_CODES: dict[str, str] = {
     "values and signal_minus_background are empty",
     "mt_pixels_unavailable": "the frame's original pixels could not be read; its polylines have one row each "
     "without channel or intensities",
+    "mt_frame_without_video": "an image with filaments has no parentVideoId; it is exported in the group `video` "
+    "(frame index: its frameIndex, else its export position)",
 }
 
 FORMULAS = """\
@@ -857,3 +860,198 @@ def channel_totals(video: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[s
             }
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The project type
+
+#: The group of frames without a video container.
+UNGROUPED_VIDEO = "video"
+CVAT_FOLDER = "annotations/cvat/"
+IMAGEJ_FOLDER = "annotations/imagej/"
+FRAMES_TABLE = "microtubule_frames"
+
+
+def read_context(target: Any, project_id: str) -> dict[str, Any]:
+    """What the outputs need to know about a microtubule project: its ``mtTypeLabels`` and the name of
+    each video container (its sanitized, unique file stem; frames without a container form ``video``)."""
+    from ..naming import assign_member_names
+    from ..sources import mt_type_labels, video_containers
+
+    containers = video_containers(target, project_id)
+    stems = [member.stem for member in assign_member_names([UNGROUPED_VIDEO] + [name for _, name in containers])]
+    text = mt_type_labels(target, project_id)
+    try:
+        labels = json.loads(text) if text else None
+    except ValueError:
+        labels = None
+    videos = {cid: stem for (cid, _), stem in zip(containers, stems[1:], strict=True)}
+    return {"mt_type_labels": labels, "videos": videos}
+
+
+def _video(image: TypeImage) -> str:
+    parent = image.fields.get("parent_video_id")
+    return str(image.context.get("videos", {}).get(str(parent), UNGROUPED_VIDEO)) if parent else UNGROUPED_VIDEO
+
+
+def _frame(image: TypeImage) -> FrameInput:
+    index = image.fields.get("frame_index")
+    frame_index = int(index) if index is not None else image.index - 1
+    return FrameInput(frame_index, image.width, image.height, list(image.parsed.polylines))
+
+
+def decode_pixels(data: bytes | None) -> np.ndarray | None:
+    """The original's pixels as stored (16-bit kept); None when there are no bytes or they do not decode."""
+    if not data:
+        return None
+    import cv2
+
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        return None
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):  # OpenCV gives BGR(A): channels in the file's order
+        pixels = pixels[..., [2, 1, 0, *([3] if pixels.shape[2] == 4 else [])]]
+    return pixels
+
+
+def _metric_rows(image: TypeImage) -> tuple[list[dict[str, Any]], list[Problem]]:
+    frame = _frame(image)
+    context = image.context
+    rows, problems = frame_metric_rows(
+        frame, image.file_name, decode_pixels(image.original), context.get("mt_type_labels"),
+        [0] * len(frame.polylines), float(context.get("mt_thickness", DEFAULT_THICKNESS)),
+        float(context.get("mt_margin", DEFAULT_MARGIN)),
+    )  # fmt: skip
+    video = _video(image)
+    for row in rows:
+        row["video"] = video
+    if video == UNGROUPED_VIDEO and not image.fields.get("parent_video_id") and frame.polylines:
+        problems.append(
+            Problem("mt_frame_without_video", STAGE, f"the frame has no parentVideoId: it is in the group {video!r}")
+        )
+    return rows, problems
+
+
+def _by_video(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows grouped by video (videos in order of first appearance), frames by ``frame_index``."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["video"]), []).append(row)
+    return {video: sorted(group, key=lambda r: int(r["frame_index"])) for video, group in groups.items()}
+
+
+def label_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``microtubule_metrics`` rows of every frame, per video by ``frame_index``, each polyline labelled
+    ``MT<n>`` with n in first-appearance order of its ``instanceId`` over the video (a polyline without one
+    has a number of its own; all channel rows of a polyline share it)."""
+    out: list[dict[str, Any]] = []
+    for group in _by_video(rows).values():
+        seen: dict[str, int] = {}
+        count = current = 0
+        for row in group:
+            if row.get("channel") in (None, 0):  # the first row of a polyline
+                key = row.get("instance_id")
+                if key is not None and key in seen:
+                    current = seen[key]
+                else:
+                    count += 1
+                    current = count
+                    if key is not None:
+                        seen[key] = current
+            out.append({**row, "label": f"MT{current}"})
+    return out
+
+
+def totals_rows(metric_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``microtubule_channel_totals`` rows: per video, per channel."""
+    return [total for video, group in _by_video(metric_rows).items() for total in channel_totals(video, group)]
+
+
+def _frame_record(image: TypeImage) -> tuple[list[dict[str, Any]], list[Problem]]:
+    frame = _frame(image)
+    lines = [
+        {"number": line.number, "points": np.asarray(line.points, dtype=np.float64).tolist(),
+         "instance_id": json_safe(line.instance_id), "track_id": json_safe(line.track_id),
+         "mt_type": json_safe(line.mt_type), "name": json_safe(line.name)}
+        for line in frame.polylines
+    ]  # fmt: skip
+    record = {"video": _video(image), "frame_index": frame.frame_index, "width": frame.width,
+              "height": frame.height, "polylines": lines}  # fmt: skip
+    return [record], []
+
+
+def video_members(records: list[dict[str, Any]], context: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """Per video (in order of first appearance): its CVAT 1.1 XML and its ImageJ RoiSet."""
+    labels = context.get("mt_type_labels")
+    thickness = float(context.get("mt_thickness", DEFAULT_THICKNESS))
+    margin = float(context.get("mt_margin", DEFAULT_MARGIN))
+    members: list[tuple[str, bytes]] = []
+    for video, group in _by_video(records).items():
+        frames = [
+            FrameInput(
+                int(record["frame_index"]), int(record["width"] or 0), int(record["height"] or 0),
+                [Polyline(number=int(line["number"]), points=np.asarray(line["points"], dtype=np.float64),
+                          instance_id=line["instance_id"], track_id=line["track_id"], mt_type=line["mt_type"],
+                          name=line["name"]) for line in record["polylines"]],
+            )
+            for record in group
+        ]
+        members.append((f"{CVAT_FOLDER}{video}.xml", cvat_xml(video, frames, labels)))
+        members.append((f"{IMAGEJ_FOLDER}{video}_RoiSet.zip", imagej_roiset(frames, labels, thickness, video, margin)))
+    return members
+
+
+_METRIC_TABLE_COLUMNS = (("video", "text"), *(column for column in METRICS_COLUMNS if column[0] != "image_name"))
+
+TYPE = ProjectType(
+    name="microtubules",
+    tables=(
+        TypeTable(
+            name=METRICS_TABLE,
+            sheet=METRICS_SHEET,
+            columns=_METRIC_TABLE_COLUMNS,
+            rows=_metric_rows,
+            series=label_rows,
+            description="length and band intensities of every filament per frame and channel (MT<n> labels)",
+        ),
+        TypeTable(
+            name=TOTALS_TABLE,
+            sheet=TOTALS_SHEET,
+            columns=TOTALS_COLUMNS,
+            rows=lambda image: ([], []),
+            series=totals_rows,
+            derived_from=METRICS_TABLE,
+            keys=False,
+            description="per video and channel: frames, filaments, total length and intensities",
+        ),
+        TypeTable(
+            name=FRAMES_TABLE,
+            sheet="",
+            columns=(("video", "text"), ("frame_index", "int"), ("width", "int"), ("height", "int"),
+                     ("polylines", "json")),
+            rows=_frame_record,
+            hidden=True,
+            members=video_members,
+            member_folders=(
+                (CVAT_FOLDER, "`<video>.xml`: every frame's filaments as CVAT for images 1.1 polylines (labels from "
+                 "mtTypeLabels, a `track_id` attribute)"),
+                (IMAGEJ_FOLDER, "`<video>_RoiSet.zip`: ImageJ ROI sets (one sub-pixel polyline ROI per filament and "
+                 "frame, position = frame + 1, and its background band `<name>_bg`)"),
+            ),
+            description="the frames' filaments (for the CVAT and ImageJ files)",
+        ),
+    ),
+    read_columns=("parent_video_id", "frame_index"),
+    formulas=FORMULAS,
+    problem_codes=PROBLEM_CODES,
+    readme="Microtubule projects add, per video (the frames of one video container, by `frameIndex`), "
+    f"`{CVAT_FOLDER}<video>.xml` (CVAT for images 1.1) and `{IMAGEJ_FOLDER}<video>_RoiSet.zip` (ImageJ "
+    f"RoiSet), and the tables `{METRICS_TABLE}` (length and intensities measured on the original pixels, "
+    f"16-bit kept, per filament, frame and channel) and `{TOTALS_TABLE}`, in every chosen metrics format and "
+    f'as the XLSX sheets "{METRICS_SHEET}" and "{TOTALS_SHEET}". The per-object metrics table is left out.',
+    object_metrics=False,
+    polyline_label="MT",
+    needs_pixels=True,
+    read_context=read_context,
+    options=("mt_thickness", "mt_margin"),
+)

@@ -8,13 +8,14 @@ report note (:func:`project_type_for`). The problem codes of every type are acce
 from __future__ import annotations
 
 from ..problems import register_problem_codes
-from . import invasion, microcapsule, sperm, spheroid, wound
+from . import invasion, microcapsule, microtubules, sperm, spheroid, wound
 from .base import ProjectType
 
 PROJECT_TYPES: dict[str, ProjectType] = {
     spheroid.TYPE.name: spheroid.TYPE,
     invasion.TYPE.name: invasion.TYPE,
     wound.TYPE.name: wound.TYPE,
+    microtubules.TYPE.name: microtubules.TYPE,
     sperm.TYPE.name: sperm.TYPE,
     microcapsule.TYPE.name: microcapsule.TYPE,
 }

@@ -26,6 +26,7 @@ from ..geometry import region_area
 from ..metrics import header_name
 from ..png import encode_png_rgb
 from ..polygons import ImagePolygons
+from ..problems import Problem
 from .base import ProjectType, TypeImage, TypeTable
 
 TABLE = "wound_time_series"
@@ -479,6 +480,12 @@ sheet of `metrics.xlsx` when XLSX is chosen.
 # --------------------------------------------------------------------------------------------------
 # The project type
 
+#: Problem codes found here -> one-line meaning.
+PROBLEM_CODES: dict[str, str] = {
+    "wound_size_unknown": "the size of an image of the wound series is unknown, so its wound_area_pct (and its "
+    "point on the chart) is empty",
+}
+
 #: The segmentation model whose images form the time series.
 WOUND_MODEL = "wound"
 
@@ -488,7 +495,10 @@ def _image_rows(image: TypeImage) -> tuple[list[dict[str, Any]], list]:
     if image.fields.get("seg_model") != WOUND_MODEL:
         return [], []
     values = wound_image_values(image.parsed, image.width, image.height)
-    return [{"created_at": image.fields.get("created_at"), **values}], []
+    problems = []
+    if values["wound_area_pct"] is None and values["wound_area"] is not None:
+        problems.append(Problem("wound_size_unknown", "metrics", "the image size is unknown: wound_area_pct is empty"))
+    return [{"created_at": image.fields.get("created_at"), **values}], problems
 
 
 def _chart(series: list[dict[str, Any]]) -> bytes:
@@ -511,6 +521,7 @@ TYPE = ProjectType(
     ),
     read_columns=("seg_model", "created_at"),
     formulas=FORMULAS,
+    problem_codes=PROBLEM_CODES,
     readme="Wound projects add `wound_time_series`: for every image segmented by the `wound` model, in export "
     "order, the wound area, its share of the image and the closure against the first image, in every chosen "
     f'metrics format and as the XLSX sheet "{SHEET}", and `{CHART_MEMBER}`, a chart of the wound area (% of '
