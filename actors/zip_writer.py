@@ -77,6 +77,8 @@ class AssemblyPlan:
     reuse_location: str | None = None
     #: the project type the export uses (see :mod:`ray_export.project_types`)
     project_type: str = "spheroid"
+    #: what the project type's outputs need to know about the project and the options
+    type_context: dict[str, Any] = field(default_factory=dict)
 
 
 #: Export totals, in the order they are reported.
@@ -132,6 +134,7 @@ class ExportAssembler:
             notes=tuple(plan.notes),
             manifest_metadata=manifest_metadata_of(plan.summary),
             formats=tuple(self.formats),
+            type_context=dict(plan.type_context),
         )
         try:
             self.previous = PreviousManifest(plan.reuse_location, self.part_fields) if plan.reuse_location else None
