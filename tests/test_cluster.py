@@ -789,7 +789,7 @@ def test_autoscaled_workers_run_the_stages_and_an_infeasible_hint_is_refused(clu
             cwd=str(box.root), timeout=90,
         )  # fmt: skip
         assert infeasible.returncode == 2, infeasible.stderr[-3000:]
-        assert "stages.visualize.num_cpus" in infeasible.stderr and "largest: 2" in infeasible.stderr
+        assert "--num-cpus visualize=4" in infeasible.stderr and "largest: 2" in infeasible.stderr  # the flag
         assert not (tmp_path / "infeasible.zip").exists()
 
         outputs = {"local": tmp_path / "local-root.zip", "shared": tmp_path / "shared-root.zip"}
