@@ -468,3 +468,45 @@ def test_label_studio_imports_objects_with_holes_as_bridged_polygons(tmp_path_fa
             assert mask.sum() == ann["area"]
         imported += len(polygons)
     assert imported == len(with_rle["annotations"]) == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# Microtubule projects: the CVAT files of an export
+
+
+def test_datumaro_imports_every_filament_of_a_microtubule_export(tmp_path_factory) -> None:
+    dm = pytest.importorskip("datumaro", reason="the interop extra (datumaro) is not installed")
+    from ray_export.demo import build_demo_project
+
+    work = tmp_path_factory.mktemp("mt-interop")
+    demo = build_demo_project(work / "demo", project_type="microtubules")
+    out = work / "mt.zip"
+    export(db=str(demo.db_path), project=demo.project_id, output=str(out))
+    with zipfile.ZipFile(out) as archive:
+        frames = json.loads(archive.read(JSON_MEMBER))["images"]
+        [member] = [name for name in archive.namelist() if name.startswith("annotations/cvat/")]
+        root = work / "cvat"
+        (root / "images").mkdir(parents=True)
+        (root / "annotations.xml").write_bytes(archive.read(member))
+    import xml.etree.ElementTree as ET
+
+    for image in ET.fromstring((root / "annotations.xml").read_bytes()).iter("image"):
+        (root / "images" / image.get("name")).write_bytes(b"")  # the frames as CVAT names them
+    imported = dm.Dataset.import_from(str(root), "cvat")
+    labels = [category.name for category in imported.categories()[dm.AnnotationType.label]]
+    assert set(labels) == {"dynamic", "stable"}
+    lines = sorted(
+        (int(image["file_name"].rsplit("_t", 1)[1][:3]), np.round(np.asarray(line["points"], np.float32), 2).tolist())
+        for image in frames
+        for line in image["polylines"]
+    )
+    got = sorted(
+        (int(item.attributes["frame"]), np.reshape(ann.points, (-1, 2)).tolist())
+        for item in imported
+        for ann in item.annotations
+        if ann.type == dm.AnnotationType.polyline
+    )
+    assert len(got) == len(lines)
+    for (frame, points), (got_frame, got_points) in zip(lines, got, strict=True):
+        assert frame == got_frame
+        np.testing.assert_allclose(got_points, points, atol=1e-4, rtol=0)
