@@ -17,16 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from .options import (
-    OptionError,
-    add_export_arguments,
-    build_options,
-    check_environment_address,
-    command_line_name,
-    options_from_args,
-    overrides_from_args,
-    ray_address_problem,
-)
+from .option_flags import add_export_arguments, command_line_name, options_from_args, overrides_from_args
+from .options import OptionError, build_options, check_environment_address
+from .ray_address import ray_address_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 

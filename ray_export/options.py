@@ -1,8 +1,11 @@
-"""Export options: one options object for the CLI, the Python API and options files."""
+"""Export options: one options object for the CLI, the Python API and options files.
+
+The options are checked here (:meth:`ExportOptions.validate`); the command line's flags are made from the
+same table in :mod:`ray_export.option_flags`, Ray addresses are parsed in :mod:`ray_export.ray_address`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -14,6 +17,7 @@ from typing import Any
 from .format_names import ANNOTATION_FORMATS, COCO_HOLES_CHOICES, DEFAULT_COCO_HOLES, METRIC_FORMATS, format_choices
 from .formats.base import STAGE_ORDER
 from .locations import SQLITE_SCHEME, is_postgres_dsn, is_uri
+from .ray_address import ray_address_problem
 from .reuse import FILE_FINGERPRINTS
 
 
@@ -198,55 +202,6 @@ MAX_DB_RETRY_S = 86_400.0
 DEFAULT_STALL_TIMEOUT_S = 300.0
 MIN_STALL_TIMEOUT_S = 1.0
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600.0
-RAY_ADDRESS_FORMS = "auto, local, HOST:PORT, ray://HOST:PORT or a dashboard URL http://HOST[:PORT]"
-_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])$")
-
-
-def _host_port_problem(hostport: str, port_required: bool = True) -> str | None:
-    """What is wrong with ``HOST:PORT`` (``[IPv6]:PORT``), or None."""
-    if hostport.startswith("["):
-        host, bracket, after = hostport.partition("]")
-        host += bracket
-        colon, port = after[:1], after[1:]
-        if after and colon != ":":
-            return f"{hostport!r} is not HOST:PORT"
-    else:
-        host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-    if not host:
-        return "the host is missing"
-    if not _HOST.match(host):
-        return f"{host!r} is not a host name or IP address"
-    if not colon:
-        return "the port is missing" if port_required else None
-    if not port:
-        return "the port is missing"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"the port {port!r} is not a number in 1..65535"
-    return None
-
-
-def ray_address_problem(address: str) -> str | None:
-    """What is wrong with a Ray address (``--address``, ``RAY_ADDRESS``), or None when it has one of the
-    forms Ray attaches to: ``auto``, ``local``, ``HOST:PORT``, ``ray://HOST:PORT`` (Ray Client) or a
-    dashboard URL ``http(s)://HOST[:PORT]`` (the Jobs CLI's form). Only the form is checked: whether a
-    cluster answers there is found when Ray starts."""
-    text = address if isinstance(address, str) else ""
-    if text in ("auto", "local"):
-        return None
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        problem = _host_port_problem(text)
-    elif scheme.lower() == "ray":
-        problem = _host_port_problem(rest)
-    elif scheme.lower() in ("http", "https"):
-        problem = _host_port_problem(re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2], port_required=False)
-    else:
-        problem = f"{scheme}:// is not an address scheme Ray attaches to"
-    if problem is None:
-        return None
-    return f"{address!r} is not a Ray address: {problem} (expected {RAY_ADDRESS_FORMS})"
-
-
 def check_environment_address(address: str | None, environ: Mapping[str, str] | None = None) -> None:
     """Without an address given, Ray attaches to ``RAY_ADDRESS``: raise :class:`OptionError` naming that
     variable when it is set to something that is not a Ray address."""
@@ -922,203 +877,3 @@ def build_options(
     options = ExportOptions(**kwargs)
     options.validate(under_job=under_job)
     return options
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command-line flags
-# ---------------------------------------------------------------------------------------------------------
-
-
-def job_submission_id(environ: Mapping[str, str] | None = None) -> str | None:
-    """The submission id of the Ray job whose entrypoint this process is (``ray job submit``), or None:
-    Ray's job supervisor passes the job's metadata to the entrypoint in ``RAY_JOB_CONFIG_JSON_ENV_VAR``."""
-    env = os.environ if environ is None else environ
-    raw = env.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return None
-    try:
-        submission_id = (json.loads(raw).get("metadata") or {}).get("job_submission_id")
-    except (ValueError, AttributeError):
-        return None
-    return submission_id if isinstance(submission_id, str) and submission_id else None
-
-
-def running_under_job_submit(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process is a ``ray job submit`` entrypoint (Ray passes the job's metadata in its env)."""
-    return job_submission_id(environ) is not None
-
-
-_FLAG_ACTIONS: dict[str, dict[str, Any]] = {
-    "value": {},
-    "on": {"action": "store_const", "const": True},
-    "off": {"action": "store_const", "const": False},
-    "append": {"action": "append"},
-    "stage": {"action": "append"},
-}
-
-
-def _flag_fields() -> tuple[OptionField, ...]:
-    return tuple(option for option in (*OPTION_FIELDS, *VISUALIZATION_FIELDS, *STAGE_FIELDS) if option.flag)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``export`` command's flags. Every flag defaults to ``None``: only given flags override."""
-    groups: dict[str, Any] = {}
-    for group in (SOURCE_GROUP, CONTENT_GROUP, VISUALIZATION_GROUP, RESOURCES_GROUP):
-        groups[group] = parser.add_argument_group(group)
-    for option in _flag_fields():
-        extra = {"metavar": option.metavar} if option.metavar else {}
-        text = f"required (here or in --options): {option.help}" if option.required else option.help
-        groups[option.group].add_argument(
-            option.flag, dest=option.name, default=None, help=text, **_FLAG_ACTIONS[option.flag_action], **extra
-        )
-    groups[SOURCE_GROUP].add_argument("--options", metavar="FILE", help="JSON or YAML options file; flags override it")
-
-
-def _stage_assignment(flag: str, text: str) -> tuple[str, str]:
-    stage, sep, value = str(text).partition("=")
-    stage = stage.strip().lower()
-    if not sep or not value.strip():
-        raise OptionError(flag, f"{text!r}: expected STAGE=VALUE")
-    if stage not in STAGE_NAMES:
-        raise OptionError(flag, f"unknown stage in {text!r}; expected one of {', '.join(STAGE_NAMES)}")
-    return stage, value.strip()
-
-
-def _stage_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``--num-cpus copy=2`` and the other stage flags as ``stages`` values."""
-    stages: dict[str, dict[str, Any]] = {}
-    for option in STAGE_FIELDS:
-        for text in getattr(args, option.name, None) or ():
-            stage, value = _stage_assignment(option.flag or option.key, text)
-            stage_values = stages.setdefault(stage, {})
-            if option.key != "resources":
-                stage_values[option.key] = value
-                continue
-            name, sep, amount = value.partition(":")
-            if not sep or not name.strip():
-                raise OptionError(option.flag or option.key, f"{text!r}: expected STAGE=NAME:AMOUNT")
-            stage_values.setdefault("resources", {})[name.strip()] = amount.strip()
-    return stages
-
-
-def _given_flags(args: argparse.Namespace, fields: tuple[OptionField, ...]) -> dict[str, Any]:
-    given: dict[str, Any] = {}
-    for option in fields:
-        value = getattr(args, option.name, None) if option.flag else None
-        if option.flag_action == "append":
-            value = ",".join(value) if value else None
-        if value is not None:
-            given[option.key] = value
-    return given
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given on the command line, keyed as in an options file."""
-    overrides = _given_flags(args, OPTION_FIELDS)
-    visualization = _given_flags(args, VISUALIZATION_FIELDS)
-    if visualization:
-        overrides["visualization"] = visualization
-    stages = _stage_overrides(args)
-    if stages:
-        overrides["stages"] = stages
-    return overrides
-
-
-def options_from_args(args: argparse.Namespace, under_job: bool | None = None) -> ExportOptions:
-    """Options file (``--options``) overridden by the given flags, validated.
-
-    ``under_job`` defaults to :func:`running_under_job_submit`.
-    """
-    options_path = getattr(args, "options", None)
-    overrides = overrides_from_args(args)
-    file_values = None
-    if under_job is None:
-        under_job = running_under_job_submit()
-    try:
-        file_values = load_options_file(options_path) if options_path else None
-        return build_options(file_values, overrides, under_job=under_job)
-    except OptionError as exc:
-        raise for_command_line(exc, overrides, file_values, options_path) from None
-
-
-_MISSING = object()
-
-
-def _option_path(name: str) -> tuple[str, ...]:
-    """Where the option an :class:`OptionError` names sits in an options mapping: ``("scale",)``,
-    ``("visualization", "stroke_width")``, ``("stages", "copy", "num_cpus")``."""
-    if name.startswith("stages."):
-        return tuple(name.split(".", 3))
-    if name.startswith("visualization."):
-        return tuple(name.split(".", 1))
-    for option in VISUALIZATION_FIELDS:
-        if name in (option.name, option.key):
-            return ("visualization", option.key)
-    return (name,)
-
-
-def _given(values: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:
-    """The value at ``path`` in nested mappings, or ``_MISSING``."""
-    value: Any = values
-    for part in path:
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def flag_for_option(name: str, flags: Mapping[str, Any]) -> str | None:
-    """The command-line flag of the option an :class:`OptionError` names (``stroke_width`` ->
-    ``--stroke-width``; a stage hint with the assignment given, ``--num-cpus copy=8``), or None when the
-    option has no flag or (a stage hint) was not given as one. ``flags``: the given flags, keyed as in an
-    options file (:func:`overrides_from_args`)."""
-    if name.startswith("--"):
-        return name
-    if name == "options":
-        return "--options"
-    path = _option_path(name)
-    if path[0] == "stages" and len(path) >= 3:
-        stage, key = path[1], path[2]
-        value = _given(flags, path)
-        option = next((o for o in STAGE_FIELDS if o.key == key), None)
-        if option is None or option.flag is None or value is _MISSING:
-            return None
-        if key == "resources" and isinstance(value, Mapping):
-            return f"{option.flag} {stage}=" + ",".join(f"{k}:{v}" for k, v in value.items())
-        if key == "resources" and len(path) == 4:
-            return f"{option.flag} {stage}={path[3]}:{value}"
-        return f"{option.flag} {stage}={value}"
-    table = VISUALIZATION_FIELDS if path[0] == "visualization" else OPTION_FIELDS
-    key = path[-1] if path[0] == "visualization" and len(path) == 2 else path[0]
-    return next((o.flag for o in table if o.key == key and o.flag), None)
-
-
-def command_line_name(
-    name: str,
-    flags: Mapping[str, Any],
-    file_values: Mapping[str, Any] | None = None,
-    options_path: str | None = None,
-) -> str:
-    """How a command-line error names an option: its flag, unless its value came from the options file
-    and no flag (then its key, and the file)."""
-    path = _option_path(name)
-    if _given(flags, path) is _MISSING and _given(file_values, path) is not _MISSING:
-        key = ".".join(path)
-        return f"{key} (in {options_path})" if options_path else key
-    return flag_for_option(name, flags) or name
-
-
-def for_command_line(
-    exc: OptionError,
-    flags: Mapping[str, Any],
-    file_values: Mapping[str, Any] | None = None,
-    options_path: str | None = None,
-) -> OptionError:
-    """``exc`` naming the option as the command line knows it (see :func:`command_line_name`)."""
-    named = command_line_name(exc.option, flags, file_values, options_path)
-    if named == exc.option:
-        return exc
-    renamed = OptionError(named, exc.reason)
-    renamed.__cause__ = exc
-    return renamed

@@ -22,10 +22,10 @@ from .options import (
     MIN_SCALE_UM_PER_PX,
     ExportOptions,
     OptionError,
-    running_under_job_submit,
 )
 from .problems import Problem
 from .project_types.registry import project_type_for
+from .ray_address import running_under_job_submit
 from .reuse import PreviousExport, open_previous_export, reuse_location_exists
 from .sources import DbTarget, SourceError, list_images, parse_db_target, resolve_project
 

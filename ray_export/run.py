@@ -372,7 +372,7 @@ def _run_locked(
     try:
         run.progress = progress = create_progress_actor(export_id)
         ray.get(progress.set_state.remote("querying"))
-        from .options import job_submission_id
+        from .ray_address import job_submission_id
 
         if job_submission_id() is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
             ray.get(progress.set_job.remote(job_submission_id()))

@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 from ray_export.cli import main
 from ray_export.documents import ExportSummary, metadata_document, readme_markdown
 from ray_export.formats.coco import CocoWriter, coco_annotations_for_image, coco_image_entry
-from ray_export.options import OptionError, add_export_arguments, build_options, options_from_args
+from ray_export.option_flags import add_export_arguments, options_from_args
+from ray_export.options import OptionError, build_options
 from ray_export.polygons import parse_polygons
 from ray_export.reuse import options_fingerprint
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ray_export.option_flags import add_export_arguments, flag_for_option, options_from_args, overrides_from_args
 from ray_export.options import (
     DEFAULT_STAGE_RESOURCES,
     OPTION_FIELDS,
@@ -22,18 +23,12 @@ from ray_export.options import (
     OptionError,
     StageResources,
     VisualizationSettings,
-    add_export_arguments,
     build_options,
     check_environment_address,
-    flag_for_option,
-    job_submission_id,
     load_options_file,
-    options_from_args,
-    overrides_from_args,
     parse_bytes,
-    ray_address_problem,
-    running_under_job_submit,
 )
+from ray_export.ray_address import job_submission_id, ray_address_problem, running_under_job_submit
 
 BASE = {"db": "data.sqlite", "project": "demo"}
 
