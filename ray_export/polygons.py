@@ -106,6 +106,24 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def id_text(value: Any) -> str | None:
+    """An id copied from the polygon JSON (``instanceId``, ``trackId``, ``mtType``) as text, None when
+    missing or empty: numbers in decimal with integral floats as integers (``7``, ``7.0`` and ``"7"`` are
+    one id), ``true``/``false``, other JSON values as compact JSON with sorted keys."""
+    value = json_safe(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 def _has_invalid_text(value: Any) -> bool:
     if isinstance(value, str):
         return _valid_text(value) is not value

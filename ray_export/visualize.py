@@ -54,7 +54,6 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import json
 import math
 import threading
 import warnings
@@ -70,7 +69,7 @@ from PIL import Image
 from .geometry import ring_signed_area
 from .options import VisualizationSettings
 from .png import encode_png_rgb
-from .polygons import ImagePolygons, PolygonObject, Polyline
+from .polygons import ImagePolygons, PolygonObject, Polyline, id_text
 from .problems import Problem
 from .raster import COORD_LIMIT, ONE, SHIFT, fixed_point, object_mask  # noqa: F401 - object_mask is part of this API
 
@@ -718,27 +717,12 @@ class PolylineLabel:
     colour: tuple[int, int, int]
 
 
-def instance_key(value: Any) -> str | None:
-    """An ``instanceId`` as text, None when missing or empty (``7``, ``7.0`` and ``"7"`` are one instance)."""
-    if value is None or isinstance(value, str):
-        return value if value is not None and value.strip() else None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
 def polyline_instances(polylines: list[Polyline]) -> list[list[Polyline]]:
     """The polylines grouped by instance, in order of each instance's first polyline; a polyline
     without ``instanceId`` is an instance of its own."""
     groups: dict[str | int, list[Polyline]] = {}
     for index, line in enumerate(polylines):
-        key = instance_key(line.instance_id)
+        key = id_text(line.instance_id)
         groups.setdefault(index if key is None else key, []).append(line)
     return list(groups.values())
 

@@ -19,7 +19,7 @@ import pytest
 from ray_export import problems as problems_module
 from ray_export.geometry import ring_length
 from ray_export.naming import stem_key
-from ray_export.polygons import Polyline, parse_polygons
+from ray_export.polygons import Polyline, id_text, parse_polygons
 from ray_export.project_types import microtubules as mt
 
 
@@ -149,7 +149,7 @@ def test_cvat_xml_structure_and_values() -> None:
             pts = [tuple(float(v) for v in pair.split(",")) for pair in element.get("points").split(";")]
             assert pts == [tuple(p) for p in line.points.tolist()]  # exact: shortest round-trip text
             attrs = {a.get("name"): a.text for a in element.findall("attribute")}
-            assert attrs == ({} if line.track_id is None else {"track_id": mt.value_text(line.track_id)})
+            assert attrs == ({} if line.track_id is None else {"track_id": id_text(line.track_id)})
     assert images[0].find("polyline/attribute").text == "7"
     assert images[2].find("polyline/attribute").text == "t-7"
 
@@ -198,7 +198,7 @@ def test_cvat_imports_into_datumaro(tmp_path: Path) -> None:
             # Datumaro keeps coordinates as float32 rounded to 2 decimals (its annotation model)
             expected = line.points.astype(np.float32).round(2)
             np.testing.assert_allclose(np.reshape(ann.points, (-1, 2)), expected, atol=1e-4, rtol=0)
-            assert ann.attributes.get("track_id") == mt.value_text(line.track_id)
+            assert ann.attributes.get("track_id") == id_text(line.track_id)
 
 
 # --------------------------------------------------------------------------------------------------

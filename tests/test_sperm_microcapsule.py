@@ -9,7 +9,7 @@ import pytest
 
 from ray_export import problems as problems_module
 from ray_export.metrics import object_metrics
-from ray_export.polygons import ImagePolygons, PolygonObject, Polyline, parse_polygons
+from ray_export.polygons import ImagePolygons, PolygonObject, Polyline, id_text, parse_polygons
 from ray_export.project_types import microcapsule, sperm
 
 
@@ -151,9 +151,9 @@ def test_sperm_instance_ids_are_text_and_numbers_match_their_text() -> None:
     assert rows[1]["total_length"] == 13.0
     assert rows[2]["tail_length"] == 9.0
     assert _codes(found) == ["sperm_part_missing"]  # only cell 2.5 lacks parts
-    assert sperm.instance_text(True) == "true"
-    assert sperm.instance_text({"b": 1, "a": 2}) == '{"a":2,"b":1}'
-    assert sperm.instance_text("") is None and sperm.instance_text(None) is None
+    assert id_text(True) == "true"
+    assert id_text({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+    assert id_text("") is None and id_text(None) is None
 
 
 def test_sperm_unknown_part_class_is_reported_and_left_out() -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..geometry import ring_length
 from ..naming import BIDI_CONTROLS, sanitize_member_name, stem_key
-from ..polygons import Polyline, json_safe
+from ..polygons import Polyline, id_text, json_safe
 from ..problems import Problem
 from .base import ProjectType, TypeImage, TypeTable
 
@@ -190,24 +190,6 @@ class FrameInput:
 # Labels, numbers and text
 
 
-def value_text(value: Any) -> str | None:
-    """A JSON value as text (``None`` when missing or empty): integers in decimal, integral floats as
-    integers (``7.0`` -> ``"7"``), other floats as their shortest round-trip text, ``true``/``false``,
-    other JSON values as compact JSON."""
-    value = json_safe(value)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value if value.strip() else None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 _COLOUR = re.compile(r"#([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 
 
@@ -235,15 +217,15 @@ def _type_labels(labels: Any) -> list[tuple[str | None, _TypeLabel]]:
     for entry in labels:
         if not isinstance(entry, Mapping):
             continue
-        name = value_text(entry.get("name"))
+        name = id_text(entry.get("name"))
         if name is None:
             continue
-        out.append((value_text(entry.get("id")), _TypeLabel(name.strip(), _colour(entry.get("color")))))
+        out.append((id_text(entry.get("id")), _TypeLabel(name.strip(), _colour(entry.get("color")))))
     return out
 
 
 def _resolve(mt_type: Any, table: list[tuple[str | None, _TypeLabel]]) -> _TypeLabel | None:
-    key = value_text(mt_type)
+    key = id_text(mt_type)
     if key is None:
         return None
     for label_id, label in table:
@@ -286,10 +268,6 @@ def label_colours(frames: Sequence[FrameInput], labels: Any) -> dict[str, str]:
     return {name: colour or PALETTE[i % len(PALETTE)] for i, (name, colour) in enumerate(order.items())}
 
 
-def _instance_key(value: Any) -> str | None:
-    return value_text(value)
-
-
 def instance_numbers(frames: Sequence[FrameInput]) -> list[list[int]]:
     """The n of ``MT<n>`` for every polyline, aligned with ``frames`` and their polylines.
 
@@ -303,7 +281,7 @@ def instance_numbers(frames: Sequence[FrameInput]) -> list[list[int]]:
     order = sorted(range(len(frames)), key=lambda i: frames[i].frame_index)
     for i in order:
         for j, line in enumerate(frames[i].polylines):
-            key = _instance_key(line.instance_id)
+            key = id_text(line.instance_id)
             if key is not None and key in seen:
                 numbers[i][j] = seen[key]
                 continue
@@ -399,7 +377,7 @@ def cvat_xml(video_name: str, frames: Sequence[FrameInput], labels: Any) -> byte
                 f'    <polyline label="{_xml_attr(label)}" source="manual" occluded="0" '
                 f'points="{_cvat_points(line.points)}" z_order="0">'
             )
-            track = value_text(line.track_id)
+            track = id_text(line.track_id)
             if track is not None:
                 out.append(f'      <attribute name="track_id">{_xml_text(track)}</attribute>')
             out.append("    </polyline>")
@@ -559,7 +537,7 @@ def roiset_entries(
                 continue
             found = _resolve(line.mt_type, table)
             label = found.name if found is not None else DEFAULT_LABEL
-            own = value_text(line.name)
+            own = id_text(line.name)
             base = (_roi_name(own) if own is not None else None) or _roi_name(f"{label}_{numbers[i][j]}")
             name = _unique(base or f"{DEFAULT_LABEL}_{numbers[i][j]}", frame_part, used)
             bg_name = _unique(f"{name}_bg", frame_part, used)
@@ -568,8 +546,8 @@ def roiset_entries(
                 ("frame_index", str(int(frame.frame_index))),
                 ("label", f"MT{numbers[i][j]}"),
                 ("mt_type", label),
-                ("instance_id", value_text(line.instance_id)),
-                ("track_id", value_text(line.track_id)),
+                ("instance_id", id_text(line.instance_id)),
+                ("track_id", id_text(line.track_id)),
             ]
             props = [(key, value) for key, value in given if value is not None]
             position = int(frame.frame_index) + 1
@@ -780,12 +758,12 @@ def frame_metric_rows(
         )
     for line, n in zip(frame.polylines, numbers, strict=True):
         found = _resolve(line.mt_type, table)
-        if found is None and value_text(line.mt_type) is not None:
+        if found is None and id_text(line.mt_type) is not None:
             problems.append(
                 Problem(
                     "mt_type_unknown",
                     STAGE,
-                    f"polyline {line.number}: mtType {value_text(line.mt_type)!r} is not in mtTypeLabels; "
+                    f"polyline {line.number}: mtType {id_text(line.mt_type)!r} is not in mtTypeLabels; "
                     f"labelled {DEFAULT_LABEL!r}",
                 )
             )
@@ -794,8 +772,8 @@ def frame_metric_rows(
             "image_name": image_name,
             "label": f"MT{n}",
             "mt_type": found.name if found is not None else DEFAULT_LABEL,
-            "instance_id": value_text(line.instance_id),
-            "track_id": value_text(line.track_id),
+            "instance_id": id_text(line.instance_id),
+            "track_id": id_text(line.track_id),
         }
         factor = 1.0 if scale is None else float(scale)
         if pixels is None:

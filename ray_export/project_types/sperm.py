@@ -8,12 +8,8 @@ image pixels; the caller adds the key columns (``image_id``, ``image_name``) and
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
-
 from ..geometry import ring_length
-from ..polygons import ImagePolygons, Polyline
+from ..polygons import ImagePolygons, Polyline, id_text
 from ..problems import Problem
 from .base import ProjectType, TypeImage, TypeTable
 
@@ -74,24 +70,6 @@ For an open polyline with points `(x_0, y_0) … (x_(n−1), y_(n−1))`:
 """
 
 
-def instance_text(value: Any) -> str | None:
-    """An ``instanceId`` as text (``None`` when missing or empty): numbers in decimal, integral floats as
-    integers (``7.0`` -> ``"7"``), ``true``/``false``, other JSON values as compact JSON."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value if value.strip() else None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
 def polyline_length(line: Polyline) -> float:
     """Open length of a polyline in pixels."""
     return ring_length(line.points, closed=False)
@@ -109,7 +87,7 @@ def sperm_rows(polygons: ImagePolygons) -> tuple[list[dict], list[Problem]]:
     problems: list[Problem] = []
     cells: dict[str, list[Polyline]] = {}
     for line in polygons.polylines:
-        key = instance_text(line.instance_id)
+        key = id_text(line.instance_id)
         if key is None:
             problems.append(
                 Problem(
