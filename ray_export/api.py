@@ -14,7 +14,7 @@ from typing import Any
 from .cluster import ensure_ray, gcs_address_of
 from .errors import ExportCancelled, ExportError
 from .options import ExportOptions, OptionError, build_options, check_environment_address
-from .planning import preflight
+from .planning import check_export
 from .run import ExportResult, new_export_id, run_export
 
 
@@ -78,11 +78,10 @@ def export(options: ExportOptions | dict | None = None, **overrides: Any) -> Exp
     Without a Ray in this process, Ray is started as a plain ``ray.init()`` would
     (see :func:`start_ray_for_caller`).
     """
-    options = _as_options(options, overrides)
-    preflight(options)  # usage errors come before any start-up
-    _start_ray(options.address)
+    checked = check_export(_as_options(options, overrides))  # usage errors come before any start-up
+    _start_ray(checked.options.address)
     with _caller_logging():
-        return run_export(options)
+        return run_export(checked)
 
 
 class ExportHandle:

@@ -31,6 +31,16 @@ def _ray_node_ip(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _raised_line(text: str) -> str:
+    """The ``Type: message`` line a traceback in ``text`` ends with (the text's last line otherwise)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        name = line.split(":", 1)[0]
+        if ":" in line and name.replace(".", "").isidentifier() and name.split(".")[-1][:1].isupper():
+            return line[:300]
+    return (lines[-1] if lines else text)[:300]
+
+
 def ray_error_line(exc: BaseException, actors: dict[str, str] | None = None, node: str | None = None) -> str | None:
     """One line saying what failed and what to do, for an error of Ray itself (a dead actor or worker, a
     lost object, memory, the cluster); None for any other error.
@@ -55,6 +65,8 @@ def ray_error_line(exc: BaseException, actors: dict[str, str] | None = None, nod
         what = (actors or {}).get(actor_id or "", "an actor of the export")
         if isinstance(cause, rx.ActorUnavailableError):
             return f"{what}{on_node} is unreachable (its node is failing?); {lost}"
+        if cause.actor_init_failed:  # its constructor raised: say what it raised
+            return f"{what}{on_node} could not start: {_raised_line(text)}; {lost}"
         return f"{what}{on_node} died (killed, or out of memory?); {lost}"
     if isinstance(cause, rx.WorkerCrashedError):
         return f"a worker process of the export crashed{on_node} (killed, or out of memory?); {lost}"

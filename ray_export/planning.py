@@ -137,18 +137,18 @@ def read_projection(options: ExportOptions, sizes_in_database: bool) -> tuple[bo
     return need_polygons, need_path
 
 
-def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = None) -> ExportPlan:
+def plan_export(export: ExportOptions | CheckedExport, on_checked: Callable[[], None] | None = None) -> ExportPlan:
     """Run the light driver-side query and settle names, scale, export time and the output path.
 
     ``on_checked`` is called once the checks that can fail an export as a usage error passed (project,
-    image ids, images root, output), before the rest of the plan is made.
+    image ids, output), before the rest of the plan is made.
     """
-    target = parse_db_target(options.db)
-    images_root = _images_root(options, target)
+    checked = check_export(export)
+    options, target, images_root = checked.options, checked.target, checked.images_root
     project = resolve_project(target, options.project)
     listing = list_images(target, project.id, list(options.image_ids) if options.image_ids else None)
     entries = listing.entries
-    output = _check_output(options, project.title)
+    output = checked.output if checked.output is not None else _check_output(options, project.title)
     if on_checked is not None:
         on_checked()
     names = assign_member_names([e.name or "" for e in entries])
@@ -206,8 +206,23 @@ def plan_export(options: ExportOptions, on_checked: Callable[[], None] | None = 
     )
 
 
-def preflight(options: ExportOptions) -> None:
-    """The checks that need neither Ray nor the database (usage errors come before any start-up)."""
+@dataclass(frozen=True)
+class CheckedExport:
+    """One export's options, checked once before any start-up, with what the checks settled: the
+    database target, the images root and a named output (a local path or a URI; None: the default name,
+    known once the project's title is). The later layers read it and check nothing of it again."""
+
+    options: ExportOptions
+    target: DbTarget
+    images_root: str
+    output: Path | str | None
+
+
+def check_export(options: ExportOptions | CheckedExport) -> CheckedExport:
+    """Check the options with everything that needs neither Ray nor the database (usage errors come
+    before any start-up); an already checked export is returned as it is."""
+    if isinstance(options, CheckedExport):
+        return options
     try:
         options.validate(under_job=running_under_job_submit())
         target = parse_db_target(options.db)
@@ -215,13 +230,13 @@ def preflight(options: ExportOptions) -> None:
         raise ExportError(str(exc), 2) from exc
     except SourceError as exc:
         raise ExportError(str(exc), exc.exit_code) from exc
-    _images_root(options, target)
-    if options.output:
-        _check_output(options, "")
+    images_root = _images_root(options, target)
+    output = _check_output(options, "") if options.output else None
     if options.reuse and not reuse_location_exists(options.reuse):
         raise ExportError(
             f"invalid option reuse: {uri_for_display(options.reuse)} does not exist or is not a file", 2
         )
+    return CheckedExport(options, target, images_root, output)
 
 
 def open_reuse(options: ExportOptions, plan: ExportPlan) -> PreviousExport | None:

@@ -21,7 +21,7 @@ from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .locations import uri_for_display
 from .options import MAP_STAGES, ExportOptions
 from .output_files import OutputFiles, OutputLocked, UnsafeOutputPath, remove_export_files, spool_folder
-from .planning import ExportPlan, assembly_plan, local_output_path, open_reuse, plan_export, preflight
+from .planning import CheckedExport, ExportPlan, assembly_plan, check_export, open_reuse, plan_export
 from .reuse import PreviousExport
 from .sources import SourceError
 
@@ -151,9 +151,9 @@ class _Planning(threading.Thread):
     """Runs :func:`plan_export` (the light query: it needs neither Ray nor the actors) while Ray starts,
     then imports Ray Data for the dataset built later."""
 
-    def __init__(self, options: ExportOptions, timings: ExportTimings) -> None:
+    def __init__(self, export: CheckedExport, timings: ExportTimings) -> None:
         super().__init__(name="ray-export-plan", daemon=True)
-        self.options = options
+        self.export = export
         self.timings = timings
         self.plan: ExportPlan | None = None
         self.error: BaseException | None = None
@@ -163,7 +163,7 @@ class _Planning(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.plan = plan_export(self.options, on_checked=self.checked.set)
+            self.plan = plan_export(self.export, on_checked=self.checked.set)
             self.timings.mark("plan_ready")
         except BaseException as exc:  # raised in the export's thread by result()
             self.error = exc
@@ -292,7 +292,7 @@ class _ExportRun:
 
 
 def run_export(
-    options: ExportOptions,
+    options: ExportOptions | CheckedExport,
     export_id: str | None = None,
     cancel: threading.Event | None = None,
     on_start: Callable[[str], None] | None = None,
@@ -312,13 +312,12 @@ def run_export(
     cancel = cancel or threading.Event()
     if on_start:
         on_start(export_id)
-    preflight(options)
+    checked = check_export(options)  # once: the later layers read what it settled
     output_lock: OutputFiles | None = None
-    named_output = local_output_path(options)
-    if named_output is not None:
-        output_lock = lock_output(named_output, export_id)
+    if isinstance(checked.output, Path):
+        output_lock = lock_output(checked.output, export_id)
     try:
-        return _run_locked(options, export_id, cancel, handle_signals, started, output_lock)
+        return _run_locked(checked, export_id, cancel, handle_signals, started, output_lock)
     finally:
         if output_lock is not None:
             output_lock.release()
@@ -340,7 +339,7 @@ def lock_output(output: Path, export_id: str) -> OutputFiles:
 
 
 def _run_locked(
-    options: ExportOptions,
+    checked: CheckedExport,
     export_id: str,
     cancel: threading.Event,
     handle_signals: bool,
@@ -353,8 +352,9 @@ def _run_locked(
     from actors.progress import PROGRESS_NAMESPACE, create_progress_actor
     from actors.zip_writer import ZipWriterActor, writer_actor_name
 
+    options = checked.options
     timings = ExportTimings(started)
-    planning = _Planning(options, timings)
+    planning = _Planning(checked, timings)
     planning.start()
     planning.raise_early_error(USAGE_CHECK_WAIT_S)
     try:

@@ -73,3 +73,21 @@ def test_cleanup_removes_only_this_exports_files_and_reports_what_stays(tmp_path
 
     monkeypatch.setattr(Path, "unlink", refuse)
     assert remove_export_files(out, None, "aaaa") == [mine]
+
+
+def test_a_writer_that_could_not_start_is_named_with_what_it_raised():
+    from ray import exceptions as rx
+
+    from ray_export.errors import ray_error_line
+
+    creation = rx.RayTaskError(
+        "ZipWriterActor.__init__",
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "PermissionError: [Errno 1] Operation not permitted: '/data/out'",
+        PermissionError(1, "Operation not permitted"),
+    )
+    died = rx.ActorDiedError(creation)
+    line = ray_error_line(died, {died.actor_id: "the ZIP writer"} if died.actor_id else None, "10.0.0.1")
+    assert line.endswith("could not start: PermissionError: [Errno 1] Operation not permitted: '/data/out'; "
+                         "no output was written")  # fmt: skip
+    assert "died (killed" in ray_error_line(rx.ActorDiedError(), None, None)

@@ -327,7 +327,9 @@ def test_folder_made_immutable_mid_run_fails_cleanly(big_demo, tmp_path):
     out = folder / "frozen.zip"
     handle = start(db=str(big_demo.db_path), project=big_demo.project_id, output=str(out))
     try:
-        _wait_for(lambda: unnamed_files_in(folder), 120, "the (unnamed) partial file")
+        # once the writer has written an image, its partial and spool files exist (they have no names)
+        _wait_for(lambda: handle.progress().get("done", {}).get("write", 0) > 0, 120, "the first image written")
+        assert unnamed_files_in(folder)
         assert _chattr("+i", folder)
         from ray_export.errors import ExportError
 
