@@ -90,8 +90,8 @@ def test_sigterm_cancels_cli_export(big_demo, tmp_path):
         actor = get_progress_actor(export_id)
         return ray.get(actor.snapshot.remote()) if actor else {}
 
-    _wait_state(snapshot, {"running"}, 60)
-    wait_until(lambda: unnamed_files_in(tmp_path), 30, "the (unnamed) partial file")
+    _wait_state(snapshot, {"running"}, 180)
+    wait_until(lambda: unnamed_files_in(tmp_path), 180, "the (unnamed) partial file")
     assert [p.name for p in tmp_path.iterdir()] == ["term.zip.lock"]
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()

@@ -120,7 +120,14 @@ def test_killed_writer_ends_with_one_line_and_no_files(big_demo, tmp_path):
                 "--address", _address(), "--quiet")
     first = proc.stderr.readline()
     export_id = first.split(":", 1)[1].strip()
-    _wait_for(lambda: unnamed_files_in(tmp_path), 120, "the (unnamed) partial file")
+    from actors.progress import get_progress_actor
+
+    def written() -> int:
+        actor = get_progress_actor(export_id)
+        return ray.get(actor.snapshot.remote()).get("done", {}).get("write", 0) if actor else 0
+
+    _wait_for(lambda: written() > 0, 180, "the writer's first image")  # it runs: its files are open
+    assert unnamed_files_in(tmp_path)
     ray.kill(ray.get_actor(writer_actor_name(export_id), namespace=PROGRESS_NAMESPACE))
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr

@@ -416,12 +416,13 @@ def test_bad_input_of_each_type_is_reported_and_the_export_succeeds(typed_source
 
 @pytest.mark.postgres
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.parametrize("project_type", ["microtubules", "wound"])
+@pytest.mark.parametrize("project_type", ["spheroid_invasive", "wound", "sperm", "microcapsule", "microtubules"])
 def test_typed_zip_is_the_same_from_sqlite_and_postgresql(project_type, postgres_dsn, tmp_path):
+    """Each type's ZIP from SQLite (default blocks) and from PostgreSQL (read in blocks of 2) is the same."""
     from ray_export.api import export
     from ray_export.demo import build_demo_project, copy_project_to_postgres
 
-    demo = build_demo_project(tmp_path / "demo", project_type=project_type)
+    demo = build_demo_project(tmp_path / "demo", n_images=5, project_type=project_type)
     copy_project_to_postgres(demo.db_path, postgres_dsn)
     export(db=str(demo.db_path), project=demo.project_id, output=str(tmp_path / "sqlite.zip"))
     export(db=postgres_dsn, project=demo.project_id, images_root=str(demo.images_root),
