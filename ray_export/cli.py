@@ -177,6 +177,24 @@ def _parser() -> _Parser:
     return parser
 
 
+def _poll_snapshot(export_id: str, actor: Any) -> tuple[Any, dict | None]:
+    """The export's progress actor (``actor`` when already found) and its snapshot; None while Ray or the
+    actor is not there yet, or when the call fails (the next poll tries again)."""
+    import ray
+
+    from actors.progress import get_progress_actor
+
+    try:
+        if not ray.is_initialized():
+            return actor, None
+        actor = actor or get_progress_actor(export_id)
+        if actor is None:
+            return None, None
+        return actor, ray.get(actor.snapshot.remote(), timeout=5)
+    except Exception:
+        return actor, None
+
+
 class _ProgressPrinter(threading.Thread):
     """Draws a live bar on a terminal, or a log line every few seconds otherwise."""
 
@@ -189,21 +207,13 @@ class _ProgressPrinter(threading.Thread):
         self.bar: Any = None
 
     def run(self) -> None:
-        import ray
-
-        from actors.progress import BAR_FORMAT, eta_text, get_progress_actor
+        from actors.progress import BAR_FORMAT, eta_text
 
         actor = None
         last_line = ""
         while not self.stopped.wait(self.period):
-            try:
-                if not ray.is_initialized():
-                    continue
-                actor = actor or get_progress_actor(self.export_id)
-                if actor is None:
-                    continue
-                snap = ray.get(actor.snapshot.remote(), timeout=5)
-            except Exception:
+            actor, snap = _poll_snapshot(self.export_id, actor)
+            if snap is None:
                 continue
             total = (snap.get("totals") or {}).get("write") or 0
             done = (snap.get("done") or {}).get("write", 0)
@@ -299,22 +309,10 @@ class _IdAnnouncer(threading.Thread):
         self._announced = False
 
     def run(self) -> None:
-        import ray
-
-        from actors.progress import get_progress_actor
-
         actor = None
         while not self._announced and not self.closed.wait(ANNOUNCE_POLL_S):
-            try:
-                if not ray.is_initialized():
-                    continue
-                actor = actor or get_progress_actor(self.export_id)
-                if actor is None:
-                    continue
-                state = ray.get(actor.snapshot.remote(), timeout=5).get("state")
-            except Exception:
-                continue
-            if state in _STARTED_STATES:
+            actor, snap = _poll_snapshot(self.export_id, actor)
+            if snap is not None and snap.get("state") in _STARTED_STATES:
                 self.announce()
 
     def announce(self, display: bool = True) -> None:

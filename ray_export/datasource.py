@@ -22,7 +22,17 @@ from ray.data.datasource import Datasource, ReadTask
 
 from .options import DEFAULT_DB_RETRY_S
 from .problems import PROBLEMS_TYPE
-from .sources import POSTGRES, SQLITE, DbTarget, SourceError, connect, fetch_image_rows, map_db_error
+from .sources import (
+    INT_COLUMNS,
+    POSTGRES,
+    SQLITE,
+    TYPE_READ_EXPRESSIONS,
+    DbTarget,
+    SourceError,
+    connect,
+    fetch_image_rows,
+    map_db_error,
+)
 
 DEFAULT_ROWS_PER_TASK = 32
 #: Backoff between reconnection attempts of a read task: doubling from the first delay up to the last.
@@ -42,10 +52,7 @@ FETCHED_FIELDS: list[tuple[str, pa.DataType]] = [
 ]
 #: Columns a project type may add to the read (``sources.TYPE_READ_EXPRESSIONS``), after the fetched ones.
 TYPE_FIELDS: dict[str, pa.DataType] = {
-    "seg_model": pa.string(),
-    "created_at": pa.string(),
-    "parent_video_id": pa.string(),
-    "frame_index": pa.int64(),
+    name: pa.int64() if name in INT_COLUMNS else pa.string() for name in TYPE_READ_EXPRESSIONS
 }
 _RESERVED = frozenset({"index", "image_id"} | {name for name, _ in FETCHED_FIELDS} | set(TYPE_FIELDS))
 

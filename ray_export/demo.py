@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .demo_types import DEFAULT_TYPE, PROJECT_TYPES, build_type_demo, default_image_count
+from .demo_types import DEFAULT_TYPE, PROJECT_TYPES, build_type_demo, default_image_count, write_image
 from .sources import POSTGRES, SQLITE, parse_timestamp, sqlite_readonly_uri
 
 DEMO_DB_NAME = "spheroseg-demo.db"
@@ -349,8 +349,6 @@ def _polygons(rng: np.random.Generator, ids: random.Random, blobs: list[_Blob], 
 
 
 def _encode(image: np.ndarray, kind: str, path: Path) -> None:
-    import cv2
-
     if kind == "gray8":
         data = (image * 255.0 + 0.5).astype(np.uint8)
     elif kind == "gray16":
@@ -358,16 +356,7 @@ def _encode(image: np.ndarray, kind: str, path: Path) -> None:
     else:
         tint = np.array([0.92, 0.97, 1.0], dtype=np.float32)  # B, G, R: a warm brightfield cast
         data = (image[..., None] * tint * 255.0 + 0.5).astype(np.uint8)
-    params: list[int] = []
-    if path.suffix == ".png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    elif path.suffix == ".jpg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, 90]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buffer = cv2.imencode(path.suffix, data, params)
-    if not ok:  # pragma: no cover
-        raise OSError(f"could not encode {path.name}")
-    path.write_bytes(buffer.tobytes())
+    write_image(data, path)
 
 
 # --------------------------------------------------------------------------------------------------

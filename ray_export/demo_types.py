@@ -209,7 +209,7 @@ def _gray8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _write_image(data: np.ndarray, path: Path) -> None:
+def write_image(data: np.ndarray, path: Path) -> None:
     """Encode ``data`` (uint8/uint16 gray or uint8 BGR) to the format of the file's suffix."""
     import cv2
 
@@ -240,7 +240,7 @@ def _add_image(
 ) -> str:
     """Write one image file and append its ``images`` and ``segmentations`` rows; returns the image id."""
     path = ctx.workdir / relative_path
-    _write_image(data, path)
+    write_image(data, path)
     height, width = data.shape[:2]
     image_id = ctx.uuid()
     ctx.demo.images.append(

@@ -81,9 +81,9 @@ def spool_prefix(output: Path) -> str:
 
 
 def _leftover_pattern(output: Path) -> re.Pattern[str]:
-    name = re.escape(output.name)
-    partial = rf"{name}\.{EXPORT_ID_PATTERN}{re.escape(PARTIAL_SUFFIX)}"
-    spool = rf"\.{name}\.spool-[a-z0-9_]{{8}}"  # tempfile.mkdtemp's eight characters
+    # the names partial_path and spool_prefix give, with the export id and mkdtemp's part as patterns
+    partial = re.escape(partial_path(output, "@").name).replace("@", EXPORT_ID_PATTERN)
+    spool = re.escape(spool_prefix(output)) + "[a-z0-9_]{8}"  # tempfile.mkdtemp's eight characters
     return re.compile(rf"(?:{partial}|{spool})")
 
 

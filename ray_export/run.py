@@ -22,6 +22,7 @@ from .locations import uri_for_display
 from .options import MAP_STAGES, ExportOptions
 from .output_files import OutputFiles, OutputLocked, UnsafeOutputPath, remove_export_files, spool_folder
 from .planning import CheckedExport, ExportPlan, assembly_plan, check_export, open_reuse, plan_export
+from .ray_address import job_submission_id
 from .reuse import PreviousExport
 from .sources import SourceError
 
@@ -372,10 +373,9 @@ def _run_locked(
     try:
         run.progress = progress = create_progress_actor(export_id)
         ray.get(progress.set_state.remote("querying"))
-        from .ray_address import job_submission_id
-
-        if job_submission_id() is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
-            ray.get(progress.set_job.remote(job_submission_id()))
+        submission_id = job_submission_id()
+        if submission_id is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
+            ray.get(progress.set_job.remote(submission_id))
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
     timings.mark("progress_ready")

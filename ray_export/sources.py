@@ -652,7 +652,8 @@ TYPE_READ_EXPRESSIONS: dict[str, tuple[str, str]] = {
     "frame_index": ('i."frameIndex"', 'i."frameIndex"'),
 }
 _HEAVY_EXPRESSIONS.update(TYPE_READ_EXPRESSIONS)
-_INT_COLUMNS = frozenset({"db_width", "db_height", "seg_width", "seg_height", "frame_index"})
+#: Output columns read as integers (every other one is text).
+INT_COLUMNS = frozenset({"db_width", "db_height", "seg_width", "seg_height", "frame_index"})
 _TIME_COLUMNS = frozenset({"created_at"})
 _COLUMN_NAMES = {
     "image_id": "images.id",
@@ -720,7 +721,7 @@ def fetch_image_rows(
         row: dict[str, Any] = {}
         problems: list[dict[str, str]] = []
         for name, value in zip(columns, raw, strict=True):
-            if name in _INT_COLUMNS:
+            if name in INT_COLUMNS:
                 row[name] = _int_or_none(value)
                 continue
             if name in _TIME_COLUMNS:

@@ -65,10 +65,8 @@ from .reuse import (
     open_binary,
     parts_fingerprint,
 )
+from .sources import TYPE_READ_EXPRESSIONS
 from .visualize import image_size_from_header, render_visualization
-
-#: The columns a project type may add to the read (``datasource.TYPE_FIELDS``).
-TYPE_FIELD_NAMES: tuple[str, ...] = ("seg_model", "created_at", "parent_video_id", "frame_index")
 
 
 def _values(table: pa.Table, name: str) -> list[Any]:
@@ -570,8 +568,9 @@ def metrics_stage(
     indices, widths, heights = _values(table, "index"), _values(table, "width"), _values(table, "height")
     levels = _reuse_levels(table)
     # the columns the project type added to the read (segmentation model, frame, creation time)
-    read_fields = {name: _values(table, name) for name in TYPE_FIELD_NAMES if name in table.column_names}
+    read_fields = {name: _values(table, name) for name in TYPE_READ_EXPRESSIONS if name in table.column_names}
     originals = table.column("original") if kind.needs_pixels and "original" in table.column_names else None
+    context = dict(type_context or {})
     rows_out: list[list[dict] | None] = []
     type_out: list[str | None] = []
     new_problems: list[list[Problem]] = []
@@ -593,7 +592,7 @@ def metrics_stage(
             original = originals[i] if originals is not None else None
             image = TypeImage(
                 int(indices[i]), image_id, file_name, int(widths[i] or 0), int(heights[i] or 0), parsed, fields,
-                dict(type_context or {}), original.as_py() if original is not None and original.is_valid else None,
+                context, original.as_py() if original is not None and original.is_valid else None,
             )  # fmt: skip
             type_rows, type_problems = image_type_rows(kind, image, scale_um_per_px)
             type_out.append(type_rows)
