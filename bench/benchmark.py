@@ -689,6 +689,65 @@ def run_cold(demo: Any, outdir: Path, runs: int, baseline: OneProcessResult, exp
     }
 
 
+#: The floor no Ray job goes below: a fresh interpreter that imports Ray, starts a local Ray, runs two
+#: trivial tasks and shuts it down (SPEC 8). It prints its own phases as JSON on its last line.
+BARE_RAY_SCRIPT = """
+import json, sys, time
+launched = float(sys.argv[1]); cpus = int(sys.argv[2]); dashboard = sys.argv[3] == "1"
+t0 = time.time()
+import ray
+t1 = time.time()
+kwargs = {} if dashboard else {"include_dashboard": False}
+ray.init(num_cpus=cpus, **kwargs)
+t2 = time.time()
+@ray.remote
+def trivial(x):
+    return x
+assert ray.get([trivial.remote(1), trivial.remote(2)]) == [1, 2]
+t3 = time.time()
+ray.shutdown()
+t4 = time.time()
+print(json.dumps({"interpreter": t0 - launched, "import_ray": t1 - t0, "init": t2 - t1, "tasks": t3 - t2,
+                  "shutdown": t4 - t3}))
+"""
+
+
+def bare_ray_seconds(runs: int, cpus: int, dashboard: bool = True) -> dict[str, Any]:
+    """Wall time of :data:`BARE_RAY_SCRIPT` run ``runs`` times, each in a fresh process (best and median, and
+    the phases of the best run). ``dashboard``: plain ``ray.init()`` as SPEC states it; False: without the
+    dashboard, as the CLI starts a local Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    seconds: list[float] = []
+    phases: list[dict[str, float]] = []
+    for _ in range(max(1, runs)):
+        launched = time.time()
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", BARE_RAY_SCRIPT, repr(launched), str(cpus), "1" if dashboard else "0"],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        seconds.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"bare Ray script failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        phases.append({k: round(v, 3) for k, v in json.loads(lines[-1]).items()} if lines else {})
+    best = min(seconds)
+    return {
+        "seconds": [round(s, 3) for s in seconds],
+        "best_seconds": best,
+        "median_seconds": statistics.median(seconds),
+        "phases": phases[seconds.index(best)],
+        "dashboard": dashboard,
+    }
+
+
+def cold_target(bare_ray_s: float, one_process_s: float, cpus: int) -> float:
+    """SPEC 8's cold target: bare Ray + one-process time / (CPUs x 0.9) + 1 s."""
+    return bare_ray_s + one_process_s / (cpus * 0.9) + 1.0
+
+
 _FIXED_COST_LOG = re.compile(r"fixed cost \(s from its start at ([0-9.]+)\): (\{.*\})")
 
 
@@ -752,6 +811,29 @@ def format_fixed_cost(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def format_bare_ray(report: dict) -> list[str]:
+    """The bare-Ray floor and the cold target measured against it (SPEC 8)."""
+    bare, cold = report.get("bare_ray"), report.get("cold")
+    if not bare or not cold:
+        return []
+    lines = []
+    for key, label in (("plain", "ray.init()"), ("no_dashboard", "ray.init(include_dashboard=False), as the CLI")):
+        b = bare[key]
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in b["phases"].items())
+        lines.append(f"bare Ray ({label}, 2 trivial tasks, shutdown): best {b['best_seconds']:.2f} s, "
+                     f"median {b['median_seconds']:.2f} s ({phases})")
+    floor = bare["plain"]["best_seconds"]
+    target = cold_target(floor, report["one_process"]["seconds"], report["cpus"])
+    best = cold["best_seconds"]
+    verdict = "met" if best <= target else f"missed by {best - target:.2f} s"
+    lines.append(
+        f"cold target: bare Ray {floor:.2f} + one process {report['one_process']['seconds']:.2f} / "
+        f"({report['cpus']} x 0.9) + 1.0 = {target:.2f} s; cold CLI best {best:.2f} s: {verdict}; "
+        f"cold - bare Ray = {best - floor:.2f} s"
+    )
+    return lines
+
+
 def format_report(report: dict) -> str:
     """The readable table."""
     one = report["one_process"]
@@ -771,8 +853,9 @@ def format_report(report: dict) -> str:
             f"cold CLI (`ray-export export`, Ray start included, {cold['cpus']} CPUs of this machine): "
             f"best {cold['best_seconds']:.2f} s, median {cold['median_seconds']:.2f} s over {len(cold['seconds'])} "
             f"run(s), {cold['speedup']:.2f}x the one-process run, ZIP {'OK' if cold['zip_identical'] else 'MISMATCH'}",
-            "",
         ]
+        lines += format_bare_ray(report)
+        lines.append("")
     lines += [
         f"{'plan':<10} {'best s':>7} {'median s':>8} {'img/s':>6} {'speed-up':>8} {'efficiency':>10} "
         f"{'CPU s':>6} {'CPU x':>5} {'idle PSS':>9} {'peak PSS':>9} {'procs':>5} {'writer':>6} {'busy':>5} "
@@ -935,6 +1018,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"one process: {seconds:.2f} s, CPU {baseline.cpu_seconds:.1f} s ({baseline.images_per_s:.2f} images/s), "
         f"other load {baseline.foreign_cpu_fraction:.0%}")
 
+    bare = None
+    if args.cold:
+        bare = {
+            "plain": bare_ray_seconds(args.cold, args.cpus),
+            "no_dashboard": bare_ray_seconds(args.cold, args.cpus, dashboard=False),
+        }
+        log(f"bare Ray: best {bare['plain']['best_seconds']:.2f} s (ray.init()), "
+            f"{bare['no_dashboard']['best_seconds']:.2f} s (no dashboard)")
     cold = run_cold(demo, outdir, args.cold, baseline, expected_zip, log) if args.cold else None
 
     object_store_bytes = args.object_store_mb * 2**20
@@ -960,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray_version": ray.__version__,
         "one_process": asdict(baseline),
         "cold": cold,
+        "bare_ray": bare,
         "plans": [asdict(r) for r in results],
     }
     if json_only:
