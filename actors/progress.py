@@ -768,6 +768,17 @@ def create_progress_actor(
     return ExportProgress(actor, export_id)
 
 
+def start_progress_actor(
+    export_id: str, keep_seconds: float = KEEP_SECONDS, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+) -> tuple[ExportProgress, ray.ObjectRef]:
+    """As :func:`create_progress_actor`, without waiting: the handle, and the reference that is ready once
+    ``export_id`` is registered (getting it raises what the actor's start or the registration raised)."""
+    if not isinstance(export_id, str) or not export_id:
+        raise ValueError(f"export_id must be a non-empty string, got {export_id!r}")
+    actor = _progress_actor(create=True)
+    return ExportProgress(actor, export_id), actor.register.remote(export_id, keep_seconds, None, heartbeat_timeout_s)
+
+
 def get_progress_actor(export_id: str) -> ExportProgress | None:
     """Handle on the progress of ``export_id``, or None when the cluster holds none."""
     actor = _progress_actor(create=False)

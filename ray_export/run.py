@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import RayUnreachable, check_read_fits, ensure_ray
-from .dataset import build_dataset, preload_dataset_modules, quiet_ray_data, streamed_bundles
+from .cluster import RayUnreachable, check_read_fits, cluster_cpus, ensure_ray
+from .dataset import build_dataset, preload_dataset_modules, quiet_ray_data, streamed_bundles, warm_up_cluster
 from .errors import ExportCancelled, ExportError, error_line, ray_error_line
 from .locations import uri_for_display
 from .options import MAP_STAGES, ExportOptions
@@ -25,6 +25,7 @@ from .planning import CheckedExport, ExportPlan, assembly_plan, check_export, op
 from .ray_address import job_submission_id
 from .reuse import PreviousExport
 from .sources import SourceError
+from .writers import WriterGroup, writer_count
 
 log = logging.getLogger("ray_export")
 
@@ -206,7 +207,8 @@ class _ExportRun:
         self.phase = "starting"  # starting -> running -> finalizing -> done, or -> cancelling
         self.active = True  # cleared when run_export returns: no interrupt of the main thread after that
         self.started = time.time()
-        self.writer: Any = None
+        #: the ZIP writer actors (one, or several writing segments)
+        self.writers: WriterGroup | None = None
         self.progress: Any = None
         self.output: Path | str | None = None
         #: the address of the driver's node (where the writer runs)
@@ -223,29 +225,25 @@ class _ExportRun:
 
     def finished(self) -> None:
         """The ZIP is committed: from now on a cancel no longer applies (unless it came first). The
-        writer (a detached actor) is ended."""
-        import ray
-
+        writers (detached actors) are ended."""
         with self.lock:
             if self.phase == "cancelling":
                 raise ExportCancelled()
             self.phase = "done"
-            writer, self.writer = self.writer, None
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(writer)
+            writers, self.writers = self.writers, None
+        if writers is not None:
+            writers.kill()
 
     def actor_names(self) -> dict[str, str]:
         """What the export's actors are, by actor id (hex)."""
-        names = {}
-        for handle, what in ((self.writer, "the ZIP writer"), (self.progress, "the progress actor")):
-            with contextlib.suppress(Exception):
-                names[handle._actor_id.hex()] = what
+        names = self.writers.actor_names() if self.writers is not None else {}
+        with contextlib.suppress(Exception):
+            names[self.progress._actor_id.hex()] = "the progress actor"
         return names
 
-    def set_writer(self, writer: Any) -> None:
+    def set_writers(self, writers: WriterGroup) -> None:
         with self.lock:
-            self.writer = writer
+            self.writers = writers
 
     def on_cancel(self) -> None:
         """Remove every file of the export and record ``cancelled`` now; the main thread unwinds after."""
@@ -273,20 +271,16 @@ class _ExportRun:
         return message
 
     def discard(self, committing: bool) -> list[Path]:
-        """Stop the writer and delete the partial output and spool folder from the driver (same node).
+        """Stop the writers (an upload of several is aborted) and delete the partial output and spool
+        folder from the driver (same node).
 
         ``committing``: the writer may have committed the ZIP in the meantime; then the output this run
         wrote is deleted too.
         """
-        import ray
-
         with self.lock:
-            writer, self.writer = self.writer, None
-        if writer is not None:
-            with contextlib.suppress(Exception):  # a quick clean abort when the writer is idle
-                ray.get(writer.abort.remote(), timeout=1.0)
-            with contextlib.suppress(Exception):
-                ray.kill(writer)
+            writers, self.writers = self.writers, None
+        if writers is not None:
+            writers.discard()
             if committing:
                 time.sleep(0.3)  # let a kill that raced a commit land before looking at the output
         return remove_export_files(self.output, self.started if committing else None, self.export_id)
@@ -348,10 +342,8 @@ def _run_locked(
     output_lock: OutputFiles | None,
 ) -> ExportResult:
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from actors.progress import PROGRESS_NAMESPACE, create_progress_actor
-    from actors.zip_writer import ZipWriterActor, writer_actor_name
+    from actors.progress import start_progress_actor
 
     options = checked.options
     timings = ExportTimings(started)
@@ -365,24 +357,21 @@ def _run_locked(
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
     timings.mark("ray_ready")
+    warm_up_cluster()  # Ray Data's actors and the stage imports start now, beside the export's own start
     check_read_fits(options)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
         install_signal_handlers(cancel)
     run = _ExportRun(export_id, cancel, interrupt_main=handle_signals and in_main)
     try:
-        run.progress = progress = create_progress_actor(export_id)
-        ray.get(progress.set_state.remote("querying"))
-        submission_id = job_submission_id()
-        if submission_id is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
-            ray.get(progress.set_job.remote(submission_id))
+        # the progress actor starts (on first use in the cluster) while the plan and the writer are made
+        run.progress, registered = start_progress_actor(export_id)
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
-    timings.mark("progress_ready")
-    heartbeat = _Heartbeat(progress, cancel)
-    heartbeat.start()
+    progress = run.progress
     watcher = _CancelWatcher(cancel, run.on_cancel)
     watcher.start()
+    heartbeat: _Heartbeat | None = None
     try:
         try:
             plan = planning.result(cancel)
@@ -395,6 +384,24 @@ def _run_locked(
         if previous is not None and previous.reason:
             log.warning("previous export not used, every image is computed: %s", previous.reason)
         run.enter("starting")
+        driver_node = ray.get_runtime_context().get_node_id()
+        run.driver_ip = ray.util.get_node_ip_address()
+        run.output = plan.output
+        assembly = assembly_plan(options, plan, spool_folder(plan.output), export_id, previous)
+        count = writer_count(options.writers, plan.output, cluster_cpus)
+        run.set_writers(writers := WriterGroup.create(assembly, export_id, count, driver_node))
+        writer_ready = _mark_when_ready(writers.first, timings)
+        try:
+            ray.get(registered)
+            ray.get(progress.set_state.remote("querying"))
+            submission_id = job_submission_id()
+            if submission_id is not None:  # a `ray job submit` driver: a cancel stops the job (STOPPED)
+                ray.get(progress.set_job.remote(submission_id))
+        except Exception as exc:
+            raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+        timings.mark("progress_ready")
+        heartbeat = _Heartbeat(progress, cancel)
+        heartbeat.start()
         n = len(plan.rows)
         stage_totals = dict.fromkeys(MAP_STAGES, n)
         if not options.include_visualizations:
@@ -406,29 +413,19 @@ def _run_locked(
         quiet_ray_data()
         # a failed task is reported once, as the export's error line (details in the log), not also by Ray Data
         logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
-        driver_node = ray.get_runtime_context().get_node_id()
-        run.driver_ip = ray.util.get_node_ip_address()
-        run.output = plan.output
-        assembly = assembly_plan(options, plan, spool_folder(plan.output), export_id, previous)
-        run.set_writer(
-            ZipWriterActor.options(
-                name=writer_actor_name(export_id),
-                namespace=PROGRESS_NAMESPACE,
-                lifetime="detached",
-                scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
-            ).remote(assembly, export_id)
-        )
-        writer_ready = _mark_when_ready(run.writer, timings)
         dataset = build_dataset(options, plan, driver_node, progress, previous.source if previous else None)
         run.enter("running")
         ray.get(progress.set_state.remote("running"))
-        writer = run.writer
         if previous is not None:
             ray.get(progress.set_reuse.remote({}, previous.reason))
-        _feed_writer(dataset, writer, progress, cancel, timings=timings, track_reuse=previous is not None)
+        feed = None
+        if writers.segmented:
+            feed = writers.feed(dataset, progress, cancel, timings=timings, track_reuse=previous is not None)
+        else:
+            _feed_writer(dataset, writers.first, progress, cancel, timings=timings, track_reuse=previous is not None)
         run.enter("finalizing")
         ray.get(progress.set_state.remote("finalizing"))
-        counts = ray.get(writer.finish.remote())
+        counts = writers.finish(feed)
         timings.mark("committed")
         run.finished()
         reuse = reuse_summary(counts.pop("reuse", {}), previous)
@@ -471,7 +468,8 @@ def _run_locked(
         with run.lock:
             run.active = False
         watcher.stopped.set()
-        heartbeat.stopped.set()
+        if heartbeat is not None:
+            heartbeat.stopped.set()
         if run.output_lock is not None:
             run.output_lock.release()
 
