@@ -38,6 +38,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -280,20 +281,62 @@ def _unnamed_file(folder: Path) -> int | None:
     return fd
 
 
+#: Bytes written to a partial file between two background flushes to the disk (:class:`WriteBack`).
+WRITE_BACK_BYTES = 32 << 20
+WRITE_BACK_POLL_S = 0.5
+
+
+class WriteBack(threading.Thread):
+    """Flushes a file being written to the disk in the background (``fdatasync`` each time it grew by
+    :data:`WRITE_BACK_BYTES`), so that the fsync of its commit finds little left to write."""
+
+    def __init__(self, fd: int, every_bytes: int = WRITE_BACK_BYTES, poll_s: float = WRITE_BACK_POLL_S) -> None:
+        super().__init__(name="ray-export-write-back", daemon=True)
+        self.fd = fd
+        self.every_bytes = every_bytes
+        self.poll_s = poll_s
+        self.synced = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.poll_s):
+            try:
+                size = os.fstat(self.fd).st_size
+                if size - self.synced >= self.every_bytes:
+                    os.fdatasync(self.fd)
+                    self.synced = size
+            except OSError:
+                return  # the commit's own fsync reports a failing disk
+
+    def stop(self) -> None:
+        """End the thread (before its file is closed). Idempotent."""
+        self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join()
+
+
 @dataclass
 class PartialFile:
     """The ZIP being written: an open file that becomes the output only at :meth:`commit`.
 
     ``path`` is None for an unnamed file (nothing to remove if the process dies), else the
-    ``<output>.<export id>.partial`` it was created as.
+    ``<output>.<export id>.partial`` it was created as. ``write_back``: the thread flushing it to the
+    disk while it is written (stopped at :meth:`commit` or :meth:`discard`).
     """
 
     file: BinaryIO
     path: Path | None
+    write_back: WriteBack | None = None
+
+    def _stop_write_back(self) -> None:
+        if self.write_back is not None:
+            self.write_back.stop()
+            self.write_back = None
 
     def commit(self, output: Path, replace: bool) -> None:
         """Give the finished (flushed) file the name ``output``: atomically, and without ``replace``
         never over a file that exists (:class:`FileExistsError`)."""
+        self._stop_write_back()
         if self.path is None:
             self._link_unnamed(output, replace)
         else:
@@ -335,6 +378,8 @@ class PartialFile:
     def discard(self) -> None:
         """Close the file and remove its name, if it has one. Idempotent; never raises."""
         with contextlib.suppress(Exception):
+            self._stop_write_back()
+        with contextlib.suppress(Exception):
             self.file.close()
         path, self.path = self.path, None
         if path is not None:
@@ -356,20 +401,26 @@ def create_partial(folder: Path, fallback: Path | None) -> PartialFile:
     try:
         fd = _unnamed_file(folder)
         if fd is not None:
-            return PartialFile(os.fdopen(fd, "w+b"), None)
+            return _written_back(PartialFile(os.fdopen(fd, "w+b"), None))
         if fallback is None:
             fd, name = tempfile.mkstemp(dir=folder, suffix=PARTIAL_SUFFIX)
-            return PartialFile(os.fdopen(fd, "w+b"), Path(name))
+            return _written_back(PartialFile(os.fdopen(fd, "w+b"), Path(name)))
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(fallback, flags, OUTPUT_MODE)
         except FileExistsError:
             refuse_unsafe(fallback, "partial file")
             raise UnsafeOutputPath(f"partial file {fallback} exists already; the export does not touch it") from None
-        return PartialFile(os.fdopen(fd, "w+b"), fallback)
+        return _written_back(PartialFile(os.fdopen(fd, "w+b"), fallback))
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise OutputFolderError(f"output folder is not writable: {folder} ({reason})") from error
+
+
+def _written_back(partial: PartialFile) -> PartialFile:
+    partial.write_back = WriteBack(partial.file.fileno())
+    partial.write_back.start()
+    return partial
 
 
 def _move_named(partial: Path, output: Path, replace: bool) -> None:

@@ -23,7 +23,7 @@ from ray_export.output_files import (
     spool_file,
     spool_prefix,
 )
-from tests.open_files import named_files_in, unnamed_files_in
+from tests.open_files import named_files_in, unnamed_files_in, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD_ID = "0123456789ab"
@@ -262,3 +262,25 @@ def test_a_process_killed_outright_leaves_only_a_free_lock(tmp_path):
     with OutputFiles(out, "new000new000") as files:
         assert files.held and (tmp_path / "k.zip.lock").read_text() == "new000new000"
     assert named_files_in(tmp_path) == []
+
+
+def test_write_back_flushes_a_growing_partial_and_stops_at_commit(tmp_path: Path) -> None:
+    partial = create_partial(tmp_path, None)
+    assert partial.write_back is not None and partial.write_back.is_alive()
+    partial.write_back.every_bytes = 1 << 20
+    partial.write_back.poll_s = 0.02
+    partial.file.write(os.urandom(3 << 20))
+    partial.file.flush()
+    wait_until(lambda: partial.write_back.synced >= 3 << 20, 30, "the background flush of the written bytes")
+    thread = partial.write_back
+    partial.commit(tmp_path / "out.zip", replace=False)
+    assert not thread.is_alive() and partial.write_back is None
+    assert (tmp_path / "out.zip").stat().st_size == 3 << 20
+
+
+def test_write_back_stops_when_the_partial_is_discarded(tmp_path: Path) -> None:
+    partial = create_partial(tmp_path, tmp_path / "x.partial")
+    thread = partial.write_back
+    partial.discard()
+    assert thread is not None and not thread.is_alive()
+    assert list(tmp_path.iterdir()) == []
