@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pyarrow as pa
 import ray
 
-from actors.zipstream import ReorderBuffer, ZipStreamWriter
+from actors.zipstream import ReorderBuffer, ZipOutputError, ZipStreamWriter
 from ray_export.documents import ExportSummary
 from ray_export.formats.base import FormatWriter, Selection, WriterContext
 from ray_export.formats.manifest import manifest_part_fields
@@ -35,6 +35,12 @@ from ray_export.reuse import (
     COMPUTED,
     MANIFEST_VERSION,
     MEMBERS_REUSED,
+    PreviousChanged,
+    StoredEntry,
+    changed_message,
+    check_identity,
+    identity_of,
+    identity_of_open,
     merge_reused_problems,
     open_binary,
     options_fingerprint,
@@ -138,7 +144,7 @@ class ExportAssembler:
         )
         try:
             self.previous = PreviousManifest(plan.reuse_location, self.part_fields) if plan.reuse_location else None
-            self.recorder.source = self.previous.file if self.previous is not None else None
+            self.recorder.source = self.previous
             for fmt in self.formats:
                 self.writers.append(fmt.open_writer(context))
         except BaseException:
@@ -154,7 +160,10 @@ class ExportAssembler:
         """
         check_result_schema(table.schema, self.schema)
         written = 0
-        for row in _rows(table, self.schema.names):
+        rows = _rows(table, self.schema.names)
+        if self.previous is not None:
+            self.previous.fetch([row["image_id"] for row in rows if row.get("reuse_level")])
+        for row in rows:
             for index, item in self.buffer.put(int(row["index"]), row):
                 self._write_image(index, item)
                 written += 1
@@ -219,7 +228,8 @@ class ExportAssembler:
                 f"({self.buffer.pending} waiting for an earlier index)"
             )
         summary = replace(plan.summary, counts=dict(self.counts))
-        if self.previous is not None:  # every reused entry is copied
+        if self.previous is not None:  # every reused entry is copied: from the file they were checked in?
+            self.previous.check_unchanged()
             self.previous.close()
         for writer in self.writers:
             writer.finish(summary)
@@ -257,7 +267,7 @@ class MemberRecorder:
         self.format = ""
         self.members: list[tuple[str, str]] | None = None
         #: the open previous export that reused entries are copied from
-        self.source: Any = None
+        self.source: PreviousManifest | None = None
 
     def begin(self) -> list[tuple[str, str]]:
         """Start recording one image's members; the list returned fills as they are written."""
@@ -284,20 +294,25 @@ class MemberRecorder:
         """Copy an entry of the previous export (a ``reused_entries`` value) under ``name``."""
         if self.source is None:
             raise RuntimeError(f"{name}: a reused entry, but no previous export is open")
-        self.zip.add_stored_entry(name, stored_entry_of(entry), self.source)
+        stored = stored_entry_of(entry)
+        self.source.check_entry(stored)
+        self.zip.add_stored_entry(name, stored, self.source.file)
         self._note(name)
 
 
 class PreviousManifest:
     """The trusted previous export, open for the whole export: its manifest, read once (the stored rows
-    of reused images), and the file its entries are copied from (:attr:`file`)."""
+    of reused images), and the file its entries are copied from (:attr:`file`), with its identity when
+    opened (:attr:`identity`), which every copied entry's check and the end of the export compare."""
 
     def __init__(self, location: str, part_fields: list[pa.Field]) -> None:
         import zipfile
 
+        self.location = location
         self._files = contextlib.ExitStack()
         self.file = self._files.enter_context(open_binary(location))
         try:
+            self.identity = identity_of(location, self.file)
             with zipfile.ZipFile(self.file) as zf:
                 table = read_manifest(zf)
         except BaseException:
@@ -307,15 +322,43 @@ class PreviousManifest:
         columns += [f.name for f in part_fields if f.name in table.column_names]
         self.table = table.select(columns)
         self.positions = {str(image_id): i for i, image_id in enumerate(self.table.column("image_id").to_pylist())}
+        self._fetched: dict[str, dict] = {}
 
     def close(self) -> None:
         """Close the previous export's file."""
         self._files.close()
 
+    def fetch(self, image_ids: list[str]) -> None:
+        """Convert the stored rows of ``image_ids`` at once (one ``take``), for :meth:`row` to hand out."""
+        wanted = [(str(i), self.positions[str(i)]) for i in image_ids if str(i) in self.positions]
+        if wanted:
+            rows = self.table.take([position for _, position in wanted]).to_pylist()
+            self._fetched.update(zip((image_id for image_id, _ in wanted), rows, strict=True))
+
     def row(self, image_id: str) -> dict | None:
         """The stored row of ``image_id`` (None when the manifest has none)."""
+        fetched = self._fetched.pop(str(image_id), None)
+        if fetched is not None:
+            return fetched
         position = self.positions.get(str(image_id))
         return None if position is None else self.table.slice(position, 1).to_pylist()[0]
+
+    def check_entry(self, entry: StoredEntry) -> None:
+        """Refuse an entry the copy stage checked in another state of the previous export than the one
+        open here, or when the file open here changed since (:class:`ZipOutputError` naming it)."""
+        try:
+            check_identity(entry.checked_in, self.identity)
+            check_identity(self.identity, identity_of_open(self.file))
+        except PreviousChanged as exc:
+            raise ZipOutputError(f"{changed_message(self.location)} ({exc})") from exc
+
+    def check_unchanged(self) -> None:
+        """Refuse to finish when the previous export changed since it was opened: any write moves its
+        modification time, a file put in its place has another inode."""
+        try:
+            check_identity(self.identity, identity_of(self.location, self.file))
+        except (PreviousChanged, OSError) as exc:
+            raise ZipOutputError(f"{changed_message(self.location)} ({exc})") from exc
 
 
 def new_reuse_counts() -> dict[str, int]:

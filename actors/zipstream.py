@@ -24,7 +24,17 @@ from typing import Any, BinaryIO, Generic, TypeVar
 from isal.isal_zlib import crc32 as _crc32
 
 from ray_export.output_files import OutputFolderError, PartialFile, create_partial
-from ray_export.reuse import DamagedEntry, StoredEntry, copy_stored_entry, read_stored_entry
+from ray_export.reuse import (
+    DamagedEntry,
+    PreviousChanged,
+    SourceEnded,
+    StoredEntry,
+    check_identity,
+    copy_entry_data,
+    copy_stored_entry,
+    identity_of_open,
+    read_stored_entry,
+)
 
 __all__ = [
     "ZIP_DEFLATED",
@@ -371,29 +381,50 @@ class ZipStreamWriter:
 
     def add_stored_entry(self, name: str, entry: StoredEntry, source: BinaryIO) -> None:
         """Add one member by copying ``entry``, an entry of another ZIP written this way (``source``), as its
-        compressed bytes: read in chunks, CRC-32 and size checked while copying.
+        compressed bytes.
 
         The bytes written are those :meth:`add_bytes` gives for the uncompressed data under ``name``:
         the same local header and the same compressed stream (the deflate level and library are part
         of the software versions an entry is reused across). An entry compressed otherwise than
-        ``name`` calls for is refused; one that fails its check raises :class:`ZipOutputError` (the
-        ZIP being written is then unusable: abort it).
+        ``name`` calls for is refused.
+
+        An entry the copy stage checked (``entry.checked_in``, ``entry.data_offset``) is not read here:
+        its data goes from file to file by the kernel where both are local files (see
+        :func:`~ray_export.reuse.copy_entry_data`), once ``source`` is found to be the file it was
+        checked in (same size, modification time, inode and device; a stream without a descriptor is
+        the caller's to compare). Any other entry is checked (local header, size, CRC-32) before it is
+        copied. A failed check raises :class:`ZipOutputError` (the ZIP being written is then unusable:
+        abort it).
         """
         method, size = int(entry.method), int(entry.file_size)
-        head = b""
-        if _is_tiff_name(name):
-            raw = read_stored_entry(source, entry)
-            head = raw if method == ZIP_STORED else zlib.decompress(raw, -15)
-        if member_compression(name, head) != method:
-            raise ValueError(f"stored entry for {name!r} has compression method {method}, not the one it calls for")
+        # A TIFF entry's method was chosen from its bytes under a TIFF name, as it would be here: only a
+        # TIFF name given an entry of another name needs the bytes to tell.
+        if not (_is_tiff_name(name) and _is_tiff_name(entry.name)):
+            head = b""
+            if _is_tiff_name(name):
+                raw = read_stored_entry(source, entry)
+                head = raw if method == ZIP_STORED else zlib.decompress(raw, -15)
+            if member_compression(name, head) != method:
+                raise ValueError(
+                    f"stored entry for {name!r} has compression method {method}, not the one it calls for"
+                )
+        try:
+            if entry.checked_in is not None and entry.data_offset is not None:
+                check_identity(entry.checked_in, identity_of_open(source), "the previous export")
+                data_offset = entry.data_offset
+            else:
+                data_offset = copy_stored_entry(source, entry)
+        except (DamagedEntry, PreviousChanged) as exc:
+            raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
         info = self._member_info(name, method)
         info.file_size = size
         info.compress_size = int(entry.compress_size)
         info.CRC = int(entry.crc)
-        with self._raw_member(info, _needs_zip64(size)) as out:
+        with self._raw_member(info, _needs_zip64(size)):
             try:
-                copy_stored_entry(source, entry, out.write)
-            except DamagedEntry as exc:
+                # into the file itself, whose positions are those of its bytes (the ZIP's may be shifted)
+                copy_entry_data(source, data_offset, int(entry.compress_size), self._file)
+            except SourceEnded as exc:
                 raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
 
     # ---------------------------------------------------------------------------------------------------------------

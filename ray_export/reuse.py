@@ -12,8 +12,12 @@ previous ZIP (``reuse``) compares fingerprints image by image:
   index, the member names and the scale.
 
 An image whose member fingerprint matches has its members copied from the previous ZIP as compressed
-entries (CRC checked while reading them) and is not drawn again; when its parts fingerprint matches
-too, its annotation and metric parts come from the manifest and are not recomputed either. Options
+entries and is not drawn again; when its parts fingerprint matches too, its annotation and metric parts
+come from the manifest and are not recomputed either. Each copied entry is checked once, by the copy
+stage (in parallel): its local header, size and CRC-32, and where its data begins; the writer then has
+the kernel copy that data from file to file (:func:`copy_entry_data`) without reading it, after checking
+that the previous ZIP is still the file the entry was checked in (:class:`FileIdentity`: size,
+modification time, inode), once more before the commit. Options
 that shape the content and the software versions are compared once for the whole ZIP: a previous ZIP
 made otherwise, of another project, without a readable manifest, or damaged, is not trusted, and the
 images concerned are computed as in a full export. The result is byte-identical to a full export.
@@ -24,8 +28,10 @@ Nothing here knows about Ray.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -49,8 +55,10 @@ COMPUTE_REASONS = ("new", "changed", "renumbered", "damaged", "not_trusted")
 #: enter each image's parts fingerprint instead (an export of a subset can feed one of the whole).
 _PER_IMAGE_OPTIONS = ("image_ids", "scale")
 
-#: Where one stored entry of the previous ZIP lies (checked by the copy stage), for the writer to copy it
-#: from there: the bytes go from file to file, never through the object store.
+#: Where one stored entry of the previous ZIP lies, as the copy stage checked it, for the writer to copy
+#: it from there: the bytes go from file to file, never through the object store. ``data_offset`` is
+#: where the ``compress_size`` bytes checked begin; ``previous_*`` is the identity of the previous ZIP
+#: when they were checked (:class:`FileIdentity`), which the writer compares with the file it copies from.
 REUSED_ENTRY_TYPE = pa.struct(
     [
         pa.field("format", pa.string()),
@@ -60,6 +68,11 @@ REUSED_ENTRY_TYPE = pa.struct(
         pa.field("crc", pa.int64()),
         pa.field("file_size", pa.int64()),
         pa.field("method", pa.int64()),
+        pa.field("data_offset", pa.int64()),
+        pa.field("previous_size", pa.int64()),
+        pa.field("previous_mtime_ns", pa.int64()),
+        pa.field("previous_inode", pa.int64()),
+        pa.field("previous_device", pa.int64()),
     ]
 )
 REUSED_ENTRIES_TYPE = pa.list_(REUSED_ENTRY_TYPE)
@@ -129,6 +142,10 @@ class StoredEntry:
     crc: int
     method: int
     level: int
+    #: where its data begins, and the previous ZIP's identity, once the copy stage checked it (the writer
+    #: then copies the data without reading it); ``None``: not checked, the writer checks it while copying
+    data_offset: int | None = None
+    checked_in: FileIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +207,6 @@ def reuse_location_exists(location: str) -> bool:
             return fs.get_file_info(path).type == pafs.FileType.File
         except Exception:
             return False
-    import os
-
     return os.path.isfile(local_path(location))
 
 
@@ -298,12 +313,23 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
-#: Bytes copied at a time from a previous ZIP.
-COPY_CHUNK = 4 << 20
+#: Bytes read at a time from a previous ZIP (into one buffer, reused for the whole entry).
+COPY_CHUNK = 1 << 20
+#: Most bytes one ``copy_file_range`` or ``sendfile`` call is asked for.
+_KERNEL_CALL_BYTES = 1 << 30
 
 
-def _seek_to_data(fh: BinaryIO, entry: StoredEntry) -> None:
-    """Check the entry's local header and leave ``fh`` at its first data byte."""
+def _fileno(fh: Any) -> int | None:
+    """The descriptor of an open local file; ``None`` for other streams (a ``pyarrow.fs`` file)."""
+    try:
+        fd = fh.fileno()
+    except (AttributeError, OSError, ValueError, NotImplementedError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _seek_to_data(fh: BinaryIO, entry: StoredEntry) -> int:
+    """Check the entry's local header, leave ``fh`` at its first data byte and return that offset."""
     try:
         fh.seek(entry.header_offset)
         header = fh.read(_LOCAL_HEADER.size)
@@ -316,38 +342,47 @@ def _seek_to_data(fh: BinaryIO, entry: StoredEntry) -> None:
         name = fh.read(name_length)
         if name.decode("utf-8", "replace") != entry.name:
             raise DamagedEntry(f"{entry.name}: the local header names another member")
-        fh.seek(extra_length, 1)
+        data_offset = entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        fh.seek(data_offset)
+        return data_offset
     except DamagedEntry:
         raise
     except (OSError, ValueError) as exc:
         raise DamagedEntry(f"{entry.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def copy_stored_entry(fh: BinaryIO, entry: StoredEntry, write: Callable[[bytes], Any] | None = None) -> None:
+def copy_stored_entry(fh: BinaryIO, entry: StoredEntry, write: Callable[[bytes], Any] | None = None) -> int:
     """Stream the compressed bytes of ``entry`` to ``write`` (none: only check them), checking the local
-    header, the size and the CRC-32 while reading.
+    header, the size and the CRC-32 while reading; return the offset of the entry's first data byte in
+    ``fh`` (its data is the ``entry.compress_size`` bytes from there).
 
     Raises :class:`DamagedEntry` when they do not match the central directory; bytes already given to
     ``write`` are then not to be used.
     """
-    _seek_to_data(fh, entry)
+    data_offset = _seek_to_data(fh, entry)
     if entry.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise DamagedEntry(f"{entry.name}: compression method {entry.method} is not copied")
     inflater = zlib.decompressobj(-15) if entry.method == zipfile.ZIP_DEFLATED else None
-    crc, size, left = 0, 0, entry.compress_size
+    fd = _fileno(fh) if hasattr(os, "preadv") else None
+    buffer = memoryview(bytearray(max(1, min(COPY_CHUNK, entry.compress_size))))
+    crc, size, left, position = 0, 0, entry.compress_size, data_offset
     try:
         while left:
-            chunk = fh.read(min(COPY_CHUNK, left))
-            if not chunk:
+            want = buffer[: min(len(buffer), left)]
+            # a local file is read with pread into the one buffer; other streams from their position
+            got = os.preadv(fd, [want], position) if fd is not None else fh.readinto(want)  # type: ignore[attr-defined]
+            if not got:
                 raise DamagedEntry(f"{entry.name}: truncated data")
-            left -= len(chunk)
+            chunk = want[:got]
+            left -= got
+            position += got
             if inflater is None:
-                crc, size = _crc32(chunk, crc), size + len(chunk)
+                crc, size = _crc32(chunk, crc), size + got
             else:
                 plain = inflater.decompress(chunk)
                 crc, size = zlib.crc32(plain, crc), size + len(plain)
             if write is not None:
-                write(chunk)
+                write(bytes(chunk))
         if inflater is not None:
             plain = inflater.flush()
             crc, size = zlib.crc32(plain, crc), size + len(plain)
@@ -357,6 +392,7 @@ def copy_stored_entry(fh: BinaryIO, entry: StoredEntry, write: Callable[[bytes],
         raise DamagedEntry(f"{entry.name}: {type(exc).__name__}: {exc}") from exc
     if crc != entry.crc or size != entry.file_size:
         raise DamagedEntry(f"{entry.name}: CRC-32 or size mismatch")
+    return data_offset
 
 
 def read_stored_entry(fh: BinaryIO, entry: StoredEntry) -> bytes:
@@ -366,11 +402,218 @@ def read_stored_entry(fh: BinaryIO, entry: StoredEntry) -> bytes:
     return b"".join(parts)
 
 
+# ------------------------------------------------------------------------- the previous file, unchanged
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """One state of a file, told apart from any other cheaply: its size, modification time, inode and
+    device (0 where the file system has none, as an object store).
+
+    Any write to the file changes its modification time; a file put in its place has another inode.
+    """
+
+    size: int
+    mtime_ns: int
+    inode: int = 0
+    device: int = 0
+
+
+def identity_of_open(fh: Any) -> FileIdentity | None:
+    """The identity of an open local file (``fstat``); ``None`` for a stream without a descriptor."""
+    fd = _fileno(fh)
+    if fd is None:
+        return None
+    st = os.fstat(fd)
+    return FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def identity_of(location: str, fh: Any | None = None) -> FileIdentity:
+    """The identity of the previous ZIP: of its open file ``fh`` where it has a descriptor, else of the
+    object ``location`` names (size and modification time as its file system reports them)."""
+    if fh is not None and (identity := identity_of_open(fh)) is not None:
+        return identity
+    from .locations import is_uri, local_path
+
+    if is_uri(location) and not location.lower().startswith("file:"):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(location)
+        info = fs.get_file_info(path)
+        return FileIdentity(int(info.size or 0), int(info.mtime_ns or 0))
+    st = os.stat(local_path(location))
+    return FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+class PreviousChanged(ValueError):
+    """The previous ZIP is not the file its entries were checked in: it changed, or was replaced."""
+
+
+def changed_message(location: str) -> str:
+    """The export's error when the previous ZIP changed while it ran."""
+    from .locations import uri_for_display
+
+    return (
+        f"the previous export {uri_for_display(location)} changed while this export copied from it "
+        "(it must stay as it is until the export ends); run the export again"
+    )
+
+
+def check_identity(recorded: FileIdentity | None, current: FileIdentity | None, what: str = "it") -> None:
+    """Raise :class:`PreviousChanged` when the file's ``current`` identity is not the ``recorded`` one
+    (``None`` on either side: nothing to compare)."""
+    if recorded is None or current is None or recorded == current:
+        return
+    if (recorded.inode, recorded.device) != (current.inode, current.device):
+        how = "is another file now"
+    elif recorded.size != current.size:
+        how = f"went from {recorded.size} to {current.size} bytes"
+    else:
+        how = "was written to"
+    raise PreviousChanged(f"{what} {how} since its entries were checked")
+
+
+# ------------------------------------------------------------------------------ copying by the kernel
+
+#: How the bytes of a reused entry go from the previous ZIP to the new one, in the order tried: within
+#: the kernel (``copy_file_range``: the file system may share or clone the blocks), through the page
+#: cache by the kernel (``sendfile``), then read and written here. A method the platform or the pair of
+#: file systems refuses hands the rest of the range to the next one.
+COPY_METHODS: tuple[str, ...] = ("copy_file_range", "sendfile", "readwrite")
+
+
+class SourceEnded(DamagedEntry):
+    """The previous ZIP ended before the range to copy did."""
+
+
+def copy_range(source_fd: int, source_offset: int, target_fd: int, target_offset: int, count: int,
+               methods: tuple[str, ...] | None = None) -> str:  # fmt: skip
+    """Copy ``count`` bytes from ``source_offset`` of one file to ``target_offset`` of another, both
+    given by descriptor, with the first of ``methods`` (default :data:`COPY_METHODS`) that works; return
+    the method that copied the last byte. A method that fails or stops short hands the rest to the next.
+    The descriptors' file positions are left undefined (``sendfile`` moves the target's).
+
+    Raises :class:`SourceEnded` when the source has fewer bytes, ``OSError`` when the last method fails.
+    """
+    methods = COPY_METHODS if methods is None else methods
+    if count <= 0:
+        return methods[0] if methods else "none"
+    progress = [0]  # bytes copied so far, kept up to date by each method as it goes
+    for method in methods:
+        try:
+            _COPIERS[method](source_fd, source_offset, target_fd, target_offset, count, progress)
+        except OSError:
+            if method == methods[-1]:
+                raise
+            continue
+        if progress[0] == count:
+            return method
+        if os.fstat(source_fd).st_size < source_offset + count:
+            raise SourceEnded(f"the previous export ends before byte {source_offset + count}")
+    raise OSError(f"no copy method finished the copy ({progress[0]} of {count} bytes; tried {', '.join(methods)})")
+
+
+def _copy_file_range(source_fd: int, source_offset: int, target_fd: int, target_offset: int, count: int,
+                     progress: list[int]) -> None:  # fmt: skip
+    if not hasattr(os, "copy_file_range"):
+        raise OSError(errno.ENOSYS, "copy_file_range is not available")
+    while (done := progress[0]) < count:
+        n = os.copy_file_range(source_fd, target_fd, min(count - done, _KERNEL_CALL_BYTES),
+                               source_offset + done, target_offset + done)  # fmt: skip
+        if n <= 0:  # the source's end, or a file system that copies nothing this way: the caller decides
+            return
+        progress[0] += n
+
+
+def _sendfile(source_fd: int, source_offset: int, target_fd: int, target_offset: int, count: int,
+              progress: list[int]) -> None:  # fmt: skip
+    if not hasattr(os, "sendfile"):
+        raise OSError(errno.ENOSYS, "sendfile is not available")
+    os.lseek(target_fd, target_offset + progress[0], os.SEEK_SET)
+    while (done := progress[0]) < count:
+        n = os.sendfile(target_fd, source_fd, source_offset + done, min(count - done, _KERNEL_CALL_BYTES))
+        if n <= 0:
+            return
+        progress[0] += n
+
+
+def _read_write(source_fd: int, source_offset: int, target_fd: int, target_offset: int, count: int,
+                progress: list[int]) -> None:  # fmt: skip
+    buffer = memoryview(bytearray(max(1, min(COPY_CHUNK, count - progress[0]))))
+    while (done := progress[0]) < count:
+        want = buffer[: min(len(buffer), count - done)]
+        if hasattr(os, "preadv"):
+            got = os.preadv(source_fd, [want], source_offset + done)
+        else:  # pragma: no cover - platforms without preadv
+            data = os.pread(source_fd, len(want), source_offset + done)
+            got = len(data)
+            want[:got] = data
+        if got <= 0:
+            return
+        written = 0
+        while written < got:
+            n = os.pwrite(target_fd, want[written:got], target_offset + done + written)
+            if n <= 0:
+                raise OSError(errno.EIO, "the new ZIP took no bytes")
+            written += n
+        progress[0] += got
+
+
+_COPIERS: dict[str, Callable[[int, int, int, int, int, list[int]], None]] = {
+    "copy_file_range": _copy_file_range,
+    "sendfile": _sendfile,
+    "readwrite": _read_write,
+}
+
+
+def copy_entry_data(source: Any, data_offset: int, count: int, target: BinaryIO,
+                    methods: tuple[str, ...] | None = None) -> str:  # fmt: skip
+    """Append ``count`` bytes from ``data_offset`` of ``source`` (the previous ZIP) at ``target``'s
+    position, and leave ``target`` after them; return how they were copied (see :func:`copy_range`).
+
+    Between local files the kernel copies them (``target``, a buffered file, is flushed first and
+    moved after); from a stream without a descriptor they are read and written here. Nothing is
+    checked: the entry was checked by the copy stage (:func:`copy_stored_entry`).
+    """
+    start = target.tell()
+    source_fd, target_fd = _fileno(source), _fileno(target)
+    if source_fd is not None and target_fd is not None:
+        target.flush()
+        method = copy_range(source_fd, data_offset, target_fd, start, count, methods)
+        target.seek(start + count)
+        return method
+    source.seek(data_offset)
+    left = count
+    while left:
+        chunk = source.read(min(COPY_CHUNK, left))
+        if not chunk:
+            raise SourceEnded(f"the previous export ends before byte {data_offset + count}")
+        target.write(chunk)
+        left -= len(chunk)
+    return "stream"
+
+
+def reused_entry_value(entry: StoredEntry, data_offset: int, checked_in: FileIdentity) -> dict[str, Any]:
+    """A ``reused_entries`` value (see :data:`REUSED_ENTRY_TYPE`): ``entry``, checked by the copy stage,
+    its data found at ``data_offset`` of the previous ZIP whose identity was then ``checked_in``."""
+    return {
+        "format": entry.format, "name": entry.name, "header_offset": entry.header_offset,
+        "compress_size": entry.compress_size, "crc": entry.crc, "file_size": entry.file_size,
+        "method": entry.method, "data_offset": data_offset, "previous_size": checked_in.size,
+        "previous_mtime_ns": checked_in.mtime_ns, "previous_inode": checked_in.inode,
+        "previous_device": checked_in.device,
+    }  # fmt: skip
+
+
 def stored_entry_of(value: Mapping[str, Any]) -> StoredEntry:
     """A :class:`StoredEntry` from a ``reused_entries`` value (see :data:`REUSED_ENTRY_TYPE`)."""
+    checked = value.get("data_offset") is not None and value.get("previous_size") is not None
     return StoredEntry(
         str(value["format"]), str(value["name"]), int(value["header_offset"]), int(value["compress_size"]),
         int(value["file_size"]), int(value["crc"]), int(value["method"]), 0,
+        int(value["data_offset"]) if checked else None,
+        FileIdentity(int(value["previous_size"]), int(value["previous_mtime_ns"]), int(value["previous_inode"] or 0),
+                     int(value["previous_device"] or 0)) if checked else None,
     )  # fmt: skip
 
 

@@ -57,13 +57,15 @@ from .reuse import (
     MEMBERS_REUSED,
     REUSED_ENTRIES_TYPE,
     DamagedEntry,
+    FileIdentity,
     ReuseSource,
-    StoredEntry,
     copy_stored_entry,
     file_fingerprint_of,
+    identity_of,
     member_fingerprint,
     open_binary,
     parts_fingerprint,
+    reused_entry_value,
 )
 from .sources import TYPE_READ_EXPRESSIONS
 from .visualize import image_size_from_header, render_visualization
@@ -271,12 +273,14 @@ def copy_stage(
     reasons: list[str | None] = []
     entries_out: list[list[dict] | None] = []
     with contextlib.ExitStack() as previous_zip:
-        opened: list[Any] = []
+        opened: list[tuple[Any, FileIdentity]] = []
 
-        def previous() -> Any:
+        def previous() -> tuple[Any, FileIdentity]:
+            """The previous ZIP, opened once per batch, and its identity as its entries are checked."""
             if not opened:
                 assert reuse is not None
-                opened.append(previous_zip.enter_context(open_binary(reuse.location)))
+                fh = previous_zip.enter_context(open_binary(reuse.location))
+                opened.append((fh, identity_of(reuse.location, fh)))
             return opened[0]
 
         for i in range(n):
@@ -312,9 +316,13 @@ def copy_stage(
                 level = ALL_REUSED if candidate.parts_fingerprint == parts_print else MEMBERS_REUSED
                 copied = [e for e in candidate.entries if e.level <= level]
                 try:
-                    for e in copied:  # the writer copies them from the previous ZIP: check them now
-                        copy_stored_entry(previous(), e)
-                except DamagedEntry:
+                    # the writer copies the data of each entry from the previous ZIP without reading it:
+                    # this is the one check of its local header, size and CRC-32
+                    checked = []
+                    for e in copied:
+                        fh, identity = previous()
+                        checked.append(reused_entry_value(e, copy_stored_entry(fh, e), identity))
+                except (DamagedEntry, OSError):
                     reason = "damaged"
                 else:
                     originals.append(None)
@@ -324,7 +332,7 @@ def copy_stage(
                     new_problems.append([])
                     levels.append(level)
                     reasons.append(None)
-                    entries_out.append([_entry_value(e) for e in copied])
+                    entries_out.append(checked)
                     continue
             if path is not None and file_fingerprint == "mtime":
                 data, read_error = _read_original(fs, path, is_local, rel, base, limits)
@@ -359,13 +367,6 @@ def copy_stage(
             "reused_entries": pa.array(entries_out, type=REUSED_ENTRIES_TYPE),
         },
     )
-
-
-def _entry_value(entry: StoredEntry) -> dict[str, Any]:
-    """A ``reused_entries`` value: where the writer finds the checked entry in the previous ZIP."""
-    return {"format": entry.format, "name": entry.name, "header_offset": entry.header_offset,
-            "compress_size": entry.compress_size, "crc": entry.crc, "file_size": entry.file_size,
-            "method": entry.method}  # fmt: skip
 
 
 #: Source columns that are not part of an image's member fingerprint (names and index enter the parts one).
