@@ -86,32 +86,26 @@ def import_stage_modules() -> None:
     from . import datasource, stages  # noqa: F401
 
 
-def warm_up_cluster() -> threading.Thread:
-    """Start, beside the export's own start, what its first block would otherwise wait for: Ray Data's
-    cluster-wide actors (created once per cluster; each is a new process) and the stage modules' imports in
-    the workers now idle (one task per free CPU, never more than are free: no task waits for a node an
-    autoscaler would have to add). Returns the thread doing it; nothing waits for it."""
+def warm_up_cluster() -> None:
+    """Start, before the export's own actors, what its first block would otherwise wait for: Ray Data's
+    cluster-wide actors (created once per cluster, each a new process, and answered before Ray Data runs
+    a task), then the stage modules' imports in the workers now idle (one task per free CPU, never more
+    than are free: no task waits for a node an autoscaler would have to add). Nothing waits for them."""
+    import ray
 
-    def warm() -> None:
-        import ray
+    with contextlib.suppress(Exception):
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+        from ray.data._internal.stats import get_or_create_stats_actor
 
-        with contextlib.suppress(Exception):
-            free = int(ray.available_resources().get("CPU", 0))
-            task = ray.remote(num_cpus=1, max_retries=0)(import_stage_modules)
-            for _ in range(min(free, MAX_WARM_UP_TASKS)):
-                task.remote()
-        with contextlib.suppress(Exception):
-            from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-                get_or_create_autoscaling_coordinator,
-            )
-            from ray.data._internal.stats import get_or_create_stats_actor
-
-            get_or_create_stats_actor()
-            get_or_create_autoscaling_coordinator()
-
-    thread = threading.Thread(target=warm, name="ray-export-warm-up", daemon=True)
-    thread.start()
-    return thread
+        get_or_create_autoscaling_coordinator()
+        get_or_create_stats_actor()
+    with contextlib.suppress(Exception):
+        free = int(ray.available_resources().get("CPU", 0))
+        task = ray.remote(num_cpus=1, max_retries=0)(import_stage_modules)
+        for _ in range(min(free, MAX_WARM_UP_TASKS)):
+            task.remote()
 
 
 def _remote_args(options: ExportOptions, stage: str, label_selector: dict | None) -> dict[str, Any]:
