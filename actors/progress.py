@@ -60,7 +60,8 @@ __all__ = [
 
 PROGRESS_NAMESPACE = "ray_export"
 PROGRESS_ACTOR_NAME = "ray_export_progress"
-STATES = ("querying", "running", "finalizing", "succeeded", "failed", "cancelled")
+#: ``queued``: waiting in an export service's queue (see ``queue_position``), before ``querying``
+STATES = ("queued", "querying", "running", "finalizing", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 HEARTBEAT_TIMEOUT_S = 30.0
 HEARTBEAT_LOST_MESSAGE = "driver heartbeat lost"
@@ -342,6 +343,8 @@ class ProgressState:
         self.reuse: dict[str, Any] | None = None
         #: the submission id of the Ray job whose driver runs the export (``ray job submit``), or None
         self.job_submission_id: str | None = None
+        #: 1-based place in an export service's queue while ``queued`` (None otherwise)
+        self.queue_position: int | None = None
 
     # ---------------------------------------------------------------------------------------------------------------
     def _clock(self, now: float | None) -> float:
@@ -365,6 +368,8 @@ class ProgressState:
             return False
         now = self._clock(now)
         self.state = state
+        if state != "queued":
+            self.queue_position = None
         if message is not None:
             self.message = message
         if state in ("running", "finalizing") and self.running_since is None:
@@ -373,6 +378,12 @@ class ProgressState:
             self.finished_at = now
         self.updated_at = now
         return True
+
+    def set_queue_position(self, position: int | None, now: float | None = None) -> None:
+        """Record the export's 1-based place in its service's queue (kept only while ``queued``)."""
+        if self.state == "queued":
+            self.queue_position = None if position is None else _count(position, "queue position")
+        self.updated_at = self._clock(now)
 
     def set_output(self, output: str | None, now: float | None = None) -> None:
         """Record the output path (or URI)."""
@@ -559,6 +570,7 @@ class ProgressState:
             "heartbeat_age_s": max(0.0, now - self.last_heartbeat),
             "reuse": dict(self.reuse) if self.reuse is not None else None,
             "job_submission_id": self.job_submission_id,
+            "queue_position": self.queue_position if state == "queued" else None,
         }
 
 
@@ -570,7 +582,7 @@ class ProgressState:
 _STATE_CALLS = frozenset(
     {
         "set_state", "set_output", "set_totals", "add_done", "add_images", "set_bytes", "add_problems",
-        "heartbeat", "request_cancel", "set_stage_demands", "snapshot", "set_reuse", "set_job",
+        "heartbeat", "request_cancel", "set_stage_demands", "snapshot", "set_reuse", "set_job", "set_queue_position",
     }
 )  # fmt: skip
 

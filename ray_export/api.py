@@ -71,13 +71,21 @@ def _start_ray(address: str | None) -> None:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {exc}", 1) from exc
 
 
-def export(options: ExportOptions | dict | None = None, **overrides: Any) -> ExportResult:
+def export(
+    options: ExportOptions | dict | None = None, service: str | None = None, token: str | None = None, **overrides: Any
+) -> ExportResult:
     """Run an export and wait for it; raises :class:`ExportError` / :class:`ExportCancelled`.
 
     ``export(db="demo.db", project="Demo", output="/tmp/demo.zip")`` or ``export(ExportOptions(...))``.
     Without a Ray in this process, Ray is started as a plain ``ray.init()`` would
     (see :func:`start_ray_for_caller`).
+
+    ``service``: the URL of a running export service (``ray-export serve``), which runs the export instead
+    (``token``: its bearer token, default ``RAY_EXPORT_TOKEN``); the result is the same object, its
+    ``output`` a path on the service's machine. An interrupt (Ctrl-C) cancels the export there.
     """
+    if service is not None:
+        return _service_handle(service, token, options, overrides).wait_cancelling_on_interrupt()
     checked = check_export(_as_options(options, overrides))  # usage errors come before any start-up
     _start_ray(checked.options.address)
     with _caller_logging():
@@ -175,9 +183,61 @@ class ExportHandle:
         return self.wait()
 
 
-def start(options: ExportOptions | dict | None = None, **overrides: Any) -> ExportHandle:
-    """Start an export in the background and return its handle."""
+def start(
+    options: ExportOptions | dict | None = None, service: str | None = None, token: str | None = None, **overrides: Any
+) -> ExportHandle:
+    """Start an export in the background and return its handle (on the export service at ``service``,
+    when given: see :func:`export`)."""
+    if service is not None:
+        return _service_handle(service, token, options, overrides)
     return ExportHandle(_as_options(options, overrides))
 
 
-__all__ = ["ExportCancelled", "ExportError", "ExportHandle", "ExportResult", "export", "start"]
+class ServiceExportHandle(ExportHandle):
+    """An export running on an export service: the same methods as :class:`ExportHandle`. Leaving the
+    script does not cancel it (it runs on the service); :meth:`cancel` does."""
+
+    def __init__(self, client: Any, values: dict[str, Any]) -> None:  # no Ray here: the service has it
+        self._client = client
+        self.export_id = client.submit(values)["id"]
+        self._cancel = threading.Event()
+        self._result: ExportResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, name=f"ray-export-{self.export_id}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        from .service.client import wait_for
+
+        try:
+            self._result = wait_for(self._client, self.export_id, self._cancel)
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
+    def progress(self) -> dict[str, Any]:
+        """The service's status of the export: the progress snapshot, with ``queue_position``."""
+        return self._client.status(self.export_id)
+
+    def wait_cancelling_on_interrupt(self) -> ExportResult:
+        """:meth:`wait`; an interrupt cancels the export on the service first."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.2)
+        except KeyboardInterrupt:
+            self.cancel()
+            self._thread.join(30)
+            raise
+        return self.wait()
+
+
+def _service_handle(
+    service: str, token: str | None, options: ExportOptions | dict | None, overrides: dict[str, Any]
+) -> ServiceExportHandle:
+    from .service.client import ServiceClient, client_for, options_values
+
+    values = options_values(options, overrides)
+    client = ServiceClient(service, token) if token is not None else client_for(service)
+    return ServiceExportHandle(client, values)
+
+
+__all__ = ["ExportCancelled", "ExportError", "ExportHandle", "ExportResult", "ServiceExportHandle", "export", "start"]

@@ -157,6 +157,7 @@ def _parser() -> _Parser:
     )  # fmt: skip
     add_export_arguments(exp)
     exp.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_service_arguments(exp, "submit the export to this running export service (ray-export serve) instead")
     demo = sub.add_parser("demo", help="build (or reuse) the demo project and export it")
     demo.add_argument("--type", default=DEFAULT_TYPE, choices=PROJECT_TYPES, dest="project_type",
                       help=f"project type of the demo (default {DEFAULT_TYPE})")
@@ -171,10 +172,49 @@ def _parser() -> _Parser:
     status.add_argument("export_id", nargs="?", help="one export (default: every export on the cluster)")
     status.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_service_arguments(status, "the exports of this export service (ray-export serve) instead")
     cancel = sub.add_parser("cancel", help="cancel a running export (and stop its Ray job, if it runs as one)")
     cancel.add_argument("export_id", help="the id the export printed first")
     cancel.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or the local one)")
+    _add_service_arguments(cancel, "an export of this export service (ray-export serve)")
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_service_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("export service")
+    group.add_argument("--service", metavar="URL", default=None, help=what)
+    group.add_argument("--token-file", metavar="FILE", default=None,
+                       help="the service's bearer token (default: RAY_EXPORT_TOKEN, if set)")
+
+
+SERVE_USAGE = "ray-export serve --exports-root DIR --db DSN_OR_PATH [--db ...] [--images-root DIR ...] [options]"
+
+
+def _add_serve_parser(sub: Any) -> None:
+    from .service.config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV
+
+    serve = sub.add_parser(
+        "serve", help="run the export service: exports over HTTP, on a running cluster, with warm workers",
+        usage=SERVE_USAGE,
+        description="Run the export service until Ctrl-C or SIGTERM (which cancel its running exports cleanly). "
+        "It prints its URL on stdout once it takes requests. See docs/service.md.",
+    )  # fmt: skip
+    serve.add_argument("--exports-root", required=True, metavar="DIR",
+                       help="the folder every output (and --reuse file) of a request must lie in")
+    serve.add_argument("--db", action="append", required=True, metavar="DSN_OR_PATH",
+                       help="a database requests may export from (repeatable; the first is the default)")
+    serve.add_argument("--images-root", action="append", default=[], metavar="DIR_OR_URI",
+                       help="an images root requests may use, or a folder inside one (repeatable; the first is "
+                       "the default; a SQLite database's folder is always allowed)")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"address to listen on (default {DEFAULT_HOST}; any other needs a token)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
+    serve.add_argument("--token-file", metavar="FILE", default=None,
+                       help=f"bearer token every request must carry (default: {TOKEN_ENV}, if set)")
+    serve.add_argument("--max-concurrent", type=int, default=1, metavar="N",
+                       help="exports running at once (default 1); the rest wait in order")
+    serve.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
 
 
 def _poll_snapshot(export_id: str, actor: Any) -> tuple[Any, dict | None]:
@@ -195,14 +235,20 @@ def _poll_snapshot(export_id: str, actor: Any) -> tuple[Any, dict | None]:
         return actor, None
 
 
+#: ``(export id, state kept between calls) -> (state, snapshot or None)``
+SnapshotPoll = Callable[[str, Any], "tuple[Any, dict | None]"]
+
+
 class _ProgressPrinter(threading.Thread):
     """Draws a live bar on a terminal, or a log line every few seconds otherwise."""
 
-    def __init__(self, export_id: str, tty: bool, period: float) -> None:
+    def __init__(self, export_id: str, tty: bool, period: float, poll: SnapshotPoll | None = None) -> None:
         super().__init__(daemon=True, name="ray-export-progress")
         self.export_id = export_id
         self.tty = tty
         self.period = period
+        #: ``(export id, its state) -> (state, snapshot or None)``; default: the cluster's progress actor
+        self.poll = poll or _poll_snapshot
         self.stopped = threading.Event()
         self.bar: Any = None
 
@@ -212,7 +258,7 @@ class _ProgressPrinter(threading.Thread):
         actor = None
         last_line = ""
         while not self.stopped.wait(self.period):
-            actor, snap = _poll_snapshot(self.export_id, actor)
+            actor, snap = self.poll(self.export_id, actor)
             if snap is None:
                 continue
             total = (snap.get("totals") or {}).get("write") or 0
@@ -254,6 +300,8 @@ def _status_line(snap: dict) -> str:
     eta = eta_text(snap)  # a duration, "stalled" or None
     eta_part = f" eta={eta}" if eta else ""
     line = f"[{snap.get('export_id')}] {snap.get('state')} {stages} problems={snap.get('problems', 0)}{eta_part}"
+    if snap.get("queue_position"):
+        line += f" queue_position={snap['queue_position']}"
     reuse = snap.get("reuse")
     if reuse:
         line += f" reused={int(reuse.get('reused', 0)) + int(reuse.get('reused_members', 0))}"
@@ -436,10 +484,16 @@ def _status(args) -> int:
     if args.export_id and not snapshots:
         _err(f"error: export {args.export_id!r} did not answer (it may have just ended)")
         return EXIT_FAILED
+    _print_statuses(snapshots, args, "on this cluster")
+    return EXIT_OK
+
+
+def _print_statuses(snapshots: list[dict], args: argparse.Namespace, where: str) -> None:
+    """What ``ray-export status`` prints: JSON, or a few lines per export."""
     if args.json:
         _out(json.dumps(snapshots[0] if args.export_id else snapshots, indent=2, default=str))
     elif not snapshots:
-        _out("no exports on this cluster")
+        _out(f"no exports {where}")
     else:
         for snap in snapshots:
             _out(_status_line(snap))
@@ -452,7 +506,6 @@ def _status(args) -> int:
                 _out(f"  output: {snap['output']}")
             if snap.get("message"):
                 _out(f"  {snap['message']}")
-    return EXIT_OK
 
 
 def _cancel(args) -> int:
@@ -647,6 +700,10 @@ def _address_error(address: str | None, attach_only: bool) -> str | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if getattr(args, "service", None):
+        return _via_service(args)
     if args.command == "export":
         try:
             options = options_from_args(args)
@@ -669,6 +726,128 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         return _status(args)
     return _cancel(args)
+
+
+# ------------------------------------------------------------------------------------------ the export service
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``ray-export serve``: the URL on stdout once requests are taken; runs until Ctrl-C or SIGTERM."""
+    from .service.config import ServiceConfigError, make_config, read_token
+    from .service.server import ServiceStartError, run_service
+
+    problem = _address_error(args.address, attach_only=False)
+    if problem:
+        _err(problem)
+        return EXIT_USAGE
+    try:
+        token = read_token(args.token_file)
+        config = make_config(
+            args.exports_root, args.db, args.images_root, args.host, args.port, token, args.max_concurrent,
+            args.address,
+        )  # fmt: skip
+    except ServiceConfigError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    logging.getLogger("ray_export.service").setLevel(logging.INFO)  # submitted, started, ended: on stderr
+    try:
+        return run_service(config, _out)
+    except ServiceStartError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+
+
+def _via_service(args: argparse.Namespace) -> int:
+    """``export``, ``status`` and ``cancel`` with ``--service URL``: the same lines and exit codes as on a
+    cluster, from the service's HTTP API."""
+    from .errors import ExportError
+    from .service.client import ServiceRefused, client_for
+
+    try:
+        client = client_for(args.service, args.token_file)
+        if args.command == "export":
+            return _export_via_service(client, args)
+        if args.command == "status":
+            snapshots = [client.status(args.export_id)] if args.export_id else client.statuses()
+            _print_statuses(snapshots, args, "on this service")
+            return EXIT_OK
+        status = client.status(args.export_id)
+        if status.get("state") in ("succeeded", "failed", "cancelled"):
+            _out(f"export {args.export_id} already {status.get('state')}; nothing to cancel")
+            return EXIT_OK
+        status = client.cancel(args.export_id)
+        _out(f"export {args.export_id} {status.get('state')}" if status.get("state") == "cancelled"
+             else f"cancel requested for {args.export_id}")  # fmt: skip
+        return EXIT_OK
+    except ServiceRefused as exc:
+        if exc.status == 404:
+            _err(f"error: no export {getattr(args, 'export_id', '')!r} on the service at {client.url}")
+            return EXIT_USAGE
+        _err(f"error: {exc}")
+        return exc.exit_code
+    except ExportError as exc:
+        _err(f"error: {exc}")
+        return exc.exit_code
+
+
+def _export_via_service(client: Any, args: argparse.Namespace) -> int:
+    """Submit the export (options file and flags, as the service's options object), then follow it like a
+    local one: ``export id: ID``, the live bar, the output path (on the service's machine) and the summary.
+    Ctrl-C or SIGTERM cancel it on the service."""
+    from .errors import ExportCancelled, ExportError
+    from .options import load_options_file, merge_option_values
+    from .run import install_signal_handlers
+    from .service.client import wait_for
+
+    options_path = getattr(args, "options", None)
+    file_values = None
+    try:
+        flags = overrides_from_args(args)
+        file_values = load_options_file(options_path) if options_path else None
+    except OptionError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+
+    def option_name(name: str) -> str:
+        return command_line_name(name, flags, file_values, options_path)
+
+    cancel = threading.Event()
+    install_signal_handlers(cancel)
+    printer = None
+    try:
+        export_id = client.submit(merge_option_values(file_values, flags))["id"]
+        _err(f"export id: {export_id}")
+        if not args.quiet:
+            tty = sys.stderr.isatty()
+            printer = _ProgressPrinter(export_id, tty, 0.5 if tty else 5.0, poll=_service_poll(client))
+            printer.start()
+        result = wait_for(client, export_id, cancel)
+    except ExportCancelled:
+        _err("cancelled: no output was written")
+        return EXIT_CANCELLED
+    except ExportError as exc:
+        _err(f"error: {_name_options(str(exc), option_name)}")
+        return exc.exit_code
+    finally:
+        if printer is not None:
+            printer.stop()
+    _out(result.output)
+    _err(done_line(result))
+    if result.reuse is not None:
+        _err(reuse_line(result.reuse))
+    return EXIT_OK
+
+
+def _service_poll(client: Any) -> SnapshotPoll:
+    """A :data:`SnapshotPoll` reading the export's status from the service."""
+
+    def poll(export_id: str, state: Any) -> tuple[Any, dict | None]:
+        try:
+            return state, client.status(export_id)
+        except Exception:
+            return state, None
+
+    return poll
 
 
 if __name__ == "__main__":
