@@ -23,7 +23,7 @@ import ray
 
 from actors.zipstream import ReorderBuffer, ZipOutputError, ZipStreamWriter
 from ray_export.documents import ExportSummary
-from ray_export.formats.base import FormatWriter, Selection, WriterContext
+from ray_export.formats.base import FormatWriter, OutputFormat, Selection, WriterContext
 from ray_export.formats.manifest import manifest_part_fields
 from ray_export.formats.registry import check_result_schema, result_schema, selected_formats
 from ray_export.heap import release_free_heap
@@ -109,19 +109,11 @@ class ExportAssembler:
         self.spool = Path(plan.spool_dir)
         self.formats = selected_formats(Selection.of(plan))
         self.schema = result_schema(self.formats)
-        self.counts = dict.fromkeys(COUNT_NAMES, 0)
-        for fmt in self.formats:
-            self.counts.update({name: 0 for name in fmt.counts if name not in self.counts})
+        self.counts = new_counts(self.formats)
         self.buffer = ReorderBuffer()
         self.released = 0
         self.writers: list[FormatWriter] = []
-        # An object-store output is assembled in an unnamed spool file and uploaded once complete.
-        if self.remote_output:
-            self.zip = ZipStreamWriter(None, plan.export_time, folder=self.spool)
-        else:
-            self.zip = ZipStreamWriter(
-                Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
-            )
+        self.zip = self._open_zip()
         self.recorder = MemberRecorder(self.zip)
         self.previous: PreviousManifest | None = None
         self.reuse_counts = new_reuse_counts()
@@ -184,25 +176,39 @@ class ExportAssembler:
         """Per-image problems of the images written so far."""
         return self.counts["problems"]
 
+    def _open_zip(self) -> ZipStreamWriter | None:
+        """The ZIP being written: the partial file beside a local output; an object-store output is
+        assembled in an unnamed spool file and uploaded once complete."""
+        plan = self.plan
+        if self.remote_output:
+            return ZipStreamWriter(None, plan.export_time, folder=self.spool)
+        return ZipStreamWriter(
+            Path(plan.output), plan.export_time, partial_path=plan.partial_path, replace=plan.replace
+        )
+
+    def _image_writers(self) -> list[tuple[OutputFormat, FormatWriter]]:
+        """The formats (and their writers) each image is handed to, in table order."""
+        return list(zip(self.formats, self.writers, strict=True))
+
     def _write_image(self, index: int, row: dict) -> None:
+        self._prepare_image(index, row)
+        row["members"] = self.recorder.begin()
+        for fmt, writer in self._image_writers():
+            self.recorder.format = fmt.name
+            writer.add(row)
+        self.recorder.end()
+        count_image(self.counts, row)
+        self.released += 1
+
+    def _prepare_image(self, index: int, row: dict) -> None:
+        """Complete a row before its writers see it: a reused image's stored values, the reuse count,
+        and its problems (the driver's first, then the stages')."""
         level = int(row.get("reuse_level") or COMPUTED)
         if level != COMPUTED:
             self._restore(row, level)
         count_reuse(self.reuse_counts, level, row.get("reuse_reason"))
         row["pipeline_problems"] = row["problems"] or []
         row["problems"] = list(self.plan.driver_problems.get(index, [])) + row["pipeline_problems"]
-        row["members"] = self.recorder.begin()
-        for fmt, writer in zip(self.formats, self.writers, strict=True):
-            self.recorder.format = fmt.name
-            writer.add(row)
-        self.recorder.end()
-        counts = self.counts
-        counts["images"] += 1
-        counts["objects"] += int(row["n_objects"])
-        counts["polylines"] += int(row["n_polylines"])
-        counts["problems"] += len(row["problems"])
-        counts["metric_rows"] += len(row.get("metric_rows") or ())
-        self.released += 1
 
     def _restore(self, row: dict, level: int) -> None:
         """Complete a reused image's row from the previous export's manifest: its decodability and
@@ -365,6 +371,23 @@ def new_reuse_counts() -> dict[str, int]:
     """Counts of how an export's images were made: taken over whole, members taken over (parts
     recomputed), computed, and why computed images were not taken over."""
     return {"reused": 0, "reused_members": 0, "computed": 0, **{f"computed_{r}": 0 for r in COMPUTE_REASONS}}
+
+
+def new_counts(formats: list[OutputFormat]) -> dict[str, int]:
+    """The export totals of these formats, all 0, in the order they are reported."""
+    counts = dict.fromkeys(COUNT_NAMES, 0)
+    for fmt in formats:
+        counts.update({name: 0 for name in fmt.counts if name not in counts})
+    return counts
+
+
+def count_image(counts: dict[str, int], row: dict) -> None:
+    """Add one written image to the export totals."""
+    counts["images"] += 1
+    counts["objects"] += int(row["n_objects"])
+    counts["polylines"] += int(row["n_polylines"])
+    counts["problems"] += len(row["problems"])
+    counts["metric_rows"] += len(row.get("metric_rows") or ())
 
 
 def count_reuse(counts: dict[str, int], level: int, reason: str | None) -> None:

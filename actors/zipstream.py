@@ -11,6 +11,7 @@ Pure Python (no Ray): the writer actor drives these classes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import struct
 import zipfile
@@ -218,6 +219,10 @@ class ZipStreamWriter:
     ``commit()`` gives it the name ``output_path``. Without ``output_path`` the ZIP is made in ``folder``
     and ``commit()`` leaves it open as :attr:`file` (for an upload), to be closed with :meth:`abort`.
 
+    With ``spool`` (an open, empty, unnamed file) the ZIP is written there instead; ``start_offset`` is
+    where that file begins in the ZIP when the bytes before it are written elsewhere (see *Segments*
+    below).
+
     Every member gets the same date-time (from ``timestamp``), Unix permissions 0644, no extra fields and
     the fixed deflate level, so the same sequence of calls gives byte-identical files. As a context manager
     it commits on a clean exit (unless already committed or aborted) and aborts on an exception.
@@ -231,12 +236,16 @@ class ZipStreamWriter:
         partial_path: str | Path | None = None,
         replace: bool = True,
         folder: str | Path | None = None,
+        spool: BinaryIO | None = None,
+        start_offset: int = 0,
     ) -> None:
         self._committed = True  # nothing to discard until the partial file exists
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
-        if output_path is None and folder is None:
-            raise ValueError("a ZIP writer needs an output path or a folder")
+        if output_path is None and folder is None and spool is None:
+            raise ValueError("a ZIP writer needs an output path, a folder or a spool file")
+        #: where in the ZIP this writer's file begins (the bytes before it are written elsewhere)
+        self._start_offset = int(start_offset)
         self.output_path = Path(output_path) if output_path is not None else None
         #: False: ``commit()`` refuses to replace an output file that appeared while the ZIP was written
         self.replace = replace
@@ -245,12 +254,16 @@ class ZipStreamWriter:
         self._names: set[str] = set()
         self._final_size: int | None = None
         self._closed = False
-        where = Path(folder) if folder is not None else self.output_path.parent  # type: ignore[union-attr]
-        self._partial = _open_partial(where, Path(partial_path) if partial_path is not None else None)
+        if spool is not None:
+            self._partial = PartialFile(spool, None)
+        else:
+            where = Path(folder) if folder is not None else self.output_path.parent  # type: ignore[union-attr]
+            self._partial = _open_partial(where, Path(partial_path) if partial_path is not None else None)
         self._file = self._partial.file
         self._committed = False
         try:
-            self._zip = zipfile.ZipFile(self._file, mode="w", allowZip64=True)
+            target = _ShiftedFile(self._file, self._start_offset) if self._start_offset else self._file
+            self._zip = zipfile.ZipFile(target, mode="w", allowZip64=True)
         except BaseException:
             self._partial.discard()
             raise
@@ -278,7 +291,7 @@ class ZipStreamWriter:
             return self._final_size
         if self._closed:
             return 0
-        return self._file.tell()
+        return self._start_offset + self._file.tell()
 
     @property
     def closed(self) -> bool:
@@ -439,7 +452,7 @@ class ZipStreamWriter:
             self._zip.close()
             self._file.flush()
             os.fsync(self._file.fileno())
-            size = os.fstat(self._file.fileno()).st_size
+            size = self._start_offset + os.fstat(self._file.fileno()).st_size
             if self.output_path is not None:
                 try:
                     self._partial.commit(self.output_path, self.replace)
@@ -481,6 +494,125 @@ class ZipStreamWriter:
         # A writer dropped without commit leaves no partial behind.
         if not getattr(self, "_committed", True):
             self.abort()
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Segments: a ZIP assembled from runs of members written by several writers. Local headers hold no
+    # offsets, so a run's bytes are the same wherever it lands; only the central directory, written once
+    # at the end, holds the members' absolute offsets.
+
+    def segment_members(self) -> tuple[int, list[zipfile.ZipInfo]]:
+        """End this writer as a segment: its size and copies of its members' records (offsets from the
+        segment's start). The file keeps exactly those bytes (no central directory); :meth:`abort` drops it."""
+        if self._closed:
+            raise ValueError("ZIP writer is already committed or aborted")
+        archive = self._zip
+        with archive._lock:
+            if archive._writing:
+                raise ValueError("a member is being written")
+            archive.fp.flush()
+            return archive.start_dir - self._start_offset, [copy.copy(info) for info in archive.filelist]
+
+    def adopt_members(self, infos: Iterable[zipfile.ZipInfo], offset: int) -> None:
+        """List members written elsewhere, at ``offset`` in the ZIP (their records' offsets are relative to
+        it), in the central directory; their bytes are not in this writer's file."""
+        if self._closed:
+            raise ValueError("ZIP writer is already committed or aborted")
+        archive = self._zip
+        with archive._lock:
+            for info in infos:
+                if info.filename in self._names:
+                    raise ValueError(f"duplicate ZIP member name: {info.filename!r}")
+                shifted = copy.copy(info)
+                shifted.header_offset = info.header_offset + offset
+                archive.filelist.append(shifted)
+                archive.NameToInfo[shifted.filename] = shifted
+                self._names.add(shifted.filename)
+
+    def append_segment(
+        self, source: BinaryIO | bytes | memoryview, size: int, infos: Iterable[zipfile.ZipInfo]
+    ) -> None:
+        """Append a segment: the first ``size`` bytes of ``source`` (an open file, copied by the kernel
+        where it can, or bytes) at the current end, and its members (``infos``, offsets relative to the
+        segment) to the directory."""
+        if self._closed:
+            raise ValueError("ZIP writer is already committed or aborted")
+        archive = self._zip
+        with archive._lock:
+            if archive._writing:
+                raise ValueError("a member is being written")
+            start = archive.start_dir
+            archive.fp.seek(start)
+            archive.fp.flush()
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                copied = _pwrite_all(self._file.fileno(), memoryview(source)[:size], start - self._start_offset)
+            else:
+                copied = copy_file_range_all(source, 0, self._file, start - self._start_offset, size)
+            if copied != size:
+                raise ZipOutputError(f"a segment of {size} bytes ended after {copied} bytes")
+            archive.start_dir = start + size
+            archive.fp.seek(archive.start_dir)
+            archive._didModify = True
+            self.adopt_members(infos, start)
+
+
+class _ShiftedFile:
+    """A file seen ``offset`` bytes further on: what zipfile reads as positions are positions in the whole
+    ZIP, while the file holds only the part from ``offset`` on."""
+
+    def __init__(self, raw: BinaryIO, offset: int) -> None:
+        self.raw = raw
+        self.offset = offset
+
+    def tell(self) -> int:
+        return self.raw.tell() + self.offset
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            if position < self.offset:
+                raise ValueError(f"position {position} lies before this file's start {self.offset}")
+            return self.raw.seek(position - self.offset) + self.offset
+        return self.raw.seek(position, whence) + self.offset
+
+    def write(self, data: Any) -> int:
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
+    return written
+
+
+def copy_file_range_all(source: BinaryIO, source_offset: int, target: BinaryIO, target_offset: int, size: int) -> int:
+    """Copy ``size`` bytes between two open files at the given offsets, by the kernel
+    (``os.copy_file_range``) where it can, else through a buffer; the files' own positions do not move.
+    Returns the bytes copied (fewer only when ``source`` ends first)."""
+    source_fd, target_fd = source.fileno(), target.fileno()
+    copied = 0
+    kernel = hasattr(os, "copy_file_range")
+    while copied < size:
+        if kernel:
+            try:
+                step = os.copy_file_range(
+                    source_fd, target_fd, min(size - copied, 1 << 30), source_offset + copied, target_offset + copied
+                )
+            except OSError:  # not between these files (another file system on old kernels, a pipe): by buffer
+                kernel = False
+                continue
+        else:
+            data = os.pread(source_fd, min(size - copied, COPY_CHUNK_BYTES), source_offset + copied)
+            step = os.pwrite(target_fd, data, target_offset + copied) if data else 0
+        if step == 0:
+            break
+        copied += step
+    return copied
 
 
 # --------------------------------------------------------------------------------------------------------------------

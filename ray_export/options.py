@@ -19,6 +19,7 @@ from .formats.base import STAGE_ORDER
 from .locations import SQLITE_SCHEME, is_postgres_dsn, is_uri
 from .ray_address import ray_address_problem
 from .reuse import FILE_FINGERPRINTS
+from .segments import CPUS_PER_WRITER, MAX_WRITERS
 
 
 class OptionError(ValueError):
@@ -271,6 +272,8 @@ class ExportOptions:
     scale_um_per_px: float | None = None
     stages: dict[str, StageResources] = field(default_factory=default_stages)
     max_buffered_images: int = DEFAULT_MAX_BUFFERED_IMAGES
+    #: ZIP writer actors (None: one per 8 CPUs of the cluster); never changes the bytes
+    writers: int | None = None
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -357,6 +360,8 @@ class ExportOptions:
                 raise OptionError(f"stages.{stage}", f"{hints!r} is not a StageResources")
             hints.validate(stage)
         _check_int("max_buffered_images", self.max_buffered_images, 1, MAX_BUFFERED_IMAGES_LIMIT)
+        if self.writers is not None:
+            _check_int("writers", self.writers, 1, MAX_WRITERS)
         _check_positive_int("max_file_bytes", self.max_file_bytes)
         timeout = self.read_timeout_s
         if not _is_number(timeout) or not 0.0 < float(timeout) <= MAX_READ_TIMEOUT_S:
@@ -731,6 +736,9 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
     OptionField("stages", "stages", _stages),
     OptionField("max_buffered_images", "max_buffered_images", _to_int, "--max-buffered-images", metavar="N",
                 help=f"bound of the writer's reorder buffer ({DEFAULT_MAX_BUFFERED_IMAGES})", group=RESOURCES_GROUP),
+    OptionField("writers", "writers", _to_int, "--writers", metavar="N",
+                help=f"ZIP writer actors, each assembling runs of images (1-{MAX_WRITERS}; default one per "
+                f"{CPUS_PER_WRITER} CPUs of the cluster); the ZIP is the same for every N", group=RESOURCES_GROUP),
     OptionField("max_file_bytes", "max_file_bytes", parse_bytes, "--max-file-bytes", metavar="BYTES",
                 help="largest original file read, e.g. 2GiB (default 2GiB)", group=RESOURCES_GROUP, content=True),
     OptionField("read_timeout_s", "read_timeout_s", _to_float, "--read-timeout", metavar="SECONDS",

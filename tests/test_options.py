@@ -460,7 +460,7 @@ def test_option_table_declares_every_field_once() -> None:
         "db", "project", "image_ids", "output", "force", "images_root", "shared_images_root", "address", "originals",
         "visualizations", "docs", "annotations", "coco_holes", "mt_thickness", "mt_margin", "metrics", "scale",
         "visualization", "stages",
-        "max_buffered_images", "max_file_bytes", "read_timeout_s", "max_image_pixels",
+        "max_buffered_images", "writers", "max_file_bytes", "read_timeout_s", "max_image_pixels",
         "db_retry_s",
         "stall_timeout_s", "reuse", "file_fingerprint",
     )  # fmt: skip
