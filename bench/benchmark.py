@@ -644,6 +644,122 @@ def run_plan(
     )
 
 
+# ------------------------------------------------------------------------------------- export service
+
+
+def start_service(demo: Any, exports_root: Path, address: str, log_file: Path) -> tuple[subprocess.Popen, str]:
+    """``ray-export serve`` in a subprocess attached to ``address`` (the benchmark's Ray), exporting the demo
+    into ``exports_root``; returns the process and its URL (the first line it prints)."""
+    exports_root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "ray_export", "serve", "--address", address, "--exports-root", str(exports_root),
+               "--db", str(demo.db_path), "--port", "0"]  # fmt: skip
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    url = (proc.stdout.readline() if proc.stdout else "").strip()
+    if not url.startswith("http"):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"ray-export serve did not start: {log_file.read_text(errors='replace')[-500:]}")
+    return proc, url
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    """SIGTERM (the service cancels what runs and exits), then SIGKILL after 60 s."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def timed_service_export(client: Any, values: dict) -> tuple[float, dict]:
+    """Wall seconds from submitting an export to the service until its status says it ended, and that status."""
+    started = time.perf_counter()
+    export_id = client.submit(values)["id"]
+    status = client.status(export_id)
+    while status["state"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.05)
+        status = client.status(export_id)
+    elapsed = time.perf_counter() - started
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"export through the service {status['state']}: {status.get('error')}")
+    return elapsed, status
+
+
+def run_service_benchmark(url: str | None, demo: Any, outdir: Path, baseline: OneProcessResult,
+                          warm_pipeline_s: float | None, cpus: int, log: Callable[[str], None]) -> dict:  # fmt: skip
+    """The demo exported twice through an export service (``url``, or one started on the benchmark's Ray),
+    then re-exported with ``--reuse`` of the second ZIP with nothing changed: wall times as a client sees
+    them (submit -> ended), against the warm pipeline and the one-process time."""
+    import ray
+
+    from ray_export.service.client import client_for
+
+    proc = None
+    if url is None:
+        proc, url = start_service(demo, outdir / "service", ray.get_runtime_context().gcs_address,
+                                  outdir / "service.log")  # fmt: skip
+        log(f"export service: {url} (log: {outdir / 'service.log'})")
+    try:
+        client = client_for(url)
+        full = {"db": str(demo.db_path), "project": demo.project_id, "output": "bench-service.zip", "force": True}
+        first_s, _ = timed_service_export(client, full)
+        log(f"  service: first export {first_s:.2f} s")
+        second_s, status = timed_service_export(client, full)
+        log(f"  service: second export {second_s:.2f} s")
+        output = Path(status["output"])
+        identical = output.exists() and sha256_file(output) == baseline.zip_sha256
+        reuse_values = {**full, "output": "bench-service-reuse.zip", "reuse": "bench-service.zip"}
+        reuse_s, reuse_status = timed_service_export(client, reuse_values)
+        log(f"  service: --reuse re-export {reuse_s:.2f} s")
+        reuse_output = Path(reuse_status["output"])
+        reuse_identical = reuse_output.exists() and sha256_file(reuse_output) == baseline.zip_sha256
+        for finished in (status, reuse_status):  # the ZIPs are not kept
+            client.cancel(finished["export_id"])
+    finally:
+        if proc is not None:
+            stop_service(proc)
+    return {
+        "url": url,
+        "first_seconds": first_s,
+        "second_seconds": second_s,
+        "warm_pipeline_seconds": warm_pipeline_s,
+        "one_process_seconds": baseline.seconds,
+        "target_seconds": baseline.seconds / (cpus * 0.9) + 0.5,
+        "reuse_seconds": reuse_s,
+        "reuse_ratio": second_s / reuse_s if reuse_s > 0 else None,
+        "reuse": (reuse_status.get("result") or {}).get("reuse"),
+        "zip_identical": identical,
+        "reuse_zip_identical": reuse_identical,
+    }
+
+
+def format_service(service: dict) -> list[str]:
+    """The service's lines of the report."""
+    warm = service["warm_pipeline_seconds"]
+    target = service["target_seconds"]
+    ratio = service["reuse_ratio"]
+    return [
+        f"export service ({service['url']}), wall time from submit to ended, as a client sees it:",
+        f"  second export {service['second_seconds']:.2f} s (first {service['first_seconds']:.2f} s); "
+        f"warm pipeline {warm:.2f} s; one process {service['one_process_seconds']:.2f} s"
+        if warm is not None else
+        f"  second export {service['second_seconds']:.2f} s (first {service['first_seconds']:.2f} s); "
+        f"one process {service['one_process_seconds']:.2f} s",
+        f"  target one-process / (CPUs x 0.9) + 0.5 s = {target:.2f} s: "
+        f"{'met' if service['second_seconds'] <= target else 'NOT met'}",
+        f"  --reuse with nothing changed: {service['reuse_seconds']:.2f} s, "
+        f"{ratio:.1f}x faster than the full export through the service (goal >= 10x)" if ratio else "",
+        f"  ZIPs identical to the one-process ZIP: full {'yes' if service['zip_identical'] else 'NO'}, "
+        f"reuse {'yes' if service['reuse_zip_identical'] else 'NO'}",
+    ]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -928,6 +1044,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "results are computed once, stored under the workdir, and fed to the writer --repeat times",
     )  # fmt: skip
     parser.add_argument(
+        "--service", nargs="?", const="start", default=None, metavar="URL",
+        help="also export through an export service twice and once with --reuse: the service at URL (its --db must "
+             "include the demo's), or without URL one started on the benchmark's Ray",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="also write the results as JSON to PATH; without PATH, print only JSON to stdout",
     )
@@ -1040,6 +1161,11 @@ def main(argv: list[str] | None = None) -> int:
                 run_plan(name, PLANS[name], demo, outdir, args.repeat, args.cpus, baseline, n_images,
                          expected_zip, log)
             )
+        service = None
+        if args.service is not None:
+            warm = results[0].best_seconds if results else None
+            url = None if args.service == "start" else args.service
+            service = run_service_benchmark(url, demo, outdir, baseline, warm, args.cpus, log)
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -1053,16 +1179,20 @@ def main(argv: list[str] | None = None) -> int:
         "cold": cold,
         "bare_ray": bare,
         "plans": [asdict(r) for r in results],
+        "service": service,
     }
     if json_only:
         print(json.dumps(report, indent=2))
     else:
         print()
         print(format_report(report))
+        if service is not None:
+            print("\n".join(line for line in format_service(service) if line))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     cold_ok = cold is None or cold["zip_identical"]
-    return 0 if cold_ok and all(r.zip_identical for r in results) else 1
+    service_ok = service is None or (service["zip_identical"] and service["reuse_zip_identical"])
+    return 0 if cold_ok and service_ok and all(r.zip_identical for r in results) else 1
 
 
 if __name__ == "__main__":

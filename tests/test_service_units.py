@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -432,3 +433,27 @@ def test_an_options_object_is_sent_as_its_options_file_values(service_dirs):
     assert json.loads(json.dumps(values)) == values
     assert build_options(values) == options
     assert options_values({"project": "Demo"}, {"output": "x.zip"}) == {"project": "Demo", "output": "x.zip"}
+
+
+def test_the_benchmark_reports_the_service_next_to_the_pipeline():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_service_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert bench.parse_args(["--service"]).service == "start"
+    assert bench.parse_args(["--service", "http://h:8000"]).service == "http://h:8000"
+    assert bench.parse_args([]).service is None
+    lines = bench.format_service(
+        {"url": "http://127.0.0.1:8000", "first_seconds": 12.0, "second_seconds": 8.0, "warm_pipeline_seconds": 8.3,
+         "one_process_seconds": 14.0, "target_seconds": 14.0 / 1.8 + 0.5, "reuse_seconds": 0.5, "reuse_ratio": 16.0,
+         "reuse": {}, "zip_identical": True, "reuse_zip_identical": True}
+    )  # fmt: skip
+    text = "\n".join(lines)
+    assert "second export 8.00 s (first 12.00 s); warm pipeline 8.30 s; one process 14.00 s" in text
+    assert "= 8.28 s: met" in text and "0.50 s, 16.0x faster" in text
