@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import numpy as np
 import pyarrow as pa
 import ray
 
@@ -414,15 +415,30 @@ def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
     """The named columns as row dicts; image bytes stay zero-copy views of the Arrow buffers."""
     blobs = [c for c in columns if c in _BLOB_COLUMNS]
     small = {c: table.column(c).to_pylist() for c in columns if c not in blobs}
-    blob_columns = {c: table.column(c).combine_chunks() for c in blobs}
+    blob_values = {c: blob_views(table.column(c)) for c in blobs}
     rows = []
     for i in range(table.num_rows):
         row = {c: values[i] for c, values in small.items()}
-        for c, array in blob_columns.items():
-            scalar = array[i]
-            row[c] = memoryview(scalar.as_buffer()) if scalar.is_valid else None
+        for c, values in blob_values.items():
+            row[c] = values[i]
         rows.append(row)
     return rows
+
+
+def blob_views(column: pa.ChunkedArray) -> list[memoryview | None]:
+    """Each value of a binary column as a view of its Arrow buffer (None where null), chunk by chunk:
+    combining the chunks of a block made of several batches, or making a scalar of each value, would
+    copy the images."""
+    views: list[memoryview | None] = []
+    for chunk in column.chunks:
+        _validity, offsets_buffer, data_buffer = chunk.buffers()
+        offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        bounds = offsets.tolist()
+        views.extend(data[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(chunk)))
+    return views
 
 
 def upload_file(local: Path | BinaryIO, uri: str, chunk: int = 8 << 20) -> None:
@@ -525,6 +541,7 @@ def _upload_s3(client: Any, local: BinaryIO, size: int, uri: str, chunk: int) ->
         with contextlib.suppress(Exception):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
+
 
 #: Prefix of the writer actor's name (followed by the export id), in the progress actors' namespace.
 WRITER_ACTOR_PREFIX = "ray_export_writer_"
