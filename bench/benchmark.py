@@ -339,9 +339,15 @@ def _first_byte_difference(ze: zipfile.ZipFile, za: zipfile.ZipFile, name: str) 
 # ---------------------------------------------------------------------------------------- one process
 
 
+#: Options every export of this run gets (``--no-visualizations``: ``{"visualizations": False}``).
+CONTENT_OPTIONS: dict[str, Any] = {}
+
+
 def export_options(db_path: Path, project_id: str, output: Path, stages: Mapping[str, Any] | None = None) -> dict:
-    """The options mapping of one benchmark export (demo project, all outputs, given stage hints)."""
+    """The options mapping of one benchmark export (demo project, all outputs but those
+    :data:`CONTENT_OPTIONS` turns off, given stage hints)."""
     values: dict[str, Any] = {"db": str(db_path), "project": project_id, "output": str(output), "force": True}
+    values.update(CONTENT_OPTIONS)
     if stages:
         values["stages"] = {name: dict(hints) for name, hints in stages.items()}
     return values
@@ -760,6 +766,65 @@ def format_service(service: dict) -> list[str]:
     ]  # fmt: skip
 
 
+def writer_busy(events: list[dict] | None, wall_s: float) -> list[float]:
+    """Each ZIP writer actor's busy fraction (its tasks' time over the wall time), from timeline events:
+    one worker (``tid``) per writer, in decreasing order."""
+    if events is None or wall_s <= 0:
+        return []
+    busy: dict[str, float] = {}
+    for event in events:
+        category = str(event.get("cat", ""))
+        if category.startswith(("task::ZipWriterActor.", "task::SegmentWriterActor.")):
+            worker = str(event.get("tid", ""))
+            busy[worker] = busy.get(worker, 0.0) + float(event.get("dur", 0.0)) / 1e6
+    return sorted((seconds / wall_s for seconds in busy.values()), reverse=True)
+
+
+def run_writer_counts(counts: list[int], demo: Any, outdir: Path, repeat: int, baseline: OneProcessResult,
+                      n_images: int, log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
+    """The default plan once per writer count (``--writers``): a warm-up, then ``repeat`` measured exports;
+    images/s of the best and each writer's busy fraction in it, and whether every ZIP was the reference."""
+    from ray_export.api import export
+
+    results = []
+    for count in counts:
+        output = outdir / f"writers-{count}.zip"
+        options_values = {**export_options(demo.db_path, demo.project_id, output, PLANS["default"]), "writers": count}
+        drop_progress_actor(export(options_values).export_id)
+        runs = []
+        for _ in range(repeat):
+            time.sleep(1.0)  # let killed actors exit
+            wall_start = time.time()
+            started = time.perf_counter()
+            result = export(options_values)
+            elapsed = time.perf_counter() - started
+            busy = writer_busy(timeline_events(wall_start, time.time()), elapsed)
+            drop_progress_actor(result.export_id)
+            same = sha256_file(output) == baseline.zip_sha256
+            runs.append({"seconds": elapsed, "writer_busy": busy, "zip_identical": same})
+            output.unlink(missing_ok=True)
+        best = min(runs, key=lambda r: r["seconds"])
+        results.append({
+            "writers": count, "best_seconds": best["seconds"], "images_per_s": n_images / best["seconds"],
+            "run_seconds": [r["seconds"] for r in runs], "writer_busy": best["writer_busy"],
+            "zip_identical": all(r["zip_identical"] for r in runs),
+        })  # fmt: skip
+        log(f"  writers {count}: best {best['seconds']:.2f} s ({n_images / best['seconds']:.1f} images/s), writers "
+            f"busy {', '.join(f'{b:.2f}' for b in best['writer_busy'])}")
+    return results
+
+
+def format_writer_counts(results: list[dict[str, Any]]) -> list[str]:
+    """The ``--writers`` table: images/s per writer count and each writer's busy fraction."""
+    lines = ["writers (default plan): images/s per writer count, each writer's busy fraction (timeline)"]
+    for row in results:
+        busy = ", ".join(f"{b:.2f}" for b in row["writer_busy"]) or "n/a"
+        same = "OK" if row["zip_identical"] else "MISMATCH"
+        lines.append(f"  {row['writers']:>2} writer(s): {row['best_seconds']:7.2f} s  "
+                     f"{row['images_per_s']:7.1f} images/s  busy {busy}  ZIP {same}")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -1049,6 +1114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "include the demo's), or without URL one started on the benchmark's Ray",
     )  # fmt: skip
     parser.add_argument(
+        "--writers", default=None, metavar="LIST",
+        help="also run the default plan once per writer count (e.g. 1,2): images/s and each writer's busy fraction",
+    )
+    parser.add_argument(
+        "--no-visualizations", action="store_true",
+        help="leave the visualizations out of every export of the run (cheap stages, to load the writers)",
+    )
+    parser.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="also write the results as JSON to PATH; without PATH, print only JSON to stdout",
     )
@@ -1070,6 +1143,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cold must be 0 or more")
     if args.writer_only and args.cold:
         parser.error("--writer-only measures the writer alone; leave out --cold")
+    if args.writers is not None:
+        try:
+            args.writers = [int(v) for v in args.writers.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--writers must be a comma list of writer counts, not {args.writers!r}")
+        if not args.writers or min(args.writers) < 1:
+            parser.error("--writers must list writer counts of 1 or more")
+    if args.no_visualizations and args.cold:
+        parser.error("--no-visualizations applies to the exports in this process; leave out --cold")
     return args
 
 
@@ -1104,6 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray_export.demo import build_demo_project
 
+    if args.no_visualizations:
+        CONTENT_OPTIONS["visualizations"] = False
     workdir = args.workdir.expanduser().resolve()
     started = time.perf_counter()
     size_tag = f"-{args.size[0]}x{args.size[1]}" if args.size else ""
@@ -1161,6 +1245,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_plan(name, PLANS[name], demo, outdir, args.repeat, args.cpus, baseline, n_images,
                          expected_zip, log)
             )
+        writer_counts = None
+        if args.writers:
+            writer_counts = run_writer_counts(args.writers, demo, outdir, args.repeat, baseline, n_images, log)
         service = None
         if args.service is not None:
             warm = results[0].best_seconds if results else None
@@ -1179,6 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold": cold,
         "bare_ray": bare,
         "plans": [asdict(r) for r in results],
+        "writers": writer_counts,
         "service": service,
     }
     if json_only:
@@ -1186,10 +1274,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print()
         print(format_report(report))
+        if writer_counts:
+            print("\n".join(["", *format_writer_counts(writer_counts)]))
         if service is not None:
             print("\n".join(line for line in format_service(service) if line))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if writer_counts and not all(row["zip_identical"] for row in writer_counts):
+        return 1
     cold_ok = cold is None or cold["zip_identical"]
     service_ok = service is None or (service["zip_identical"] and service["reuse_zip_identical"])
     return 0 if cold_ok and service_ok and all(r.zip_identical for r in results) else 1

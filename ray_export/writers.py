@@ -189,6 +189,34 @@ class SegmentedFeed:
 
     # ------------------------------------------------------------------ the stream
     def run(self, dataset: Any) -> None:
+        """Stream the dataset's blocks into the writers and wait for every segment to be joined (or
+        uploaded)."""
+        try:
+            self._run(dataset)
+        except Exception as exc:
+            dead = self._dead_writer(exc)
+            if dead is None:
+                raise
+            raise dead from exc
+
+    def _dead_writer(self, failure: Exception) -> BaseException | None:
+        """The death of a writer, when one died: it explains a failure better than what it caused in
+        another writer (its segment gone before it was joined). None when none died."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if isinstance(failure, (RayActorError, ExportCancelled)) or self.cancel.is_set():
+            return None
+        pings = [handle.__ray_ready__.remote() for handle in self.handles]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=2.0)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayActorError as dead:
+                return dead
+        return None
+
+    def _run(self, dataset: Any) -> None:
         from .dataset import streamed_bundles
 
         with streamed_bundles(dataset, self.cancel) as bundles:
@@ -300,11 +328,17 @@ class SegmentedFeed:
         ``s3://`` output: uploads the last part, with the segments left over, and completes)."""
         import ray
 
-        left_over = []
-        if self.planner is not None:
-            self.group.upload_id = ray.get(self.group.upload_id_ref)
-            left_over = [self._writer_of(s).segment_bytes.remote(s) for s in self.planner.left_over()]
-        return ray.get(self.handles[0].finish.remote(self.parts, *left_over))
+        try:
+            left_over = []
+            if self.planner is not None:
+                self.group.upload_id = ray.get(self.group.upload_id_ref)
+                left_over = [self._writer_of(s).segment_bytes.remote(s) for s in self.planner.left_over()]
+            return ray.get(self.handles[0].finish.remote(self.parts, *left_over))
+        except Exception as exc:
+            dead = self._dead_writer(exc)
+            if dead is None:
+                raise
+            raise dead from exc
 
 
 def _ignore(_value: Any) -> None:

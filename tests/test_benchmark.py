@@ -29,3 +29,20 @@ def test_benchmark_smoke(tmp_path):
     plans = {p["plan"]: p for p in result["plans"]}
     assert set(plans) == {"default", "split"}
     assert all(p["zip_identical"] for p in plans.values())
+
+
+@pytest.mark.slow
+def test_benchmark_writer_counts_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "benchmark.py"), "--images", "6", "--cpus", "2", "--repeat", "1",
+         "--plans", "default", "--writers", "1,2", "--no-visualizations", "--workdir", str(tmp_path),
+         "--object-store-mb", "200", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout)["writers"]
+    assert [row["writers"] for row in rows] == [1, 2]
+    assert all(row["zip_identical"] and row["images_per_s"] > 0 for row in rows)
+    assert [len(row["writer_busy"]) for row in rows] == [1, 2]
+    assert all(0 < busy <= 1 for row in rows for busy in row["writer_busy"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ray_export.formats import registry
@@ -47,3 +48,11 @@ def test_every_project_type_table_member_and_problem_code_is_documented():
                 assert f"`{table.chart_member}`" in page
             for folder, _ in table.member_folders:
                 assert folder in page
+
+
+def test_every_command_line_flag_is_documented_in_the_readme():
+    from ray_export.options import OPTION_FIELDS, STAGE_FIELDS, VISUALIZATION_FIELDS
+
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    flags = [option.flag for option in (*OPTION_FIELDS, *VISUALIZATION_FIELDS, *STAGE_FIELDS) if option.flag]
+    assert [flag for flag in flags if not re.search(re.escape(flag) + r"(?![\w-])", readme)] == []

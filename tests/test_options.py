@@ -443,7 +443,7 @@ def test_help_lists_every_flag() -> None:
         "--annotations", "--metrics", "--no-originals", "--no-visualizations", "--no-docs", "--scale",
         "--viz-format", "--external-color", "--internal-color", "--stroke-width", "--font-size", "--fill-opacity",
         "--no-numbers", "--batch-size", "--num-cpus", "--memory", "--resource", "--max-buffered-images",
-        "--shared-images-root",
+        "--shared-images-root", "--writers",
     ):  # fmt: skip
         assert flag in text
     assert text.count("required (here or in --options)") == 2  # --db and --project
