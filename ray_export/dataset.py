@@ -66,6 +66,27 @@ def rows_per_read_task(n_images: int, cluster_cpus: float, max_rows: int, min_ro
     return max(1, min(max_rows, max(min_rows, per_block)))
 
 
+def block_sizes(n_images: int, cluster_cpus: float, max_rows: int, min_rows: int = 4) -> list[int]:
+    """Rows of each read block, in index order: blocks of :func:`rows_per_read_task` rows, except a
+    first block of a quarter of that (the writer starts early) and, at the end, one block of a half and
+    one of a quarter per CPU (every CPU finishes at about the same time, instead of one working through
+    a last full block while the others wait); never below ``min_rows``, never above ``max_rows``."""
+    if n_images <= 0:
+        return []
+    full = rows_per_read_task(n_images, cluster_cpus, max_rows, min_rows)
+    cpus = max(1, round(cluster_cpus))
+    quarter = min(full, max(min_rows, full // 4))
+    half = min(full, max(min_rows, full // 2))
+    head, tail = [quarter], [half] * cpus + [quarter] * cpus
+    if sum(head) + sum(tail) >= n_images:  # a small export: blocks of a quarter
+        count = math.ceil(n_images / quarter)
+        return [n_images // count + (1 if k < n_images % count else 0) for k in range(count)]
+    middle = n_images - sum(head) - sum(tail)
+    count = math.ceil(middle / full)  # the middle rows in blocks of full size or one row less
+    blocks = [middle // count + (1 if k < middle % count else 0) for k in range(count)]
+    return head + blocks + tail
+
+
 def preload_dataset_modules() -> None:
     """Import Ray Data and the datasource now (about 0.6 s of one CPU, pandas included); a failure is left
     for the import where the dataset is built to report."""
@@ -166,14 +187,14 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
 
     placement = place_stages(options, plan.images_root, driver_node)
     read_hints = options.stages["read"]
-    rows_per_task = rows_per_read_task(len(plan.rows), cluster_cpus(), read_hints.batch_size)
+    blocks = block_sizes(len(plan.rows), cluster_cpus(), read_hints.batch_size)
     # SQLite: the datasource itself pins its reads to the driver's node (it has the only copy of the file).
     ds = read_project_images(
         plan.target,
         plan.rows,
         need_polygons=plan.need_polygons,
         need_path=plan.need_path,
-        rows_per_task=rows_per_task,
+        rows_per_task=blocks,
         ray_remote_args=read_hints.ray_remote_args(),
         retry_s=options.db_retry_s,
         extra=plan.read_columns,
@@ -184,7 +205,7 @@ def _build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, p
             _tracked(step.fn, step.name, progress, finish=position == len(chain) - 1),
             batch_format="pyarrow",
             # never coalesce read blocks: a batch larger than a block would merge blocks and cut parallelism
-            batch_size=min(options.stages[step.name].batch_size, rows_per_task),
+            batch_size=min(options.stages[step.name].batch_size, min(blocks)),
             fn_kwargs=step.kwargs,
             zero_copy_batch=True,
             **_remote_args(options, step.name, placement[step.name]),

@@ -9,6 +9,7 @@ read-only and its reads run on the driver's node only.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -192,13 +193,14 @@ class ProjectImagesDatasource(Datasource):
     """
 
     def __init__(self, target: DbTarget, rows: Sequence[dict[str, Any]], need_polygons: bool, need_path: bool,
-                 rows_per_task: int = DEFAULT_ROWS_PER_TASK, retry_s: float = DEFAULT_DB_RETRY_S,
-                 extra: Sequence[str] = ()) -> None:
+                 rows_per_task: int | Sequence[int] = DEFAULT_ROWS_PER_TASK,
+                 retry_s: float = DEFAULT_DB_RETRY_S, extra: Sequence[str] = ()) -> None:
         super().__init__()
         self.extra = tuple(extra)
         self.retry_s = float(retry_s)
-        if isinstance(rows_per_task, bool) or not isinstance(rows_per_task, int) or rows_per_task < 1:
-            raise ValueError(f"rows_per_task must be a positive integer, not {rows_per_task!r}")
+        sizes = [rows_per_task] if isinstance(rows_per_task, int) else list(rows_per_task)
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+            raise ValueError(f"rows_per_task must be a positive integer or a list of them, not {rows_per_task!r}")
         for row in rows:
             if "index" not in row or "image_id" not in row:
                 raise ValueError("every row needs 'index' and 'image_id'")
@@ -209,7 +211,13 @@ class ProjectImagesDatasource(Datasource):
             raise ValueError("row indexes must be unique")
         self.need_polygons = bool(need_polygons)
         self.need_path = bool(need_path)
-        self.rows_per_task = rows_per_task
+        if isinstance(rows_per_task, int):
+            sizes = [rows_per_task] * math.ceil(len(self.rows) / rows_per_task)
+        elif sum(sizes) != len(self.rows):
+            raise ValueError(f"block sizes add up to {sum(sizes)} rows, not the {len(self.rows)} selected")
+        #: rows of each block (each read task), in index order
+        self.block_sizes = sizes
+        self.rows_per_task = max(sizes)
         self.schema = block_schema(self.rows, self.extra)
 
     @property
@@ -222,8 +230,8 @@ class ProjectImagesDatasource(Datasource):
         return "ProjectImages"
 
     def num_read_tasks(self) -> int:
-        """ceil(rows / rows_per_task): the number of read tasks, whatever parallelism is requested."""
-        return math.ceil(len(self.rows) / self.rows_per_task)
+        """One per block (see :attr:`block_sizes`), whatever parallelism is requested."""
+        return len(self.block_sizes) if self.rows else 0
 
     def _row_bytes(self) -> int:
         per_row = 120 + 24 * len(self.schema)
@@ -238,11 +246,12 @@ class ProjectImagesDatasource(Datasource):
         return len(self.rows) * self._row_bytes()
 
     def range_readers(self) -> list[_RangeReader]:
-        """The read function of each contiguous range of ``rows_per_task`` rows, in index order."""
+        """The read function of each contiguous range of rows (:attr:`block_sizes`), in index order."""
+        starts = [0, *itertools.accumulate(self.block_sizes)][:-1]
         return [
-            _RangeReader(self.target, self.rows[start:start + self.rows_per_task], self.schema,
+            _RangeReader(self.target, self.rows[start:start + size], self.schema,
                          self.need_polygons, self.need_path, self.retry_s, self.extra)
-            for start in range(0, len(self.rows), self.rows_per_task)
+            for start, size in zip(starts, self.block_sizes, strict=True)
         ]
 
     def read_in_process(self) -> Iterator[pa.Table]:
@@ -266,7 +275,7 @@ def read_project_images(
     rows: Sequence[dict[str, Any]],
     need_polygons: bool,
     need_path: bool,
-    rows_per_task: int = DEFAULT_ROWS_PER_TASK,
+    rows_per_task: int | Sequence[int] = DEFAULT_ROWS_PER_TASK,
     ray_remote_args: dict[str, Any] | None = None,
     retry_s: float = DEFAULT_DB_RETRY_S,
     extra: Sequence[str] = (),

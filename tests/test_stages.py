@@ -256,6 +256,46 @@ def test_rows_per_read_task(n, cpus, max_rows, expected):
     assert rows_per_read_task(n, cpus, max_rows) == expected
 
 
+@pytest.mark.parametrize(
+    ("n", "cpus", "max_rows"),
+    [(230, 2, 32), (1000, 2, 32), (24, 2, 32), (5, 2, 32), (1, 2, 32), (5000, 16, 32), (150, 4, 8), (3, 1, 1),
+     (100, 0.5, 32), (31, 2, 32)],
+)
+def test_block_sizes_cover_every_image_with_small_first_and_last_blocks(n, cpus, max_rows):
+    from ray_export.dataset import block_sizes, rows_per_read_task
+
+    sizes = block_sizes(n, cpus, max_rows)
+    full = rows_per_read_task(n, cpus, max_rows)
+    assert sum(sizes) == n and max(sizes) <= min(full, max_rows) and min(sizes) >= 1
+    if len(sizes) > 1 + 2 * max(1, round(cpus)):
+        c = max(1, round(cpus))
+        quarter, half = min(full, max(4, full // 4)), min(full, max(4, full // 2))
+        assert sizes[0] == quarter
+        assert sizes[-2 * c :] == [half] * c + [quarter] * c
+        middle = sizes[1 : -2 * c]
+        assert max(middle) - min(middle) <= 1 and max(middle) == full
+
+
+def test_block_sizes_of_1000_images_on_2_cpus():
+    from ray_export.dataset import block_sizes
+
+    sizes = block_sizes(1000, 2, 32)
+    assert sizes[:2] == [8, 32] and sizes[-4:] == [16, 16, 8, 8] and sum(sizes) == 1000
+
+
+def test_datasource_reads_blocks_of_the_given_sizes(tmp_path):
+    from ray_export.datasource import ProjectImagesDatasource
+    from ray_export.sources import DbTarget
+
+    target = DbTarget(kind="sqlite", dsn=str(tmp_path / "x.db"))
+    rows = [{"index": i, "image_id": f"id{i}"} for i in range(1, 11)]
+    source = ProjectImagesDatasource(target, rows, False, False, rows_per_task=[2, 5, 3])
+    assert [len(r.rows) for r in source.range_readers()] == [2, 5, 3] and source.num_read_tasks() == 3
+    assert [r["index"] for r in source.range_readers()[1].rows] == [3, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="add up to 9 rows, not the 10"):
+        ProjectImagesDatasource(target, rows, False, False, rows_per_task=[4, 5])
+
+
 def test_pinned_stage_asking_for_more_cpus_than_the_driver_node_is_refused():
     from ray_export.cluster import check_pinned_stages_fit, stage_placement
     from ray_export.errors import ExportError
