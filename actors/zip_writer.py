@@ -116,6 +116,8 @@ class ExportAssembler:
         self.writers: list[FormatWriter] = []
         self.zip = self._open_zip()
         self.recorder = MemberRecorder(self.zip)
+        if self.zip is not None:  # reused entries' data is copied by the kernel while members are assembled
+            self.zip.background_copies = True
         self.previous: PreviousManifest | None = None
         self.reuse_counts = new_reuse_counts()
         self.part_fields = manifest_part_fields(self.formats)

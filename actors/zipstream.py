@@ -26,7 +26,9 @@ from isal.isal_zlib import crc32 as _crc32
 
 from ray_export.output_files import OutputFolderError, PartialFile, create_partial
 from ray_export.reuse import (
+    BackgroundCopies,
     DamagedEntry,
+    FileIdentity,
     PreviousChanged,
     SourceEnded,
     StoredEntry,
@@ -213,6 +215,16 @@ def _open_partial(folder: Path, partial_path: Path | None) -> PartialFile:
         raise ZipOutputError(str(error)) from error.__cause__
 
 
+class _Descriptor:
+    """An open descriptor seen as a file (for :func:`~ray_export.reuse.identity_of_open`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
 class ZipStreamWriter:
     """Streams members into a partial file (see :mod:`ray_export.output_files`: an unnamed file in the
     output's folder where the platform allows it, else ``partial_path``, else a private temporary name);
@@ -227,6 +239,14 @@ class ZipStreamWriter:
     the fixed deflate level, so the same sequence of calls gives byte-identical files. As a context manager
     it commits on a clean exit (unless already committed or aborted) and aborts on an exception.
     """
+
+    #: Whether the kernel copies reused entries' data on a thread of its own while members go on being
+    #: written (:class:`~ray_export.reuse.BackgroundCopies`); :meth:`commit` waits for them, and whoever
+    #: uses the file otherwise first calls :meth:`wait_for_copies`.
+    background_copies: bool = False
+    _copies: BackgroundCopies | None = None
+    #: the previous ZIPs copied from, by their identity when checked: a descriptor of each (see commit)
+    _sources: dict[FileIdentity, int] | None = None
 
     def __init__(
         self,
@@ -433,12 +453,61 @@ class ZipStreamWriter:
         info.file_size = size
         info.compress_size = int(entry.compress_size)
         info.CRC = int(entry.crc)
+        copies = self._background_copies(source, entry)
         with self._raw_member(info, _needs_zip64(size)):
+            # into the file itself, whose positions are those of its bytes (the ZIP's may be shifted)
+            if copies is not None:  # the range is left for the copier: the next member goes after it
+                start = self._file.tell()
+                self._file.seek(start + info.compress_size)
+                copies.submit(source.fileno(), data_offset, start, info.compress_size)
+                return
             try:
-                # into the file itself, whose positions are those of its bytes (the ZIP's may be shifted)
-                copy_entry_data(source, data_offset, int(entry.compress_size), self._file)
+                copy_entry_data(source, data_offset, info.compress_size, self._file)
             except SourceEnded as exc:
                 raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
+
+    def _background_copies(self, source: BinaryIO, entry: StoredEntry) -> BackgroundCopies | None:
+        """The copier of a checked entry's data when it goes by the kernel in the background (local files,
+        :attr:`background_copies`); notes ``source`` for the check after the last copy."""
+        if entry.checked_in is None or identity_of_open(source) is None or identity_of_open(self._file) is None:
+            return None
+        if self._sources is None:
+            self._sources = {}
+        if entry.checked_in not in self._sources:
+            self._sources[entry.checked_in] = os.dup(source.fileno())
+        if not self.background_copies:
+            return None
+        if self._copies is None:
+            self._copies = BackgroundCopies.open(self._file.fileno())
+            if self._copies is None:
+                self.background_copies = False
+                return None
+        try:
+            self._copies.raise_failure()
+        except DamagedEntry as exc:
+            raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
+        return self._copies
+
+    def wait_for_copies(self) -> None:
+        """Wait for the reused entries' data still being copied, then check that each previous ZIP copied
+        from is still the file its entries were checked in (a write moves its modification time)."""
+        try:
+            if self._copies is not None:
+                self._copies.wait()
+            for identity, fd in (self._sources or {}).items():
+                check_identity(identity, identity_of_open(_Descriptor(fd)), "the previous export")
+        except (DamagedEntry, PreviousChanged) as exc:
+            raise ZipOutputError(f"the previous export changed while it was copied: {exc}") from exc
+
+    def _stop_copies(self, cancel: bool) -> None:
+        """End the copier and close the previous ZIPs' descriptors (``cancel``: skip copies not begun)."""
+        copies, self._copies = self._copies, None
+        if copies is not None:
+            copies.close(cancel)
+        sources, self._sources = self._sources, None
+        for fd in (sources or {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # ---------------------------------------------------------------------------------------------------------------
     def commit(self) -> int:
@@ -449,6 +518,8 @@ class ZipStreamWriter:
                 return self._final_size
             raise ValueError("ZIP writer was aborted")
         try:
+            self.wait_for_copies()
+            self._stop_copies(cancel=False)
             self._zip.close()
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -475,6 +546,8 @@ class ZipStreamWriter:
         self._committed = True
         self._closed = True
         # The partial is being discarded: a failed close or unlink changes nothing for the caller.
+        with contextlib.suppress(Exception):
+            self._stop_copies(cancel=True)  # before the file closes: the copier writes through it
         with contextlib.suppress(Exception):
             self._zip.close()
         self._partial.discard()

@@ -32,7 +32,9 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -564,6 +566,85 @@ _COPIERS: dict[str, Callable[[int, int, int, int, int, list[int]], None]] = {
     "sendfile": _sendfile,
     "readwrite": _read_write,
 }
+
+
+#: Copies a :class:`BackgroundCopies` holds before the writer waits for room.
+BACKGROUND_QUEUE = 256
+
+
+class BackgroundCopies:
+    """Byte ranges copied into one file by a thread of their own (:func:`copy_range`, in the order given)
+    while the caller goes on writing other ranges of it: the kernel copies a reused entry's data while
+    Python assembles the next members.
+
+    The thread writes through a descriptor of its own (``sendfile`` moves its position, which the
+    caller's must not see) and a duplicate of each source descriptor (the caller may close its own).
+    A failed copy is raised by the next :meth:`submit` or by :meth:`wait`; later copies are skipped.
+    """
+
+    def __init__(self, target_fd: int) -> None:
+        # a new open file description of the same file (unnamed ones included), with its own position
+        self._target = os.open(f"/proc/self/fd/{target_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        self._queue: queue.Queue[tuple[int, int, int, int] | None] = queue.Queue(BACKGROUND_QUEUE)
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="ray-export-copies", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, target_fd: int) -> BackgroundCopies | None:
+        """Copies into ``target_fd`` in the background; ``None`` where the platform cannot (no ``/proc``)."""
+        try:
+            return cls(target_fd)
+        except OSError:
+            return None
+
+    def submit(self, source_fd: int, source_offset: int, target_offset: int, count: int) -> None:
+        """Queue one copy (see :func:`copy_range`); raises the failure of an earlier one."""
+        self.raise_failure()
+        duplicate = os.dup(source_fd)
+        try:
+            self._queue.put((duplicate, source_offset, target_offset, count))
+        except BaseException:
+            os.close(duplicate)
+            raise
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                source, source_offset, target_offset, count = item
+                try:
+                    if self._error is None and not self._cancelled:
+                        copy_range(source, source_offset, self._target, target_offset, count)
+                except BaseException as exc:
+                    self._error = exc
+                finally:
+                    os.close(source)
+            finally:
+                self._queue.task_done()
+
+    def raise_failure(self) -> None:
+        """Raise what made a copy fail, if one did."""
+        if self._error is not None:
+            raise self._error
+
+    def wait(self) -> None:
+        """Wait until every copy queued is done; raise what made one fail."""
+        self._queue.join()
+        self.raise_failure()
+
+    def close(self, cancel: bool = False) -> None:
+        """End the thread (``cancel``: skip the copies not begun) and close its descriptor. Idempotent."""
+        if self._thread.is_alive():
+            self._cancelled = self._cancelled or cancel
+            self._queue.put(None)
+            self._thread.join()
+        if self._target >= 0:
+            os.close(self._target)
+            self._target = -1
 
 
 def copy_entry_data(source: Any, data_offset: int, count: int, target: BinaryIO,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import actors.zipstream as zipstream
 import ray_export.reuse as reuse
 from actors.zipstream import ZipOutputError, ZipStreamWriter
 from ray_export.reuse import (
+    BackgroundCopies,
     FileIdentity,
     SourceEnded,
     StoredEntry,
@@ -61,8 +63,9 @@ def _checked_entries(previous: Path) -> dict[str, StoredEntry]:
     return {name: stored_entry_of(value) for name, value in checked.items()}
 
 
-def _write_copied(path: Path, previous: Path, entries: dict[str, StoredEntry]) -> None:
+def _write_copied(path: Path, previous: Path, entries: dict[str, StoredEntry], background: bool = False) -> None:
     with ZipStreamWriter(path, STAMP) as out, open(previous, "rb") as fh:
+        out.background_copies = background
         for name, _ in MEMBERS:
             out.add_stored_entry(name, entries[name], fh)
         out.add_bytes("documentation/last.json", b"{}")
@@ -72,8 +75,10 @@ def _never(*args, **kwargs):
     raise AssertionError("the writer read a checked entry")
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["in-line", "background"])
 @pytest.mark.parametrize("methods", FORCED, ids=lambda m: m[0])
-def test_each_copy_method_gives_the_bytes_of_a_fresh_zip_without_reading_them(tmp_path, monkeypatch, methods):
+def test_each_copy_method_gives_the_bytes_of_a_fresh_zip_without_reading_them(tmp_path, monkeypatch, methods,
+                                                                              background):  # fmt: skip
     _write_fresh(tmp_path / "a.zip")
     entries = _checked_entries(tmp_path / "a.zip")
     used: list[str] = []
@@ -83,7 +88,7 @@ def test_each_copy_method_gives_the_bytes_of_a_fresh_zip_without_reading_them(tm
     # the writer neither reads nor checks the data of an entry the copy stage checked
     monkeypatch.setattr(zipstream, "copy_stored_entry", _never)
     monkeypatch.setattr(zipstream, "read_stored_entry", _never)
-    _write_copied(tmp_path / "b.zip", tmp_path / "a.zip", entries)
+    _write_copied(tmp_path / "b.zip", tmp_path / "a.zip", entries, background)
     assert (tmp_path / "b.zip").read_bytes() == (tmp_path / "a.zip").read_bytes()
     assert len(used) == len(MEMBERS)
     with zipfile.ZipFile(tmp_path / "b.zip") as zf:
@@ -189,6 +194,53 @@ def test_a_previous_zip_replaced_after_the_check_fails_the_copy(tmp_path):
     out.abort()
 
 
+def test_a_previous_zip_written_while_its_entries_are_copied_fails_the_commit(tmp_path):
+    _write_fresh(tmp_path / "a.zip")
+    entries = _checked_entries(tmp_path / "a.zip")
+    out = ZipStreamWriter(tmp_path / "c.zip", STAMP)
+    out.background_copies = True
+    with open(tmp_path / "a.zip", "rb") as fh:
+        for name, _ in MEMBERS:
+            out.add_stored_entry(name, entries[name], fh)
+    # written after the last entry was handed over (the file the copies read from is closed here)
+    _rewrite_in_place(tmp_path / "a.zip", entries["images/a.png"].data_offset + 10)
+    with pytest.raises(ZipOutputError, match="changed"):
+        out.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+
+
+def test_background_copies_report_a_failure_and_stop_cleanly(tmp_path):
+    (tmp_path / "source").write_bytes(os.urandom(4 << 20))
+    with open(tmp_path / "source", "rb") as src, open(tmp_path / "target", "w+b") as dst:
+        copies = BackgroundCopies(dst.fileno())
+        copies.submit(src.fileno(), 0, 1000, 3 << 20)
+        copies.submit(src.fileno(), 1 << 20, 0, 1000)
+        copies.wait()
+        data = (tmp_path / "source").read_bytes()
+        assert (tmp_path / "target").read_bytes() == data[1 << 20 : (1 << 20) + 1000] + data[: 3 << 20]
+        copies.submit(src.fileno(), 4 << 20, 0, 10)  # past the source's end
+        with pytest.raises(SourceEnded):
+            copies.wait()
+        with pytest.raises(SourceEnded):
+            copies.submit(src.fileno(), 0, 0, 10)
+        copies.close(cancel=True)
+        copies.close()
+    assert not [t for t in threading.enumerate() if t.name == "ray-export-copies"]
+
+
+def test_an_aborted_zip_stops_its_copies_and_leaves_nothing(tmp_path):
+    _write_fresh(tmp_path / "a.zip")
+    entries = _checked_entries(tmp_path / "a.zip")
+    out = ZipStreamWriter(tmp_path / "c.zip", STAMP)
+    out.background_copies = True
+    with open(tmp_path / "a.zip", "rb") as fh:
+        for name, _ in MEMBERS:
+            out.add_stored_entry(name, entries[name], fh)
+    out.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+    assert not [t for t in threading.enumerate() if t.name == "ray-export-copies"]
+
+
 def test_file_identity_tells_states_apart(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
@@ -236,12 +288,21 @@ def _one_process_export(values: dict, before_writer=None, writer_open=None) -> d
         raise
 
 
-@pytest.fixture
-def exported(demo_project, tmp_path):
-    """A full export of the demo project, made in this process."""
+@pytest.fixture(scope="module")
+def full_export(demo_project, tmp_path_factory):
+    """A full export of the demo project, made once in this process: (its options, its ZIP)."""
     values = {"db": str(demo_project.db_path), "project": demo_project.project_id, "metrics": ["csv"],
               "annotations": ["coco", "yolo"]}  # fmt: skip
-    _one_process_export({**values, "output": str(tmp_path / "full.zip")})
+    full = tmp_path_factory.mktemp("full") / "full.zip"
+    _one_process_export({**values, "output": str(full)})
+    return values, full
+
+
+@pytest.fixture
+def exported(full_export, tmp_path):
+    """The full export's options, and a folder holding a copy of its ZIP (``full.zip``)."""
+    values, full = full_export
+    shutil.copyfile(full, tmp_path / "full.zip")
     return values, tmp_path
 
 
