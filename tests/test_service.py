@@ -90,11 +90,17 @@ class Service:
             time.sleep(0.3)
         pytest.fail(f"export {export_id} did not end in {timeout} s:\n{self.log()[-3000:]}")
 
+    def succeeded(self, export_id: str) -> dict:
+        """Wait for the export and check that it succeeded (its error and the service's log otherwise)."""
+        status = self.wait(export_id)
+        assert status["state"] == "succeeded", (status.get("error"), self.log()[-3000:])
+        return status
+
     def wait_for_first_image(self, export_id: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.json("GET", f"/exports/{export_id}")
-            assert status["state"] not in ("succeeded", "failed", "cancelled"), status
+            assert status["state"] not in ("succeeded", "failed", "cancelled"), (status, self.log()[-3000:])
             if (status.get("done") or {}).get("write", 0) >= 1:
                 return status
             time.sleep(0.1)
@@ -150,10 +156,10 @@ def test_exports_in_a_row_are_byte_identical_to_the_cli_export(service, small_de
     project = small_demo.project_id
     first = service.submit(project, "first.zip")
     assert first["state"] in ("queued", "querying", "running") and first["id"] == first["export_id"]
-    assert service.wait(first["id"])["state"] == "succeeded"
+    service.succeeded(first["id"])
     second = service.submit(project, "second.zip")
-    done = service.wait(second["id"])
-    assert done["state"] == "succeeded" and done["result"]["counts"]["images"] == 12
+    done = service.succeeded(second["id"])
+    assert done["result"]["counts"]["images"] == 12
     assert done["result"]["output"] == str(service.root / "second.zip") == done["output"]
     assert done["download"] == f"/exports/{second['id']}/download"
     _assert_same_zip(service.root / "first.zip", cli_reference)
@@ -213,8 +219,7 @@ def test_a_second_export_waits_in_the_queue(service, small_demo, big_demo, clust
     cancelled = service.wait(withdrawn["id"], timeout=30)
     assert cancelled["state"] == "cancelled" and cancelled["running_since"] is None
 
-    first, second = service.wait(running["id"]), service.wait(waiting["id"])
-    assert first["state"] == second["state"] == "succeeded"
+    first, second = service.succeeded(running["id"]), service.succeeded(waiting["id"])
     assert second["running_since"] >= first["finished_at"], "the second export started after the first ended"
     assert not (service.root / "queue-3.zip").exists()
 
@@ -290,7 +295,7 @@ def test_a_killed_service_leaves_no_partial_and_the_next_start_cleans_up(cluster
     wait_until(lambda: unnamed_files_in(root) == [], max(1.0, 60 - (time.monotonic() - at)), "the partial to go")
     assert _files(root) == []
     again = restarted.submit(big_demo.project_id, "k.zip")
-    assert restarted.wait(again["id"])["state"] == "succeeded"
+    restarted.succeeded(again["id"])
     assert _files(root) == ["k.zip"]
 
     # SIGTERM stops the service and cancels its running export cleanly

@@ -281,6 +281,8 @@ class ExportService:
             snapshot["state"] = "queued"
         elif snapshot.get("state") == "queued":  # started; the progress actor is about to hear of it
             snapshot["state"] = "querying"
+        elif snapshot.get("state") in SERVICE_STATES_ENDED:  # ended, and the service about to record how
+            snapshot["state"] = "finalizing"
         snapshot["queue_position"] = position if record.state == "queued" else None
         snapshot["submitted_at"] = record.submitted_at
         snapshot["output"] = snapshot.get("output") or record.output

@@ -43,11 +43,8 @@ def _listening_port(server: Any) -> int | None:
 def run_service(config: ServiceConfig, announce: Callable[[str], None], stop: threading.Event | None = None) -> int:
     """Run the service until ``stop`` is set or SIGINT/SIGTERM arrives (main thread); returns the exit
     status (0). ``announce`` gets the lines for the user: the URL first, once requests are taken."""
-    import uvicorn
-
     from ..cluster import RayUnreachable, ensure_ray
-    from .app import create_app
-    from .runner import ExportService
+    from ..dataset import _export_data_context
 
     stop = stop or threading.Event()
     removed = sweep_exports_root(config.exports_root)
@@ -62,6 +59,19 @@ def run_service(config: ServiceConfig, announce: Callable[[str], None], stop: th
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
+    # Ray Data's context is one per process; each export sets its settings while it builds its dataset and
+    # then restores the ones before. Held for the service's life, they are the same before and after, so
+    # exports building datasets at the same time (--max-concurrent) never hand each other other settings.
+    with _export_data_context():
+        return _serve_until_stopped(config, announce, stop)
+
+
+def _serve_until_stopped(config: ServiceConfig, announce: Callable[[str], None], stop: threading.Event) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .runner import ExportService
+
     service = ExportService(config)
     server = uvicorn.Server(
         uvicorn.Config(
