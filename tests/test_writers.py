@@ -376,3 +376,18 @@ def test_part_body_reads_a_range_without_moving_the_file(tmp_path):
     assert io.BufferedReader(FileRange(spool.fileno(), 2, 4)).read() == b"c012"
     spool.close()
     source.close()
+
+
+@pytest.mark.slow
+def test_a_cancelled_export_with_several_writers_leaves_nothing(big_demo, short_runs, ray_session, tmp_path):
+    from ray_export.api import start
+    from ray_export.errors import ExportCancelled
+
+    handle = start(db=str(big_demo.db_path), project=big_demo.project_id, output=str(tmp_path / "c.zip"), writers=2)
+    wait_until(lambda: handle.progress().get("done", {}).get("write", 0) > 0, 180, "the first image written")
+    handle.cancel()
+    with pytest.raises(ExportCancelled):
+        handle.wait(timeout=120)
+    assert handle.progress()["state"] == "cancelled"
+    assert list(tmp_path.iterdir()) == []
+    wait_until(lambda: not unnamed_files_in(tmp_path), 30, "the writers' files to go")
