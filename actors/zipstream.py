@@ -578,6 +578,7 @@ class ZipStreamWriter:
         segment's start). The file keeps exactly those bytes (no central directory); :meth:`abort` drops it."""
         if self._closed:
             raise ValueError("ZIP writer is already committed or aborted")
+        self.wait_for_copies()  # its reused entries' bytes are all there, from the files they were checked in
         archive = self._zip
         with archive._lock:
             if archive._writing:
