@@ -240,8 +240,10 @@ class ExportAssembler:
         if self.previous is not None:  # every reused entry is copied: from the file they were checked in?
             self.previous.check_unchanged()
             self.previous.close()
-        for writer in self.writers:
-            writer.finish(summary)
+        # the aggregated members are compressed side by side (the stages are done: the CPUs are free)
+        with self.zip.compressing_ahead(finish_threads()):
+            for writer in self.writers:
+                writer.finish(summary)
         size = self.zip.commit()
         if self.remote_output:
             try:
@@ -266,6 +268,16 @@ class ExportAssembler:
     def bytes_written(self) -> int:
         """Current size of the partial file."""
         return self.zip.bytes_written
+
+
+#: Most threads compressing the aggregated members at the end of an export.
+MAX_FINISH_THREADS = 4
+
+
+def finish_threads() -> int:
+    """Threads compressing the aggregated members side by side: one per CPU of the node, at most
+    :data:`MAX_FINISH_THREADS`."""
+    return max(1, min(MAX_FINISH_THREADS, os.cpu_count() or 1))
 
 
 class MemberRecorder:

@@ -274,10 +274,15 @@ class ZipStreamWriter:
         self._names: set[str] = set()
         self._final_size: int | None = None
         self._closed = False
+        #: where compressed-ahead members are spooled (None: they are written one by one)
+        self._spool_folder: Path | None = None
+        #: members compressed ahead, waiting for their turn (see :meth:`compressing_ahead`)
+        self._ahead: _AheadQueue | None = None
         if spool is not None:
             self._partial = PartialFile(spool, None)
         else:
             where = Path(folder) if folder is not None else self.output_path.parent  # type: ignore[union-attr]
+            self._spool_folder = where
             self._partial = _open_partial(where, Path(partial_path) if partial_path is not None else None)
         self._file = self._partial.file
         self._committed = False
@@ -344,6 +349,10 @@ class ZipStreamWriter:
         payload = data.encode("utf-8") if isinstance(data, str) else data
         if compress_type is None:
             compress_type = member_compression(name, bytes(payload) if _is_tiff_name(name) else b"")
+        if self._ahead is not None and compress_type == ZIP_DEFLATED:
+            self._ahead.submit(name, memoryview(payload).nbytes, _MemorySource(bytes(payload)))
+            return
+        self._write_written_ahead()
         self._write_member(name, compress_type, memoryview(payload).nbytes, [payload])
 
     def add_file(self, name: str, source: str | Path | BinaryIO, compress_type: int | None = None) -> None:
@@ -359,7 +368,60 @@ class ZipStreamWriter:
             if compress_type is None:
                 compress_type = _file_compression(name, handle)
             size = os.fstat(handle.fileno()).st_size
+            if self._ahead is not None and compress_type == ZIP_DEFLATED:
+                # its own descriptor: the caller may close (and so delete) an unnamed spool file now
+                self._ahead.submit(name, size, _FileSource(os.dup(handle.fileno())))
+                return
+            self._write_written_ahead()
             self._write_member(name, compress_type, size, iter(lambda: handle.read(COPY_CHUNK_BYTES), b""))
+
+    @contextlib.contextmanager
+    def compressing_ahead(self, threads: int) -> Iterator[None]:
+        """Within the block, deflated members given to :meth:`add_bytes` and :meth:`add_file` are
+        compressed side by side on ``threads`` threads (zlib lets go of the interpreter while it works)
+        into unnamed spool files, and written in the order they were given: before any other member,
+        and at the latest when the block ends. The ZIP's bytes are those of writing them one by one (a
+        deflate stream does not depend on how its input is cut). Without a folder for spool files, or
+        with one thread, members are written one by one."""
+        if self._ahead is not None or self._spool_folder is None or threads < 2:
+            yield
+            return
+        self._ahead = _AheadQueue(self, self._spool_folder, threads)
+        try:
+            yield
+            self._write_written_ahead()
+        finally:
+            queue, self._ahead = self._ahead, None
+            queue.close()
+
+    def _write_written_ahead(self) -> None:
+        """Write the members compressed ahead, in order (waiting for each one's compression)."""
+        if self._ahead is None:
+            return
+        waiting = self._ahead.take()
+        for position, (name, size, job) in enumerate(waiting):
+            try:
+                crc, read, compressed, spool = job.result()
+            except BaseException:
+                _drop_jobs(waiting[position + 1 :])
+                raise
+            try:
+                if read != size:
+                    raise ZipOutputError(f"{name}: {read} bytes given for a member of {size}")
+                zip64 = _needs_zip64(size)
+                if not zip64 and compressed > zipfile.ZIP64_LIMIT:
+                    raise ZipOutputError(f"{name}: compressed size needs ZIP64")
+                info = self._member_info(name, ZIP_DEFLATED)
+                info.file_size, info.CRC, info.compress_size = size, crc, compressed
+                with self._raw_member(info, zip64) as out:
+                    spool.seek(0)
+                    while chunk := spool.read(COPY_CHUNK_BYTES):
+                        out.write(chunk)
+            except BaseException:
+                _drop_jobs(waiting[position + 1 :])
+                raise
+            finally:
+                spool.close()
 
     @contextlib.contextmanager
     def _raw_member(self, info: zipfile.ZipInfo, zip64: bool) -> Iterator[BinaryIO]:
@@ -429,6 +491,7 @@ class ZipStreamWriter:
         copied. A failed check raises :class:`ZipOutputError` (the ZIP being written is then unusable:
         abort it).
         """
+        self._write_written_ahead()
         method, size = int(entry.method), int(entry.file_size)
         # A TIFF entry's method was chosen from its bytes under a TIFF name, as it would be here: only a
         # TIFF name given an entry of another name needs the bytes to tell.
@@ -518,6 +581,7 @@ class ZipStreamWriter:
                 return self._final_size
             raise ValueError("ZIP writer was aborted")
         try:
+            self._write_written_ahead()
             self.wait_for_copies()
             self._stop_copies(cancel=False)
             self._zip.close()
@@ -541,6 +605,9 @@ class ZipStreamWriter:
 
     def abort(self) -> None:
         """Close and remove the partial file (or the uncommitted ZIP). Idempotent; never raises."""
+        if self._ahead is not None:
+            queue, self._ahead = self._ahead, None
+            queue.close()
         if self._committed:
             return
         self._committed = True
@@ -576,6 +643,7 @@ class ZipStreamWriter:
     def segment_members(self) -> tuple[int, list[zipfile.ZipInfo]]:
         """End this writer as a segment: its size and copies of its members' records (offsets from the
         segment's start). The file keeps exactly those bytes (no central directory); :meth:`abort` drops it."""
+        self._write_written_ahead()
         if self._closed:
             raise ValueError("ZIP writer is already committed or aborted")
         self.wait_for_copies()  # its reused entries' bytes are all there, from the files they were checked in
@@ -589,6 +657,7 @@ class ZipStreamWriter:
     def adopt_members(self, infos: Iterable[zipfile.ZipInfo], offset: int) -> None:
         """List members written elsewhere, at ``offset`` in the ZIP (their records' offsets are relative to
         it), in the central directory; their bytes are not in this writer's file."""
+        self._write_written_ahead()
         if self._closed:
             raise ValueError("ZIP writer is already committed or aborted")
         archive = self._zip
@@ -608,6 +677,7 @@ class ZipStreamWriter:
         """Append a segment: the first ``size`` bytes of ``source`` (an open file, copied by the kernel
         where it can, or bytes) at the current end, and its members (``infos``, offsets relative to the
         segment) to the directory."""
+        self._write_written_ahead()
         if self._closed:
             raise ValueError("ZIP writer is already committed or aborted")
         archive = self._zip
@@ -627,6 +697,109 @@ class ZipStreamWriter:
             archive.fp.seek(archive.start_dir)
             archive._didModify = True
             self.adopt_members(infos, start)
+
+
+class _MemorySource:
+    """A member's data in memory, to be compressed ahead."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def chunks(self) -> Iterator[memoryview]:
+        view = memoryview(self.data)
+        for start in range(0, len(view), COPY_CHUNK_BYTES):
+            yield view[start : start + COPY_CHUNK_BYTES]
+
+    def close(self) -> None:
+        self.data = b""
+
+
+class _FileSource:
+    """A member's data in a file (its own descriptor, read from the start), to be compressed ahead."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def chunks(self) -> Iterator[bytes]:
+        offset = 0
+        while chunk := os.pread(self.fd, COPY_CHUNK_BYTES, offset):
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _AheadQueue:
+    """The members of :meth:`ZipStreamWriter.compressing_ahead`: each compressed on a pool thread into an
+    unnamed spool file, waiting to be written in the order given."""
+
+    def __init__(self, writer: ZipStreamWriter, folder: Path, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.level = writer.compresslevel
+        self.folder = folder
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ray-export-deflate")
+        self.waiting: list[tuple[str, int, Any]] = []
+        self.names: set[str] = set()
+        self.writer = writer
+
+    def submit(self, name: str, size: int, source: _MemorySource | _FileSource) -> None:
+        """Queue member ``name`` of ``size`` bytes; its compression starts now."""
+        try:
+            self.writer._member_info(name, ZIP_DEFLATED)  # a bad or duplicate name fails here, as it would
+            if name in self.names:
+                raise ValueError(f"duplicate ZIP member name: {name!r}")
+        except BaseException:
+            source.close()
+            raise
+        self.names.add(name)
+        self.waiting.append((name, size, self.pool.submit(self._compress, source)))
+
+    def _compress(self, source: _MemorySource | _FileSource) -> tuple[int, int, int, BinaryIO]:
+        from ray_export.output_files import spool_file
+
+        spool = spool_file(self.folder)
+        try:
+            deflater = _deflater(self.level)
+            crc = read = compressed = 0
+            for chunk in source.chunks():
+                crc = _crc32(chunk, crc)
+                read += len(chunk)
+                data = deflater.compress(chunk)
+                compressed += len(data)
+                spool.write(data)
+            data = deflater.flush()
+            compressed += len(data)
+            spool.write(data)
+            spool.flush()
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            source.close()
+        return crc, read, compressed, spool
+
+    def take(self) -> list[tuple[str, int, Any]]:
+        """The members waiting, in order (the queue is then empty)."""
+        waiting, self.waiting = self.waiting, []
+        self.names.clear()
+        return waiting
+
+    def close(self) -> None:
+        """Drop whatever is still waiting (its spool files go) and end the threads."""
+        _drop_jobs(self.take())
+        self.pool.shutdown(wait=True)
+
+
+def _drop_jobs(waiting: list[tuple[str, int, Any]]) -> None:
+    """Cancel compressions not started, and close the spool files of those done."""
+    for _name, _size, job in waiting:
+        job.cancel()
+    for _name, _size, job in waiting:
+        with contextlib.suppress(BaseException):
+            job.result()[3].close()
 
 
 class _ShiftedFile:

@@ -422,3 +422,43 @@ def test_no_replace_commit_when_the_output_is_absent(tmp_path: Path, monkeypatch
     assert size == out.stat().st_size and not partial.exists()
     with zipfile.ZipFile(out) as zf:
         assert zf.read("a.txt") == b"hello"
+
+
+def _members_in_order(zip_: ZipStreamWriter, folder: Path, rng: np.random.Generator) -> None:
+    """A finish-like sequence: spooled and in-memory deflated members, a stored one between them."""
+    from ray_export.output_files import spool_file
+
+    text = " ".join(str(v) for v in rng.integers(0, 10_000, 400_000)).encode()
+    zip_.add_bytes("annotations/instances.json", text[: len(text) // 2])
+    with spool_file(folder) as fh:  # closed (and gone) right after it is handed over
+        fh.write(text)
+        zip_.add_file("metrics/metrics.csv", fh)
+    zip_.add_bytes("chart.png", b"\x89PNG" + bytes(rng.integers(0, 256, 5000, dtype=np.uint8)))
+    zip_.add_bytes("README.md", "# export\n" * 1000)
+    zip_.add_bytes("empty.json", b"")
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_members_compressed_ahead_give_the_bytes_of_writing_them_one_by_one(tmp_path: Path, threads: int) -> None:
+    one = ZipStreamWriter(tmp_path / "one.zip", EXPORT_TIME)
+    _members_in_order(one, tmp_path, np.random.default_rng(5))
+    one.commit()
+    ahead = ZipStreamWriter(tmp_path / "ahead.zip", EXPORT_TIME)
+    with ahead.compressing_ahead(threads):
+        _members_in_order(ahead, tmp_path, np.random.default_rng(5))
+    ahead.commit()
+    assert (tmp_path / "ahead.zip").read_bytes() == (tmp_path / "one.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "ahead.zip") as zf:
+        assert zf.testzip() is None
+        assert zf.namelist() == ["annotations/instances.json", "metrics/metrics.csv", "chart.png", "README.md",
+                                 "empty.json"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ahead.zip", "one.zip"]
+
+
+def test_compressing_ahead_refuses_a_duplicate_name_and_an_abort_leaves_nothing(tmp_path: Path) -> None:
+    zip_ = ZipStreamWriter(tmp_path / "out.zip", EXPORT_TIME)
+    with pytest.raises(ValueError, match="duplicate"), zip_.compressing_ahead(2):
+        zip_.add_bytes("a.json", b"{}" * 1000)
+        zip_.add_bytes("a.json", b"[]")
+    zip_.abort()
+    assert list(tmp_path.iterdir()) == [] and unnamed_files_in(tmp_path) == []
