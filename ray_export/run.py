@@ -357,7 +357,6 @@ def _run_locked(
     except Exception as exc:
         raise ExportError(f"cannot start or reach Ray: {type(exc).__name__}: {error_line(exc)}", 1) from exc
     timings.mark("ray_ready")
-    warm_up_cluster()  # Ray Data's actors and the stage imports start now, beside the export's own start
     check_read_fits(options)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals and in_main:
@@ -368,6 +367,7 @@ def _run_locked(
         run.progress, registered = start_progress_actor(export_id)
     except Exception as exc:
         raise ExportError(f"cannot start the progress actor: {type(exc).__name__}: {error_line(exc)}", 1) from exc
+    warm_up_cluster()  # Ray Data's actors and the stage imports start now, beside the export's own start
     progress = run.progress
     watcher = _CancelWatcher(cancel, run.on_cancel)
     watcher.start()
