@@ -558,13 +558,6 @@ def summarize_timeline(
     return writer / wall_s, data / (wall_s * cpus), operators
 
 
-def drop_progress_actor(export_id: str) -> None:
-    """Nothing to drop: the progress actor is the cluster's registry of every export (finished exports'
-    states expire on their own), kept between runs as it is between a user's exports; killing it made
-    every measured run pay for a new actor process."""
-    del export_id
-
-
 def run_plan(
     name: str,
     stages: dict[str, dict[str, Any]],
@@ -583,14 +576,14 @@ def run_plan(
     output = outdir / f"pipeline-{name}.zip"
     options_values = export_options(demo.db_path, demo.project_id, output, stages)
     started = time.perf_counter()
-    drop_progress_actor(export(options_values).export_id)
+    export(options_values)
     warmup = time.perf_counter() - started
     log(f"  {name}: warm-up {warmup:.2f} s")
     runs: list[dict[str, Any]] = []
     identical = True
     differences: list[str] = []
     for run in range(repeat):
-        time.sleep(1.0)  # let killed actors exit before the idle sample
+        time.sleep(1.0)  # let the last export's writer exit before the idle sample
         idle = summed_pss(os.getpid())[0]
         sampler = PssSampler(os.getpid())
         sampler.start()
@@ -600,7 +593,6 @@ def run_plan(
         elapsed = time.perf_counter() - started
         wall_end = time.time()
         sampler.stop()
-        drop_progress_actor(result.export_id)
         writer, cpu_busy, operators = summarize_timeline(timeline_events(wall_start, wall_end), elapsed, cpus)
         runs.append({"seconds": elapsed, "idle": idle, "peak": sampler.peak, "processes": sampler.peak_processes,
                      "writer": writer, "cpu_busy": cpu_busy, "operators": operators,
@@ -785,16 +777,15 @@ def run_writer_counts(counts: list[int], demo: Any, outdir: Path, repeat: int, b
     for count in counts:
         output = outdir / f"writers-{count}.zip"
         options_values = {**export_options(demo.db_path, demo.project_id, output, PLANS["default"]), "writers": count}
-        drop_progress_actor(export(options_values).export_id)
+        export(options_values)
         runs = []
         for _ in range(repeat):
-            time.sleep(1.0)  # let killed actors exit
+            time.sleep(1.0)  # let the last export's writers exit
             wall_start = time.time()
             started = time.perf_counter()
-            result = export(options_values)
+            export(options_values)
             elapsed = time.perf_counter() - started
             busy = writer_busy(timeline_events(wall_start, time.time()), elapsed)
-            drop_progress_actor(result.export_id)
             same = sha256_file(output) == baseline.zip_sha256
             runs.append({"seconds": elapsed, "writer_busy": busy, "zip_identical": same})
             output.unlink(missing_ok=True)

@@ -99,16 +99,12 @@ WARM_EDITED_SPEEDUP = 5.0
 
 
 def warm_export(values: dict[str, Any]) -> tuple[float, Any]:
-    """One export through ``ray_export.api.export`` on the Ray of this process; (seconds, its result).
-    The finished export's progress actor is dropped so that every run starts from the same processes."""
-    import benchmark
-
+    """One export through ``ray_export.api.export`` on the Ray of this process; (seconds, its result)."""
     from ray_export.api import export
 
     started = time.perf_counter()
     result = export(values)
     seconds = time.perf_counter() - started
-    benchmark.drop_progress_actor(result.export_id)
     return seconds, result
 
 
