@@ -511,6 +511,10 @@ def _mark_when_ready(writer: Any, timings: ExportTimings) -> threading.Thread:
     return thread
 
 
+#: Most bytes of result blocks handed to the writer and not yet written (with at least one block).
+MAX_INFLIGHT_BYTES = 256 << 20
+
+
 def _feed_writer(
     dataset: Any,
     writer: Any,
@@ -519,17 +523,22 @@ def _feed_writer(
     max_inflight: int = 4,
     timings: ExportTimings | None = None,
     track_reuse: bool = False,
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
 ) -> None:
     """Stream result blocks (by reference) into the writer actor, with at most ``max_inflight`` calls
-    outstanding while the next block is awaited. ``timings`` gets ``first_batch_written`` and
-    ``last_image_written`` (when the driver learnt of them); ``track_reuse``: pass the writer's reuse
-    counts on to the progress actor."""
+    and ``max_inflight_bytes`` of blocks outstanding (but always one) while the next block is awaited:
+    each outstanding block stays in the object store until the writer is done with it. ``timings``
+    gets ``first_batch_written`` and ``last_image_written`` (when the driver learnt of them);
+    ``track_reuse``: pass the writer's reuse counts on to the progress actor."""
     import ray
 
     inflight: list[Any] = []
+    block_bytes: dict[Any, int] = {}
     last_written: list[float] = []
 
     def settle(refs: list[Any]) -> None:
+        for ref in refs:
+            block_bytes.pop(ref, None)
         for written, problems, nbytes, reuse in ray.get(refs):
             if written:
                 if timings is not None:  # the writer answered: it is ready (if its own mark is late)
@@ -547,9 +556,13 @@ def _feed_writer(
         for bundle in bundles:
             if cancel.is_set():
                 raise ExportCancelled()
-            for block_ref in bundle.block_refs:
-                inflight.append(writer.add_batch.remote(block_ref))
-            while len(inflight) > max_inflight:
+            for block_ref, metadata in zip(bundle.block_refs, bundle.metadata, strict=True):
+                call = writer.add_batch.remote(block_ref)
+                inflight.append(call)
+                block_bytes[call] = int(metadata.size_bytes or 0)
+            while len(inflight) > 1 and (
+                len(inflight) > max_inflight or sum(block_bytes.values()) > max_inflight_bytes
+            ):
                 done, inflight = ray.wait(inflight, num_returns=1)
                 settle(done)
             if inflight:  # count what the writer has written so far, without waiting
