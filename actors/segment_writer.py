@@ -40,10 +40,11 @@ from actors.zip_writer import (
     _s3_client,
     driver_gone,
 )
-from actors.zipstream import ReorderBuffer, ZipStreamWriter, copy_file_range_all
+from actors.zipstream import ReorderBuffer, ZipStreamWriter
 from ray_export.heap import release_free_heap
 from ray_export.locations import is_uri
 from ray_export.output_files import release_dead_lock, spool_file
+from ray_export.reuse import SourceEnded, copy_range
 
 
 @dataclass
@@ -407,8 +408,10 @@ def part_body(prefix: list[bytes], source: BinaryIO, size: int, folder: Any) -> 
             spool.write(data)
         spool.flush()
         head = spool.tell()
-        if copy_file_range_all(source, 0, spool, head, size) != size:
-            raise RuntimeError(f"a segment of {size} bytes ended early")
+        try:
+            copy_range(source.fileno(), 0, spool.fileno(), head, size)
+        except SourceEnded:
+            raise RuntimeError(f"a segment of {size} bytes ended early") from None
         return spool, FileRange(spool.fileno(), 0, head + size)
     except BaseException:
         spool.close()

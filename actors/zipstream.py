@@ -34,6 +34,7 @@ from ray_export.reuse import (
     StoredEntry,
     check_identity,
     copy_entry_data,
+    copy_range,
     copy_stored_entry,
     identity_of_open,
     read_stored_entry,
@@ -689,10 +690,13 @@ class ZipStreamWriter:
             archive.fp.flush()
             if isinstance(source, (bytes, bytearray, memoryview)):
                 copied = _pwrite_all(self._file.fileno(), memoryview(source)[:size], start - self._start_offset)
+                if copied != size:
+                    raise ZipOutputError(f"a segment of {size} bytes ended after {copied} bytes")
             else:
-                copied = copy_file_range_all(source, 0, self._file, start - self._start_offset, size)
-            if copied != size:
-                raise ZipOutputError(f"a segment of {size} bytes ended after {copied} bytes")
+                try:
+                    copy_range(source.fileno(), 0, self._file.fileno(), start - self._start_offset, size)
+                except SourceEnded:
+                    raise ZipOutputError(f"a segment of {size} bytes ended early") from None
             archive.start_dir = start + size
             archive.fp.seek(archive.start_dir)
             archive._didModify = True
@@ -835,31 +839,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
     while written < len(data):
         written += os.pwrite(fd, data[written:], offset + written)
     return written
-
-
-def copy_file_range_all(source: BinaryIO, source_offset: int, target: BinaryIO, target_offset: int, size: int) -> int:
-    """Copy ``size`` bytes between two open files at the given offsets, by the kernel
-    (``os.copy_file_range``) where it can, else through a buffer; the files' own positions do not move.
-    Returns the bytes copied (fewer only when ``source`` ends first)."""
-    source_fd, target_fd = source.fileno(), target.fileno()
-    copied = 0
-    kernel = hasattr(os, "copy_file_range")
-    while copied < size:
-        if kernel:
-            try:
-                step = os.copy_file_range(
-                    source_fd, target_fd, min(size - copied, 1 << 30), source_offset + copied, target_offset + copied
-                )
-            except OSError:  # not between these files (another file system on old kernels, a pipe): by buffer
-                kernel = False
-                continue
-        else:
-            data = os.pread(source_fd, min(size - copied, COPY_CHUNK_BYTES), source_offset + copied)
-            step = os.pwrite(target_fd, data, target_offset + copied) if data else 0
-        if step == 0:
-            break
-        copied += step
-    return copied
 
 
 # --------------------------------------------------------------------------------------------------------------------
