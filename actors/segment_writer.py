@@ -23,9 +23,9 @@ import contextlib
 import io
 import os
 import threading
-import time
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
@@ -38,7 +38,7 @@ from actors.zip_writer import (
     AssemblyPlan,
     ExportAssembler,
     _s3_client,
-    driver_gone,
+    watch_driver,
 )
 from actors.zipstream import ReorderBuffer, ZipStreamWriter
 from ray_export.heap import release_free_heap
@@ -456,31 +456,12 @@ class SegmentWriterActor:
             self.abort()
             raise
         if export_id:
-            threading.Thread(
-                target=self._watch_driver, args=(export_id,), name="ray-export-driver-watch", daemon=True
-            ).start()
+            watch_driver(export_id, self._driver_died)
 
-    def _watch_driver(self, export_id: str) -> None:
-        from actors.progress import HEARTBEAT_TIMEOUT_S, get_progress_actor
-        from actors.zip_writer import DRIVER_WATCH_PERIOD_S
-
-        last_answer = time.monotonic()
-        while True:
-            time.sleep(DRIVER_WATCH_PERIOD_S)
-            snapshot = None
-            with contextlib.suppress(Exception):
-                actor = get_progress_actor(export_id)
-                if actor is not None:
-                    snapshot = ray.get(actor.snapshot.remote(), timeout=10)
-            if snapshot is not None:
-                last_answer = time.monotonic()
-            if driver_gone(snapshot, time.monotonic() - last_answer, HEARTBEAT_TIMEOUT_S):
-                self.abort()
-                if self.tail is not None and not is_uri(self.plan.output):
-                    from pathlib import Path
-
-                    release_dead_lock(Path(self.plan.output))
-                os._exit(0)
+    def _driver_died(self) -> None:
+        self.abort()
+        if self.tail is not None and not is_uri(self.plan.output):
+            release_dead_lock(Path(self.plan.output))
 
     def upload_id(self) -> str | None:
         """The id of the multipart upload (the aggregating writer of an ``s3://`` output), else None."""

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -576,6 +577,31 @@ def driver_gone(snapshot: dict | None, unreachable_s: float, timeout_s: float) -
     return snapshot.get("state") in ("succeeded", "failed", "cancelled")
 
 
+def watch_driver(export_id: str, on_gone: Callable[[], None]) -> None:
+    """From a daemon thread of a writer actor: look at the driver's heartbeat through the progress actor
+    every :data:`DRIVER_WATCH_PERIOD_S`; once the export ended without the writer being stopped (the
+    driver died: see :func:`driver_gone`), call ``on_gone`` (discard the writer's files) and end the
+    actor's process."""
+    from actors.progress import HEARTBEAT_TIMEOUT_S, get_progress_actor
+
+    def watch() -> None:
+        last_answer = time.monotonic()
+        while True:
+            time.sleep(DRIVER_WATCH_PERIOD_S)
+            snapshot = None
+            with contextlib.suppress(Exception):
+                actor = get_progress_actor(export_id)
+                if actor is not None:
+                    snapshot = ray.get(actor.snapshot.remote(), timeout=10)
+            if snapshot is not None:
+                last_answer = time.monotonic()
+            if driver_gone(snapshot, time.monotonic() - last_answer, HEARTBEAT_TIMEOUT_S):
+                on_gone()
+                os._exit(0)
+
+    threading.Thread(target=watch, name="ray-export-driver-watch", daemon=True).start()
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ZipWriterActor:
     """Ray actor wrapper of :class:`ExportAssembler` (sync: one call at a time, as zipfile needs).
@@ -589,28 +615,12 @@ class ZipWriterActor:
     def __init__(self, plan: AssemblyPlan, export_id: str | None = None) -> None:
         self.assembler = ExportAssembler(plan)
         if export_id:
-            threading.Thread(
-                target=self._watch_driver, args=(export_id,), name="ray-export-driver-watch", daemon=True
-            ).start()
+            watch_driver(export_id, self._driver_died)
 
-    def _watch_driver(self, export_id: str) -> None:
-        from actors.progress import HEARTBEAT_TIMEOUT_S, get_progress_actor
-
-        last_answer = time.monotonic()
-        while True:
-            time.sleep(DRIVER_WATCH_PERIOD_S)
-            snapshot = None
-            with contextlib.suppress(Exception):
-                actor = get_progress_actor(export_id)
-                if actor is not None:
-                    snapshot = ray.get(actor.snapshot.remote(), timeout=10)
-            if snapshot is not None:
-                last_answer = time.monotonic()
-            if driver_gone(snapshot, time.monotonic() - last_answer, HEARTBEAT_TIMEOUT_S):
-                self.assembler.abort()  # a no-op for the partial once committed
-                if not self.assembler.remote_output:
-                    release_dead_lock(Path(self.assembler.plan.output))
-                os._exit(0)
+    def _driver_died(self) -> None:
+        self.assembler.abort()  # a no-op for the partial once committed
+        if not self.assembler.remote_output:
+            release_dead_lock(Path(self.assembler.plan.output))
 
     def add_batch(self, table: pa.Table) -> tuple[int, int, int, dict[str, int]]:
         """(images written now, problems those images carry, bytes written so far, reuse counts so far)."""
