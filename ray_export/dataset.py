@@ -24,7 +24,7 @@ STALL_POLL_S = 2.0
 
 
 @contextlib.contextmanager
-def _export_data_context():
+def export_data_context():
     """Ray Data settings for the datasets built inside: blocks in order (the writer's buffer stays
     bounded), no Ray Data progress bars (ours replace them), no per-operator reservation (it halved
     concurrency on small nodes). Each dataset keeps a copy of the context it was built with, so the
@@ -172,7 +172,7 @@ def build_dataset(options: ExportOptions, plan: ExportPlan, driver_node: str, pr
     """The Ray Dataset of per-image results, in index order. The progress actor learns what each stage
     asks for and the stall time; running the dataset (:func:`streamed_bundles`) logs a stalled stage.
     ``reuse``: the trusted previous export (a :class:`ray_export.reuse.ReuseSource`)."""
-    with _export_data_context():
+    with export_data_context():
         dataset = _build_dataset(options, plan, driver_node, progress, reuse)
     if progress is not None:
         demands = {stage: stage_demand(options, stage) for stage in options.stages if stage != "read"}

@@ -44,7 +44,7 @@ def run_service(config: ServiceConfig, announce: Callable[[str], None], stop: th
     """Run the service until ``stop`` is set or SIGINT/SIGTERM arrives (main thread); returns the exit
     status (0). ``announce`` gets the lines for the user: the URL first, once requests are taken."""
     from ..cluster import RayUnreachable, ensure_ray
-    from ..dataset import _export_data_context
+    from ..dataset import export_data_context
 
     stop = stop or threading.Event()
     removed = sweep_exports_root(config.exports_root)
@@ -62,7 +62,7 @@ def run_service(config: ServiceConfig, announce: Callable[[str], None], stop: th
     # Ray Data's context is one per process; each export sets its settings while it builds its dataset and
     # then restores the ones before. Held for the service's life, they are the same before and after, so
     # exports building datasets at the same time (--max-concurrent) never hand each other other settings.
-    with _export_data_context():
+    with export_data_context():
         return _serve_until_stopped(config, announce, stop)
 
 
